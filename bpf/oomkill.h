@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The ring-buffer contract between bpf/oomkill.bpf.c and otel_oom/event.py.
+ *
+ * Only fixed-width fields, widest first, explicit padding, no kernel types,
+ * so user space could include it too. otel_oom/event.py mirrors it with
+ * ctypes; tests/test_layout.py and the agent at start-up compare that mirror
+ * field by field with this struct as the compiled object's BTF records it.
+ * Any change here bumps OOM_EVENT_VERSION.
+ */
+#ifndef OTEL_OOM_OOMKILL_H
+#define OTEL_OOM_OOMKILL_H
+
+#define OOM_EVENT_VERSION 1
+#define OOM_COMM_LEN 16
+/* memory-cgroup levels captured, leaf first; kubepods paths are 4 deep */
+#define OOM_CGROUP_DEPTH 8
+/* covers "kubepods-burstable-pod<uid>.slice" and "cri-containerd-<64 hex>.scope" */
+#define OOM_CGROUP_NAME_LEN 128
+
+/* Which program produced the event (oom_event.hook). */
+enum oom_hook {
+	OOM_HOOK_NONE = 0,
+	OOM_HOOK_TP_BTF = 1,      /* tp_btf/mark_victim: task pointer, everything */
+	OOM_HOOK_TRACEPOINT = 2,  /* tracepoint/oom/mark_victim: fields only */
+};
+
+/* Which program supplied the per-decision context (oom_event.context_hook). */
+enum oom_context_hook {
+	OOM_CONTEXT_NONE = 0,
+	OOM_CONTEXT_FENTRY = 1,   /* fentry/oom_kill_process */
+	OOM_CONTEXT_KPROBE = 2,   /* kprobe/oom_kill_process */
+};
+
+/* Our own stable numbering; the kernel's enum oom_constraint is read through CO-RE. */
+enum oom_constraint_kind {
+	OOM_CONSTRAINT_UNKNOWN = 0,
+	OOM_CONSTRAINT_GLOBAL = 1,
+	OOM_CONSTRAINT_CPUSET = 2,
+	OOM_CONSTRAINT_MEMPOLICY = 3,
+	OOM_CONSTRAINT_MEMCG = 4,
+};
+
+/* oom_event.flags: where each group of fields came from. */
+#define OOM_F_VICTIM_TASK   (1u << 0) /* victim task_struct read: cgroup chain, parent, mm figures */
+#define OOM_F_TP_FIELDS     (1u << 1) /* victim figures from the rich tracepoint layout (6.9+) */
+#define OOM_F_CONTEXT       (1u << 2) /* ctx_* fields come from oom_kill_process */
+#define OOM_F_BOOT_CLOCK    (1u << 3) /* timestamp_ns is CLOCK_BOOTTIME, else CLOCK_MONOTONIC */
+#define OOM_F_CGROUP_DEEPER (1u << 4) /* victim memcg is deeper than OOM_CGROUP_DEPTH */
+#define OOM_F_MM_SIZES      (1u << 5) /* total_vm/rss/pgtables are valid */
+
+/* Indexes of the per-CPU "stats" array map. */
+enum oom_stat {
+	OOM_STAT_SUBMITTED = 0,     /* events written into the ring buffer */
+	OOM_STAT_RINGBUF_FULL = 1,  /* events lost: ring buffer full */
+	OOM_STAT_CONTEXT_SEEN = 2,  /* oom_kill_process entries (decisions) */
+	OOM_STAT_MAX = 3,
+};
+
+/* One memory cgroup on the victim's path, leaf first. */
+struct oom_cgroup_level {
+	__u64 id;          /* kernfs id == inode number of the cgroup directory */
+	__u64 usage_pages; /* memcg page_counter usage at the kill */
+	__u64 limit_pages; /* memcg page_counter max (PAGE_COUNTER_MAX: unlimited) */
+	char name[OOM_CGROUP_NAME_LEN]; /* directory name; "" for the root */
+};
+
+struct oom_event {
+	__u64 timestamp_ns;          /* bpf_ktime_get_boot_ns() at mark_victim */
+	__u64 total_vm_pages;
+	__u64 anon_rss_pages;
+	__u64 file_rss_pages;
+	__u64 shmem_rss_pages;
+	__u64 swap_ents;
+	__u64 pgtables_bytes;
+	/* per-decision context from oom_kill_process (OOM_F_CONTEXT) */
+	__u64 ctx_timestamp_ns;      /* decision id, with trigger_tgid */
+	__u64 ctx_totalpages;        /* size of the OOM domain, not the victim's */
+	__s64 ctx_chosen_points;     /* badness of oc->chosen */
+	__u64 ctx_memcg_id;          /* 0: global OOM */
+	__u64 ctx_memcg_usage_pages;
+	__u64 ctx_memcg_limit_pages;
+	/* memory cgroups of the trigger (current), leaf first: ids only */
+	__u64 trigger_memcg_ids[OOM_CGROUP_DEPTH];
+	struct oom_cgroup_level victim_memcg[OOM_CGROUP_DEPTH];
+	__u32 version;               /* OOM_EVENT_VERSION */
+	__u32 flags;                 /* OOM_F_* */
+	__u32 victim_tgid;
+	__u32 victim_pid;
+	__u32 victim_ppid;           /* real parent's tgid */
+	__u32 victim_uid;            /* real uid */
+	__u32 trigger_tgid;          /* the task whose allocation failed */
+	__u32 trigger_pid;
+	__u32 ctx_gfp_mask;
+	__s32 ctx_order;
+	__u32 ctx_chosen_tgid;       /* oc->chosen: the first victim of the decision */
+	__s16 oom_score_adj;
+	__u8 hook;                   /* enum oom_hook */
+	__u8 context_hook;           /* enum oom_context_hook */
+	__u8 ctx_constraint;         /* enum oom_constraint_kind */
+	__u8 victim_memcg_levels;    /* valid entries in victim_memcg */
+	__u8 trigger_memcg_levels;   /* valid entries in trigger_memcg_ids */
+	__u8 __pad0;
+	char victim_comm[OOM_COMM_LEN];
+	char trigger_comm[OOM_COMM_LEN];
+	__u32 __pad1;
+};
+
+_Static_assert(sizeof(struct oom_cgroup_level) == 152, "oom_cgroup_level layout");
+_Static_assert(sizeof(struct oom_event) == 1472, "oom_event layout: bump OOM_EVENT_VERSION");
+
+#endif /* OTEL_OOM_OOMKILL_H */
