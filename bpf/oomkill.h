@@ -43,7 +43,7 @@ enum oom_constraint_kind {
 
 /* oom_event.flags: where each group of fields came from. */
 #define OOM_F_VICTIM_TASK   (1u << 0) /* victim task_struct read: cgroup chain, parent, mm figures */
-#define OOM_F_TP_FIELDS     (1u << 1) /* victim figures from the rich tracepoint layout (6.9+) */
+#define OOM_F_TP_FIELDS     (1u << 1) /* victim figures from the rich tracepoint layout (6.9+), in kB */
 #define OOM_F_CONTEXT       (1u << 2) /* ctx_* fields come from oom_kill_process */
 #define OOM_F_BOOT_CLOCK    (1u << 3) /* timestamp_ns is CLOCK_BOOTTIME, else CLOCK_MONOTONIC */
 #define OOM_F_CGROUP_DEEPER (1u << 4) /* victim memcg is deeper than OOM_CGROUP_DEPTH */
@@ -67,11 +67,12 @@ struct oom_cgroup_level {
 
 struct oom_event {
 	__u64 timestamp_ns;          /* bpf_ktime_get_boot_ns() at mark_victim */
-	__u64 total_vm_pages;
-	__u64 anon_rss_pages;
-	__u64 file_rss_pages;
-	__u64 shmem_rss_pages;
-	__u64 swap_ents;
+	/* victim's mm: in pages, or in kB with OOM_F_TP_FIELDS (the tracepoint's unit) */
+	__u64 total_vm;
+	__u64 anon_rss;
+	__u64 file_rss;
+	__u64 shmem_rss;
+	__u64 swap_ents;             /* pages; 0 with OOM_F_TP_FIELDS */
 	__u64 pgtables_bytes;
 	/* per-decision context from oom_kill_process (OOM_F_CONTEXT) */
 	__u64 ctx_timestamp_ns;      /* decision id, with trigger_tgid */
