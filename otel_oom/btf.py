@@ -65,7 +65,8 @@ def layout_differences(btf: int) -> list[str]:
 def check_event_layout(btf: int) -> None:
     problems = layout_differences(btf)
     if problems:
-        raise LayoutMismatch("; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
+        names = ", ".join(p.split(":", 1)[0] for p in problems)
+        raise LayoutMismatch(f"fields differ: {names}; first: {problems[0]}")
 
 
 class KernelBtf:

@@ -180,6 +180,12 @@ def missing_capabilities(status: str = "/proc/self/status") -> list[str]:
     return [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not caps & (1 << bit)]
 
 
+def _permission_hint() -> str:
+    if missing_capabilities():
+        return PRIVILEGE_HINT
+    return "the kernel refuses this program type although the process is privileged (lockdown, LSM or hypervisor policy)"
+
+
 def _errno_text(err: int) -> str:
     return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
 
@@ -250,7 +256,7 @@ class Probe:
         rc = L.bpf_object__load(obj)
         if rc < 0:
             err = -rc
-            hint = PRIVILEGE_HINT if err in (errno.EPERM, errno.EACCES) else "see the libbpf messages above"
+            hint = _permission_hint() if err in (errno.EPERM, errno.EACCES) else "see the libbpf messages logged above"
             raise ProbeError(f"loading BPF programs ({self.plan.describe()}) failed: {_errno_text(err)}; {hint}",
                              errno_value=err)
 
@@ -271,7 +277,7 @@ class Probe:
             link = L.bpf_program__attach(prog)
         if not link:
             err = ctypes.get_errno() or errno.EINVAL
-            hint = PRIVILEGE_HINT if err in (errno.EPERM, errno.EACCES) else "the kernel refused this hook"
+            hint = _permission_hint() if err in (errno.EPERM, errno.EACCES) else "the kernel refused this hook"
             raise ProbeError(f"attaching {name} ({self.plan.describe()}) failed: {_errno_text(err)}; {hint}",
                              errno_value=err)
         self._links.append(link)

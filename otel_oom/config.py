@@ -1,0 +1,120 @@
+"""Configuration of `otel-oom run`: command line > environment > default, in one pure function.
+
+Only otel-oom's own settings live here (OTEL_OOM_*). The standard OTEL_* variables (endpoint,
+protocol, headers, TLS, timeout, compression, resource) are read by the OpenTelemetry SDK itself;
+`telemetry.validate_otlp_environment` only checks them early so a typo fails at start.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .errors import UsageError
+
+# environment variables and their defaults
+ENV_SPOOL_DIR = "OTEL_OOM_SPOOL_DIR"              # default /var/lib/otel-oom/spool
+ENV_SPOOL_MAX_BYTES = "OTEL_OOM_SPOOL_MAX_BYTES"  # default 64 MiB
+ENV_SPOOL_MAX_AGE = "OTEL_OOM_SPOOL_MAX_AGE"      # seconds, default 7 days
+ENV_LISTEN = "OTEL_OOM_LISTEN"                    # HOST:PORT for /healthz /readyz /metrics; default off
+ENV_PROMETHEUS = "OTEL_OOM_PROMETHEUS"            # "true": serve /metrics on the listen address
+ENV_WEBHOOK = "OTEL_OOM_NOTIFY_WEBHOOK"           # URL; default off
+ENV_OOM_SCORE_ADJ = "OTEL_OOM_OOM_SCORE_ADJ"      # default -900
+ENV_VICTIM_HOOK = "OTEL_OOM_VICTIM_HOOK"          # auto | tp_btf | tracepoint
+ENV_CONTEXT_HOOK = "OTEL_OOM_CONTEXT_HOOK"        # auto | fentry | kprobe | none
+ENV_RING_BUFFER = "OTEL_OOM_RING_BUFFER_BYTES"    # default 4 MiB
+ENV_LOG_LEVEL = "OTEL_OOM_LOG_LEVEL"              # default info
+
+DEFAULT_SPOOL_DIR = "/var/lib/otel-oom/spool"
+DEFAULT_SPOOL_MAX_BYTES = 64 << 20
+DEFAULT_SPOOL_MAX_AGE = 7 * 86400
+# low enough that the OOM killer picks a runaway workload first, not -1000 (never killable):
+# a leaking agent must stay killable
+DEFAULT_OOM_SCORE_ADJ = -900
+DEFAULT_RING_BUFFER = 4 << 20
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    console: bool = False
+    json: bool = False
+    otlp: bool = True
+    spool_dir: Optional[str] = DEFAULT_SPOOL_DIR   # None: no spool (memory only)
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_max_age: float = DEFAULT_SPOOL_MAX_AGE
+    listen: Optional[str] = None
+    prometheus: bool = False
+    webhook: Optional[str] = None
+    oom_score_adj: Optional[int] = DEFAULT_OOM_SCORE_ADJ
+    victim_hook: str = "auto"
+    context_hook: str = "auto"
+    ring_buffer_bytes: int = DEFAULT_RING_BUFFER
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    log_level: str = "info"
+
+
+def _pick(flag, environ: Mapping[str, str], env: str, default):
+    if flag is not None:
+        return flag
+    value = environ.get(env)
+    return default if value in (None, "") else value
+
+
+def _int(value, what: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a whole number, got {value!r}") from None
+    if not lo <= n <= hi:
+        raise UsageError(f"{what} must be between {lo} and {hi}, got {n}")
+    return n
+
+
+def _bool(value, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{what} must be true or false, got {value!r}")
+
+
+def _choice(value: str, what: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise UsageError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfig:
+    """Merge parsed flags (None = not given) with the environment; validate every value."""
+    spool = _pick(flags.get("spool_dir"), environ, ENV_SPOOL_DIR, DEFAULT_SPOOL_DIR)
+    ring = _int(_pick(flags.get("ring_buffer_bytes"), environ, ENV_RING_BUFFER, DEFAULT_RING_BUFFER),
+                "--ring-buffer-bytes", 4096, 1 << 30)
+    if ring & (ring - 1):
+        raise UsageError(f"--ring-buffer-bytes must be a power of two, got {ring}")
+    adj = _pick(flags.get("oom_score_adj"), environ, ENV_OOM_SCORE_ADJ, DEFAULT_OOM_SCORE_ADJ)
+    return RunConfig(
+        console=bool(flags.get("console")),
+        json=bool(flags.get("json")),
+        otlp=not flags.get("no_otlp"),
+        spool_dir=None if flags.get("no_spool") else spool,
+        spool_max_bytes=_int(_pick(flags.get("spool_max_bytes"), environ, ENV_SPOOL_MAX_BYTES,
+                                   DEFAULT_SPOOL_MAX_BYTES), "--spool-max-bytes", 1 << 16, 1 << 40),
+        spool_max_age=_int(_pick(flags.get("spool_max_age"), environ, ENV_SPOOL_MAX_AGE,
+                                 DEFAULT_SPOOL_MAX_AGE), "--spool-max-age", 1, 10 * 365 * 86400),
+        listen=_pick(flags.get("listen"), environ, ENV_LISTEN, None),
+        prometheus=_bool(_pick(flags.get("prometheus") or None, environ, ENV_PROMETHEUS, False), ENV_PROMETHEUS),
+        webhook=_pick(flags.get("notify_webhook"), environ, ENV_WEBHOOK, None),
+        oom_score_adj=None if str(adj).lower() == "keep" else _int(adj, "--oom-score-adj", -1000, 1000),
+        victim_hook=_choice(_pick(flags.get("victim_hook"), environ, ENV_VICTIM_HOOK, "auto"),
+                            "--victim-hook", ("auto", "tp_btf", "tracepoint")),
+        context_hook=_choice(_pick(flags.get("context_hook"), environ, ENV_CONTEXT_HOOK, "auto"),
+                             "--context-hook", ("auto", "fentry", "kprobe", "none")),
+        ring_buffer_bytes=ring,
+        shutdown_timeout=float(_int(flags.get("shutdown_timeout") or DEFAULT_SHUTDOWN_TIMEOUT,
+                                    "--shutdown-timeout", 0, 600)),
+        log_level=_choice(str(_pick(flags.get("log_level"), environ, ENV_LOG_LEVEL, "info")).lower(),
+                          "--log-level", ("debug", "info", "warning", "error")),
+    )

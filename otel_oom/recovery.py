@@ -1,0 +1,120 @@
+"""Holding the agent to the kernel's own count of OOM kills.
+
+While running: the kernel counts every kill in /proc/vmstat `oom_kill`; kills it counted that the
+agent never received (ring buffer full, a hook that missed) are exported as
+`oom.kills.unobserved`. The comparison uses a kernel snapshot at least one refresh old, so
+events still in flight are not reported as missing.
+
+Across restarts: the kernel count the agent has accounted for is saved with the boot id. At start,
+the difference is the number of kills that happened while no agent was running; their details
+come from the kernel log (/dev/kmsg "Killed process" lines) when it is readable and still holds
+them, and are delivered as records marked `oom.recovered`. Kills beyond what the log still holds
+stay counted as unobserved.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+from .cgroups import MemoryHierarchy
+from .kcounters import vmstat_oom_kills
+from .kill import OomKill
+
+log = logging.getLogger("otel_oom.recovery")
+
+STATE_FILE = "reconcile.json"
+
+
+class Reconciler:
+    def __init__(self, state_dir: Optional[str], hierarchy: Optional[MemoryHierarchy], boot_id: str,
+                 proc_root: str = "/proc", kmsg_path: str = "/dev/kmsg") -> None:
+        self.state_path = os.path.join(state_dir, STATE_FILE) if state_dir else None
+        self.hierarchy = hierarchy
+        self.boot_id = boot_id
+        self.proc_root = proc_root
+        self.kmsg_path = kmsg_path
+        self._lock = threading.Lock()
+        self.observed_count = 0
+        self.missed_without_details = 0
+        # read after the probes are attached: every later kill is either observed or unobserved
+        self.baseline = vmstat_oom_kills(proc_root)
+        self._previous = self._latest = self.baseline
+
+    def observed(self, kill: OomKill) -> None:
+        with self._lock:
+            self.observed_count += 1
+
+    def refresh(self) -> None:
+        now = vmstat_oom_kills(self.proc_root)
+        with self._lock:
+            self._previous, self._latest = self._latest, now
+        self.save()
+
+    def unobserved(self) -> int:
+        with self._lock:
+            if self.baseline is None or self._previous is None:
+                return self.missed_without_details
+            missing = (self._previous - self.baseline) - self.observed_count
+            return max(0, missing) + self.missed_without_details
+
+    def save(self) -> None:
+        if not self.state_path or self._latest is None:
+            return
+        state = {"boot_id": self.boot_id, "vmstat_oom_kill": self._latest, "saved_at": time.time()}
+        tmp = self.state_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as e:
+            log.warning("cannot save reconciliation state to %s: %s", self.state_path, e.strerror)
+
+    def _load(self) -> Optional[dict]:
+        if not self.state_path:
+            return None
+        try:
+            with open(self.state_path) as f:
+                state = json.load(f)
+            return state if isinstance(state, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def recover_missed(self) -> list[OomKill]:
+        """Kills the kernel counted while no agent was running, with what the kernel log says of them."""
+        if not self.state_path or self.baseline is None:
+            return []
+        state = self._load()
+        if state and state.get("boot_id") == self.boot_id:
+            missed = self.baseline - int(state.get("vmstat_oom_kill", self.baseline))
+        else:
+            missed = self.baseline  # a new boot: every kill since boot happened before this agent
+        self.save()
+        if missed <= 0:
+            return []
+        kills = self._from_kmsg(missed)
+        with self._lock:
+            self.missed_without_details = missed - len(kills)
+        log.warning("%d OOM kill(s) happened while otel-oom was not running; %d recovered from the kernel log%s",
+                    missed, len(kills),
+                    "" if len(kills) == missed else " (the rest are counted in oom.kills.unobserved)")
+        return kills
+
+    def _from_kmsg(self, missed: int) -> list[OomKill]:
+        from .kmsg import read_kmsg, recovered_kills, to_oom_kill
+
+        try:
+            records = read_kmsg(self.kmsg_path)
+        except OSError as e:
+            log.warning("cannot read the kernel log %s (%s): recovered kills get no details; "
+                        "grant CAP_SYSLOG or mount /dev/kmsg", self.kmsg_path, e.strerror)
+            return []
+        found = recovered_kills(records)[-missed:]
+        # printk stamps are CLOCK_MONOTONIC-like (local_clock), so anchor them to boot wall time
+        boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in found]

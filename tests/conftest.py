@@ -1,0 +1,123 @@
+"""Shared test plumbing: the CI rule for privileged tests, and a running agent.
+
+With CI=true, a test that needs root, BPF or a tool must run: `require()` fails it instead of
+skipping, so a green CI always means the privileged end-to-end tests really ran.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and this test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def require_root_bpf() -> None:
+    require(os.geteuid() == 0, "needs root")
+    require(os.path.exists("/sys/kernel/btf/vmlinux"), "needs kernel BTF")
+    require((REPO / "otel_oom" / "bpf" / "oomkill.bpf.o").exists(), "BPF object not built: make -C bpf")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"needs `{name}` on PATH")
+    return path  # type: ignore[return-value]
+
+
+class AgentProcess:
+    """A real `otel-oom run` child process, its stdout and stderr collected by threads."""
+
+    def __init__(self, args: list[str], env: dict[str, str], ready_timeout: float = 30.0) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "otel_oom", "run", *args], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self.ready_at: Optional[float] = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True).start()
+        if not self._ready.wait(ready_timeout):
+            self.stop()
+            raise AssertionError("agent not ready in time; stderr:\n" + self.stderr)
+
+    def _pump(self, stream, sink: list[str]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "backslashreplace")
+            sink.append(line)
+            if sink is self.stderr_lines and " ready " in f" {line} " and self.ready_at is None:
+                self.ready_at = time.monotonic()
+                self._ready.set()
+        stream.close()
+        if sink is self.stderr_lines:
+            self._ready.set()  # exited: wake the waiter, which then sees no ready line
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.stdout_lines)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    def wait_stdout(self, predicate, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.stdout):
+                return self.stdout
+            time.sleep(0.05)
+        raise AssertionError(f"stdout never matched; stdout:\n{self.stdout}\nstderr:\n{self.stderr}")
+
+    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def agent_env(endpoint: Optional[str] = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "K8S_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    if endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_agent(tmp_path):
+    """Start real agents; every one still running is stopped at teardown."""
+    agents: list[AgentProcess] = []
+
+    def start(args: list[str], endpoint: Optional[str] = None, **env: str) -> AgentProcess:
+        require_root_bpf()
+        if not any(a.startswith("--spool-dir") or a == "--no-spool" for a in args):
+            args = [*args, f"--spool-dir={tmp_path / 'spool'}"]
+        agent = AgentProcess(args, agent_env(endpoint, **env))
+        agents.append(agent)
+        return agent
+
+    yield start
+    for a in agents:
+        a.stop(9)

@@ -1,0 +1,64 @@
+"""The event contract: the compiled object's BTF and the Python mirror agree field by field."""
+from __future__ import annotations
+
+import ctypes
+import subprocess
+
+import pytest
+
+from conftest import REPO, require_tool
+from otel_oom import libbpf as L
+from otel_oom.btf import check_event_layout, layout_differences, struct_fields
+from otel_oom.event import EVENT_SIZE, RawEvent
+
+
+@pytest.fixture(scope="module")
+def built_object(tmp_path_factory):
+    """Build the object with the production recipe (bpf/Makefile) into a fresh directory."""
+    require_tool("clang")
+    out = tmp_path_factory.mktemp("bpf")
+    subprocess.run(["make", "-s", "-C", str(REPO / "bpf"), f"OUT={out}"], check=True)
+    return out / "oomkill.bpf.o"
+
+
+def _open(path):
+    obj = L.bpf_object__open_file(str(path).encode(), None)
+    assert obj, f"libbpf could not open {path}"
+    return obj
+
+
+def test_every_field_matches_btf(built_object):
+    obj = _open(built_object)
+    try:
+        btf = L.bpf_object__btf(obj)
+        assert layout_differences(btf) == []
+        fields = struct_fields(btf, "oom_event")
+        assert fields["<size>"] == (0, EVENT_SIZE) == (0, 1472)
+        # spot-check the contract's ends and a nested array, in bytes
+        assert fields["timestamp_ns"] == (0, 8)
+        assert fields["victim_memcg"] == (RawEvent.victim_memcg.offset, 8 * 152)
+        assert fields["__pad1"] == (1468, 4)
+    finally:
+        L.bpf_object__close(obj)
+
+
+def test_a_drifted_mirror_is_detected(built_object, monkeypatch):
+    class Drifted(ctypes.Structure):
+        _fields_ = [(n, t) for n, t in RawEvent._fields_ if n != "victim_uid"] + [("victim_uid", ctypes.c_uint32)]
+
+    obj = _open(built_object)
+    try:
+        monkeypatch.setattr("otel_oom.btf.RawEvent", Drifted)
+        problems = layout_differences(L.bpf_object__btf(obj))
+        assert any(p.startswith("oom_event.victim_uid:") for p in problems)
+        with pytest.raises(Exception, match="victim_uid"):
+            check_event_layout(L.bpf_object__btf(obj))
+    finally:
+        L.bpf_object__close(obj)
+
+
+def test_header_version_matches_python():
+    header = (REPO / "bpf" / "oomkill.h").read_text()
+    from otel_oom.event import OOM_EVENT_VERSION
+
+    assert f"#define OOM_EVENT_VERSION {OOM_EVENT_VERSION}\n" in header
