@@ -23,6 +23,7 @@ enum oom_hook {
 	OOM_HOOK_NONE = 0,
 	OOM_HOOK_TP_BTF = 1,      /* tp_btf/mark_victim: task pointer, everything */
 	OOM_HOOK_TRACEPOINT = 2,  /* tracepoint/oom/mark_victim: fields only */
+	OOM_HOOK_SYNTHETIC = 3,   /* bench/: written by BPF_PROG_TEST_RUN, never a real kill */
 };
 
 /* Which program supplied the per-decision context (oom_event.context_hook). */

@@ -94,7 +94,7 @@ class Agent:
             self._cleanup.append(lambda: self.notifier.close(cfg.shutdown_timeout))
 
         self.probe = open_probe(self._on_sample, cfg.victim_hook, cfg.context_hook,
-                                ring_bytes=cfg.ring_buffer_bytes)
+                                ring_bytes=cfg.ring_buffer_bytes, bench_pin=cfg.bench_pin)
         self._cleanup.append(self.probe.close)
         self.reconciler = Reconciler(state_dir=cfg.spool_dir, hierarchy=hierarchy, boot_id=self.enricher.boot_id)
 

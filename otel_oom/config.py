@@ -23,6 +23,7 @@ ENV_VICTIM_HOOK = "OTEL_OOM_VICTIM_HOOK"          # auto | tp_btf | tracepoint
 ENV_CONTEXT_HOOK = "OTEL_OOM_CONTEXT_HOOK"        # auto | fentry | kprobe | none
 ENV_RING_BUFFER = "OTEL_OOM_RING_BUFFER_BYTES"    # default 4 MiB
 ENV_LOG_LEVEL = "OTEL_OOM_LOG_LEVEL"              # default info
+ENV_BENCH_PIN = "OTEL_OOM_BENCH_PIN"              # benchmarks only: pin the synthetic-event program here
 
 DEFAULT_SPOOL_DIR = "/var/lib/otel-oom/spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 << 20
@@ -51,6 +52,7 @@ class RunConfig:
     ring_buffer_bytes: int = DEFAULT_RING_BUFFER
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
+    bench_pin: Optional[str] = None
 
 
 def _pick(flag, environ: Mapping[str, str], env: str, default):
@@ -117,4 +119,5 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
                                     "--shutdown-timeout", 0, 600)),
         log_level=_choice(str(_pick(flags.get("log_level"), environ, ENV_LOG_LEVEL, "info")).lower(),
                           "--log-level", ("debug", "info", "warning", "error")),
+        bench_pin=environ.get(ENV_BENCH_PIN) or None,
     )

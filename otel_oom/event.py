@@ -17,7 +17,7 @@ CGROUP_DEPTH = 8
 CGROUP_NAME_LEN = 128
 
 # enum oom_hook / oom_context_hook / oom_constraint_kind
-HOOKS = {0: "none", 1: "tp_btf", 2: "tracepoint"}
+HOOKS = {0: "none", 1: "tp_btf", 2: "tracepoint", 3: "synthetic"}
 CONTEXT_HOOKS = {0: "none", 1: "fentry", 2: "kprobe"}
 CONSTRAINTS = {0: "unknown", 1: "global", 2: "cpuset", 3: "mempolicy", 4: "memcg"}
 

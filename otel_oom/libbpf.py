@@ -83,6 +83,27 @@ bpf_program__fd = _fn("bpf_program__fd", c_int, c_void_p)
 # int bpf_link__destroy(struct bpf_link *link);
 bpf_link__destroy = _fn("bpf_link__destroy", c_int, c_void_p)
 
+# int bpf_program__pin(struct bpf_program *prog, const char *path);
+bpf_program__pin = _fn("bpf_program__pin", c_int, c_void_p, c_char_p)
+# int bpf_obj_get(const char *pathname);
+bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
+
+
+class BpfTestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (libbpf 1.1)."""
+    _fields_ = [
+        ("sz", c_size_t), ("data_in", c_void_p), ("data_out", c_void_p),
+        ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", c_void_p), ("ctx_out", c_void_p),
+        ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32), ("repeat", c_int), ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32),
+    ]
+
+
+# int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
+bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, ctypes.POINTER(BpfTestRunOpts))
+
 # int bpf_map__fd(const struct bpf_map *map);
 bpf_map__fd = _fn("bpf_map__fd", c_int, c_void_p)
 # int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);

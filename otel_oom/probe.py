@@ -36,6 +36,7 @@ PROGRAMS = {
     "kprobe": ("oom_kill_kprobe", "oom_kill_kretprobe"),
     "none": (),
 }
+SYNTHETIC = "synthetic_events"  # bench-only program, see bpf/oomkill.bpf.c
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 REBUILD_HINT = "rebuild it: `make -C bpf` in the checkout, or reinstall the package (`pip install .`)"
 PRIVILEGE_HINT = "run as root, or with CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
@@ -207,7 +208,8 @@ class Probe:
     """A loaded and attached object. `on_sample(bytes)` is called from `poll()`; it must not block."""
 
     def __init__(self, plan: HookPlan, on_sample: Callable[[bytes], None],
-                 object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES) -> None:
+                 object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES,
+                 bench_pin: Optional[str] = None) -> None:
         self.plan = plan
         self._on_sample = on_sample
         self._obj = None
@@ -215,15 +217,16 @@ class Probe:
         self._rb = None
         self._sample_error: Optional[BaseException] = None
         self._stats_fd = -1
+        self._pinned: Optional[str] = None
         # kept referenced for as long as the ring buffer may call it
         self._callback = L.SAMPLE_FN(self._sample)
         try:
-            self._open(object_path, ring_bytes)
+            self._open(object_path, ring_bytes, bench_pin)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, object_path: Path, ring_bytes: int) -> None:
+    def _open(self, object_path: Path, ring_bytes: int, bench_pin: Optional[str]) -> None:
         if not object_path.exists():
             raise ProbeError(f"BPF object {object_path} is missing; {REBUILD_HINT}")
         obj = L.bpf_object__open_file(str(object_path).encode(), None)
@@ -243,7 +246,7 @@ class Probe:
         prog = L.bpf_object__next_program(obj, None)
         while prog:
             name = L.bpf_program__name(prog).decode()
-            L.bpf_program__set_autoload(prog, name in wanted)
+            L.bpf_program__set_autoload(prog, name in wanted or (bench_pin is not None and name == SYNTHETIC))
             prog = L.bpf_object__next_program(obj, prog)
 
         events = L.bpf_object__find_map_by_name(obj, b"events")
@@ -262,6 +265,15 @@ class Probe:
 
         for name in sorted(wanted):
             self._attach(name)
+        if bench_pin:
+            # benchmarks drive this program with BPF_PROG_TEST_RUN through the pinned path
+            if os.path.exists(bench_pin):
+                os.unlink(bench_pin)
+            rc = L.bpf_program__pin(L.bpf_object__find_program_by_name(obj, SYNTHETIC.encode()), bench_pin.encode())
+            if rc < 0:
+                raise ProbeError(f"cannot pin the benchmark program at {bench_pin}: {_errno_text(-rc)} "
+                                 "(it must be on a mounted bpffs, e.g. /sys/fs/bpf)")
+            self._pinned = bench_pin
 
         self._stats_fd = L.bpf_map__fd(L.bpf_object__find_map_by_name(obj, b"stats"))
         self._rb = L.ring_buffer__new(L.bpf_map__fd(events), self._callback, None, None)
@@ -314,6 +326,12 @@ class Probe:
         return out
 
     def close(self) -> None:
+        if self._pinned:
+            try:
+                os.unlink(self._pinned)
+            except OSError:
+                pass
+            self._pinned = None
         if self._rb:
             L.ring_buffer__free(self._rb)
             self._rb = None
@@ -335,7 +353,7 @@ assert STAT_MAX == 3
 
 def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context: str = "auto",
                object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES,
-               features: Optional[KernelFeatures] = None) -> Probe:
+               features: Optional[KernelFeatures] = None, bench_pin: Optional[str] = None) -> Probe:
     """Load the best hook plan the kernel accepts; raise ProbeError saying why none worked."""
     L.route_messages_to_logging()
     features = features or detect_features()
@@ -353,7 +371,7 @@ def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context
     failures = []
     for plan in plans:
         try:
-            probe = Probe(plan, on_sample, object_path, ring_bytes)
+            probe = Probe(plan, on_sample, object_path, ring_bytes, bench_pin)
         except ProbeError as e:
             if "stale" in str(e) or "missing" in str(e):
                 raise  # no other plan can fix these
