@@ -132,12 +132,21 @@ class Agent:
     def _lower_own_oom_score(self) -> None:
         if self.cfg.oom_score_adj is None:
             return
+        want = self.cfg.oom_score_adj
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(self.cfg.oom_score_adj))
-        except OSError as e:
-            # lowering needs CAP_SYS_RESOURCE; the agent still works, it is just killable
-            log.warning("could not set oom_score_adj to %d: %s", self.cfg.oom_score_adj, e.strerror)
+                f.write(str(want))
+            with open("/proc/self/oom_score_adj") as f:
+                have = int(f.read())
+        except (OSError, ValueError) as e:
+            have, why = None, getattr(e, "strerror", str(e))
+        else:
+            why = "the kernel kept the old value"
+        if have != want:
+            # lowering needs CAP_SYS_RESOURCE (some kernels ignore the write instead of refusing it);
+            # the agent still works, it is just as killable as any other process
+            log.warning("could not set the agent's oom_score_adj to %d (%s; lowering needs CAP_SYS_RESOURCE)",
+                        want, why)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)

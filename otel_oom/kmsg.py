@@ -1,0 +1,410 @@
+"""Recover OOM kills from the kernel's own log (/dev/kmsg): the kills that happened while the agent
+was not running, rebuilt from the lines the OOM killer prints (Linux 4.19 to 6.18).
+
+Every string here comes from the kernel log and is untrusted: task names may hold spaces, brackets,
+commas or control characters (which /dev/kmsg escapes as \\xNN and which are unescaped here back
+to the kernel's bytes, then decoded with surrogateescape like every other string in otel-oom).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .kill import SOURCE_KMSG, SOURCE_NONE, OomKill
+
+_READ_SIZE = 16384  # one /dev/kmsg record per read; the kernel caps a record well below this
+
+
+class KmsgError(OSError):
+    """The kernel log could not be read; an OSError whose message says what to do."""
+
+    def __init__(self, err: int, what: str, path: str):
+        super().__init__(err, what, path)
+
+    def __str__(self) -> str:
+        return f"cannot read {self.filename}: {self.strerror}"
+
+
+@dataclass(frozen=True)
+class KmsgRecord:
+    seq: int
+    usec: int        # printk timestamp: local_clock() in microseconds since boot
+    level: int       # syslog severity 0-7
+    message: str     # unescaped, decoded with surrogateescape
+    facility: int = 0
+    dictionary: tuple[tuple[str, str], ...] = ()  # the record's KEY=value continuation lines
+
+
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def _unescape(raw: bytes) -> str:
+    # /dev/kmsg writes every byte < 0x20, >= 0x7f and the backslash itself as \xNN, so a backslash
+    # always starts an escape and unescaping is lossless
+    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw).decode("utf-8", "surrogateescape")
+
+
+def parse_record(raw: bytes) -> Optional[KmsgRecord]:
+    """One /dev/kmsg record ("level,seq,usec,flags[,...];message\\n[ KEY=value\\n]..."), or None."""
+    head, sep, rest = raw.partition(b";")
+    if not sep:
+        return None
+    fields = head.split(b",")
+    try:
+        prio, seq, usec = int(fields[0]), int(fields[1]), int(fields[2])
+    except (IndexError, ValueError):
+        return None
+    lines = rest.split(b"\n")
+    pairs = []
+    for line in lines[1:]:
+        if line.startswith(b" "):
+            key, _, value = line[1:].partition(b"=")
+            pairs.append((_unescape(key), _unescape(value)))
+    return KmsgRecord(seq=seq, usec=usec, level=prio & 7, message=_unescape(lines[0]),
+                      facility=prio >> 3, dictionary=tuple(pairs))
+
+
+def parse_kmsg(data: bytes) -> list[KmsgRecord]:
+    """Split a dump of /dev/kmsg records (as read from the device, concatenated) and parse them."""
+    records: list[KmsgRecord] = []
+    current: list[bytes] = []
+    for line in data.split(b"\n"):
+        if line.startswith(b" ") and current:
+            current.append(line)
+            continue
+        if current:
+            rec = parse_record(b"\n".join(current))
+            if rec is not None:
+                records.append(rec)
+        current = [line] if line else []
+    if current:
+        rec = parse_record(b"\n".join(current))
+        if rec is not None:
+            records.append(rec)
+    return records
+
+
+def read_kmsg(path: str = "/dev/kmsg") -> list[KmsgRecord]:
+    """Every record still in the kernel's ring buffer, oldest first, without blocking.
+
+    A fresh open of /dev/kmsg starts at the oldest record; EPIPE means the kernel overwrote records
+    we had not read yet, and the next read continues at the oldest one left. A regular file holding
+    a saved dump is read the same way.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except PermissionError as e:
+        raise KmsgError(e.errno, "permission denied; run as root or grant CAP_SYSLOG "
+                        "(kernel.dmesg_restrict is set)", path) from None
+    except OSError as e:
+        raise KmsgError(e.errno, e.strerror, path) from None
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.EPIPE:  # records overwritten before we read them: go on
+                    continue
+                if e.errno == errno.EPERM:
+                    raise KmsgError(e.errno, "permission denied; run as root or grant CAP_SYSLOG "
+                                    "(kernel.dmesg_restrict is set)", path) from None
+                raise KmsgError(e.errno, e.strerror, path) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return parse_kmsg(b"".join(chunks))
+
+
+# -------------------------------------------------------------------------------------------------
+# the OOM killer's lines
+
+_INVOKED = re.compile(
+    r"^(?P<comm>.*?) invoked oom-killer: gfp_mask=(?P<gfp>0x[0-9a-fA-F]+|0)\((?P<flags>.*?)\)"
+    r"(?:, nodemask=(?:\(null\)|[0-9,-]*?))?, order=(?P<order>-?\d+), oom_score_adj=(?P<adj>-?\d+)$",
+    re.S)
+# dump_stack(): "CPU: 1 PID: 42 Comm: x ..." (4.19-6.9) or "CPU: 1 UID: 0 PID: 42 Comm: x ..." (6.10+)
+_CPU = re.compile(r"^CPU: \d+ (?:UID: \d+ )?PID: (?P<tid>\d+) Comm: ")
+_MEMCG_USAGE = re.compile(r"^memory: usage (?P<usage>\d+)kB, limit (?P<limit>\d+)kB, failcnt \d+$")
+_MEMCG_STATS = re.compile(r"^Memory cgroup stats for (?P<path>.*):$", re.S)
+_GROUP = re.compile(r"^Tasks in (?P<path>.*) are going to be killed due to memory\.oom\.group set$",
+                    re.S)
+# 4.19-5.0 announce the choice before the kill line: "<prefix>: Kill process N (c) score S or sacrifice child"
+_CHOICE = re.compile(r"^(?P<prefix>[A-Za-z ()_]+): Kill process \d+ \(.*\) score \d+ or sacrifice child$",
+                     re.S)
+# the comm is greedy so a name holding ") total-vm:" still leaves the real fields at the end
+_KILLED = re.compile(
+    r"^(?:(?P<prefix>[A-Za-z ()_]+): )?Killed process (?P<pid>\d+) \((?P<comm>.*)\) "
+    r"total-vm:(?P<vm>\d+)kB, anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB, "
+    r"shmem-rss:(?P<shmem>\d+)kB(?:, UID:(?P<uid>\d+))?(?: pgtables:(?P<pgt>\d+)kB)?"
+    r"(?: oom_score_adj:(?P<adj>-?\d+))?$", re.S)
+_NO_KILLABLE = "Out of memory and no killable processes"
+
+_CONSTRAINTS = {"CONSTRAINT_NONE": "global", "CONSTRAINT_CPUSET": "cpuset",
+                "CONSTRAINT_MEMORY_POLICY": "mempolicy", "CONSTRAINT_MEMCG": "memcg"}
+_MEMCG_PREFIX = "Memory cgroup out of memory"
+
+
+@dataclass(frozen=True)
+class OomKillLine:
+    """The fields of one "oom-kill:constraint=..." summary line."""
+    constraint: str                  # "memcg" | "global" | "cpuset" | "mempolicy" | "unknown"
+    nodemask: Optional[str]
+    cpuset: Optional[str]
+    mems_allowed: Optional[str]
+    oom_memcg: Optional[str]         # None for a global OOM ("global_oom") or without CONFIG_MEMCG
+    task_memcg: Optional[str]
+    task: str
+    pid: int
+    uid: int
+
+
+def _under(child: str, parent: str) -> bool:
+    return child == parent or parent == "/" or child.startswith(parent.rstrip("/") + "/")
+
+
+def parse_oom_kill_line(message: str, comm: Optional[str] = None,
+                        pid: Optional[int] = None) -> Optional[OomKillLine]:
+    """Parse the summary line; `comm`/`pid` from the matching "Killed process" line disambiguate.
+
+    Names are printed unescaped between commas, so a hostile name can imitate a field. The tail is
+    matched against the victim's known comm and pid when given; between oom_memcg and task_memcg
+    the split where the task's cgroup lies inside the OOMing one wins.
+    """
+    m = re.match(r"oom-kill:constraint=(\w+),nodemask=(\(null\)|[0-9,-]*?)(?=,|$)", message)
+    if not m:
+        return None
+    constraint = _CONSTRAINTS.get(m.group(1), "unknown")
+    nodemask = m.group(2)
+    rest = message[m.end():]
+    tail = None
+    if comm is not None and pid is not None:
+        tail = re.search(r",task=" + re.escape(comm) + r",pid=" + str(pid) + r",uid=(\d+)$", rest, re.S)
+        if tail:
+            task, tpid, uid = comm, pid, int(tail.group(1))
+    if tail is None:
+        candidates = [i for i in range(len(rest)) if rest.startswith(",task=", i)]
+        for i in reversed(candidates):
+            t = re.fullmatch(r",task=(.*),pid=(\d+),uid=(\d+)", rest[i:], re.S)
+            if t:
+                tail, task, tpid, uid = t, t.group(1), int(t.group(2)), int(t.group(3))
+                rest = rest[:i]
+                break
+        else:
+            return None
+    else:
+        rest = rest[:tail.start()]
+    cpuset = mems = None
+    c = re.match(r",cpuset=(.*?),mems_allowed=([0-9,-]*?)(?=,oom_memcg=|,global_oom|,task_memcg=|$)",
+                 rest, re.S)
+    if c:
+        cpuset, mems = c.group(1), c.group(2)
+        rest = rest[c.end():]
+    oom_memcg = task_memcg = None
+    if rest.startswith(",global_oom"):
+        rest = rest[len(",global_oom"):]
+        if rest.startswith(",task_memcg="):
+            task_memcg = rest[len(",task_memcg="):]
+    elif rest.startswith(",oom_memcg="):
+        body = rest[len(",oom_memcg="):]
+        splits = [i for i in range(len(body)) if body.startswith(",task_memcg=", i)]
+        if not splits:
+            oom_memcg = body
+        else:
+            pick = next((i for i in splits if _under(body[i + len(",task_memcg="):], body[:i])), splits[0])
+            oom_memcg, task_memcg = body[:pick], body[pick + len(",task_memcg="):]
+    elif rest.startswith(",task_memcg="):
+        task_memcg = rest[len(",task_memcg="):]
+    return OomKillLine(constraint=constraint, nodemask=nodemask, cpuset=cpuset, mems_allowed=mems,
+                       oom_memcg=oom_memcg, task_memcg=task_memcg, task=task, pid=tpid, uid=uid)
+
+
+@dataclass(frozen=True)
+class RecoveredKill:
+    """One "Killed process" line and what the lines of the same OOM decision before it say."""
+    seq: int                          # kmsg sequence number of the "Killed process" line
+    usec: int                         # its printk time (local_clock, µs since boot)
+    pid: int                          # task_pid_nr of the killed thread (the tgid unless the leader had exited)
+    comm: str
+    total_vm_kb: int
+    anon_rss_kb: int
+    file_rss_kb: int
+    shmem_rss_kb: int
+    uid: Optional[int] = None         # "UID:" (5.3+) or the summary line's uid=
+    pgtables_kb: Optional[int] = None  # 5.8+
+    oom_score_adj: Optional[int] = None  # 5.8+
+    prefix: Optional[str] = None      # "Memory cgroup out of memory" | "Out of memory" | ...
+    decision_seq: int = 0             # first record of the decision; shared by a group kill's victims
+    constraint: str = "unknown"
+    constraint_known: bool = False    # True when the kernel log says the constraint
+    oom_memcg: Optional[str] = None   # the memcg whose limit was hit
+    task_memcg: Optional[str] = None  # the victim's memcg (summary line; only for the chosen victim)
+    cpuset: Optional[str] = None
+    memcg_usage_kb: Optional[int] = None
+    memcg_limit_kb: Optional[int] = None
+    trigger_comm: Optional[str] = None
+    trigger_tid: Optional[int] = None  # dump_stack prints the thread id of the allocating task
+    gfp_mask: Optional[int] = None
+    order: Optional[int] = None
+    group_kill: bool = False          # memory.oom.group: killed with the rest of its cgroup
+
+
+class _Decision:
+    """What has been printed so far about the OOM decision in progress."""
+
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.invoked: Optional[re.Match] = None
+        self.trigger_tid: Optional[int] = None
+        self.usage: Optional[re.Match] = None
+        self.stats_path: Optional[str] = None
+        self.summary: Optional[str] = None
+        self.prefix: Optional[str] = None
+        self.group = False
+        self.kills = 0
+
+
+def recovered_kills(records: list[KmsgRecord]) -> list[RecoveredKill]:
+    """One RecoveredKill per "Killed process" line, with the context its decision printed.
+
+    The header of a decision (invoked line, memcg usage, oom-kill summary) is rate limited by the
+    kernel (10 per 5 s) while the "Killed process" line is not: a kill without its own header gets
+    no context rather than a stale one. A context serves one kill, or every kill of a group kill.
+    """
+    out: list[RecoveredKill] = []
+    d: Optional[_Decision] = None
+    for rec in records:
+        msg = rec.message
+        m = _INVOKED.match(msg) if " invoked oom-killer: " in msg else None
+        if m:
+            d = _Decision(rec.seq)
+            d.invoked = m
+            continue
+        if msg.startswith("oom-kill:"):
+            if d is None or d.summary is not None or d.kills:
+                d = _Decision(rec.seq)
+            d.summary = msg
+            continue
+        if msg.startswith(_NO_KILLABLE):
+            d = None  # this decision killed nobody: its header must not stick to a later kill
+            continue
+        if d is not None and not d.kills:
+            if d.summary is None:
+                if msg.startswith("CPU: ") and d.invoked is not None and d.trigger_tid is None:
+                    m = _CPU.match(msg)
+                    if m:
+                        d.trigger_tid = int(m.group("tid"))
+                        continue
+                m = _MEMCG_USAGE.match(msg)
+                if m and d.usage is None:
+                    d.usage = m
+                    continue
+                m = _MEMCG_STATS.match(msg)
+                if m and d.stats_path is None:
+                    d.stats_path = m.group("path")
+                    continue
+            m = _CHOICE.match(msg)
+            if m:
+                d.prefix = m.group("prefix")
+                continue
+        m = _GROUP.match(msg)
+        if m:
+            if d is not None:
+                d.group = True
+                # the chosen victim is killed (and printed) before the group line announces the rest
+                out = [replace(k, group_kill=True) if k.decision_seq == d.seq else k for k in out]
+            continue
+        m = _KILLED.match(msg)
+        if not m:
+            continue
+        pid, comm = int(m.group("pid")), m.group("comm")
+        if d is not None and d.kills and not d.group:
+            d = None  # a second kill without a header of its own: its header was rate limited
+        summary = parse_oom_kill_line(d.summary, comm, pid) if d is not None and d.summary else None
+        # 4.19-5.0 may kill a child of the task the summary names ("or sacrifice child")
+        if d is not None and not d.kills and summary is not None and summary.pid != pid and d.prefix is None:
+            d, summary = None, None  # that header belongs to a decision whose kill was not printed
+        if d is None:
+            d = _Decision(rec.seq)
+        prefix = m.group("prefix") or d.prefix
+        own = summary is not None and summary.pid == pid
+        constraint, known = "unknown", False
+        if summary is not None and summary.constraint != "unknown":
+            constraint, known = summary.constraint, True
+        elif prefix == _MEMCG_PREFIX:
+            constraint, known = "memcg", True
+        oom_memcg = summary.oom_memcg if summary is not None else None
+        if oom_memcg is None and constraint == "memcg":
+            oom_memcg = d.stats_path
+        uid = m.group("uid")
+        out.append(RecoveredKill(
+            seq=rec.seq, usec=rec.usec, pid=pid, comm=comm,
+            total_vm_kb=int(m.group("vm")), anon_rss_kb=int(m.group("anon")),
+            file_rss_kb=int(m.group("file")), shmem_rss_kb=int(m.group("shmem")),
+            uid=int(uid) if uid is not None else (summary.uid if own else None),
+            pgtables_kb=int(m.group("pgt")) if m.group("pgt") is not None else None,
+            oom_score_adj=int(m.group("adj")) if m.group("adj") is not None else None,
+            prefix=prefix, decision_seq=d.seq, constraint=constraint, constraint_known=known,
+            oom_memcg=oom_memcg, task_memcg=summary.task_memcg if own else None,
+            cpuset=summary.cpuset if summary is not None else None,
+            memcg_usage_kb=int(d.usage.group("usage")) if d.usage and constraint == "memcg" else None,
+            memcg_limit_kb=int(d.usage.group("limit")) if d.usage and constraint == "memcg" else None,
+            trigger_comm=d.invoked.group("comm") if d.invoked else None,
+            trigger_tid=d.trigger_tid,
+            gfp_mask=int(d.invoked.group("gfp"), 16) if d.invoked else None,
+            order=int(d.invoked.group("order")) if d.invoked else None,
+            group_kill=d.group))
+        d.kills += 1
+    return out
+
+
+def _kb(value: Optional[int]) -> Optional[int]:
+    return None if value is None else value * 1024
+
+
+def to_oom_kill(r: RecoveredKill, boot_id: str, boot_wall_ns: int) -> OomKill:
+    """The OomKill for a recovered kill; `boot_wall_ns` is the wall-clock time of boot in ns.
+
+    printk stamps records with local_clock(), not CLOCK_BOOTTIME: the two agree on a machine that
+    never suspended and drift apart by the time spent suspended otherwise, so boot_time_ns and
+    time_unix_nano are approximate. The event_id is built as for live events, from that timestamp.
+    """
+    timestamp_ns = r.usec * 1000
+    memcg_known = r.oom_memcg is not None
+    return OomKill(
+        event_id=f"{boot_id}:{timestamp_ns}:{r.pid}",
+        time_unix_nano=boot_wall_ns + timestamp_ns,
+        boot_time_ns=timestamp_ns,
+        hook="kmsg",
+        context_hook="none",
+        recovered=True,
+        victim_pid=r.pid,
+        victim_tid=r.pid,
+        victim_comm=r.comm,
+        victim_uid=r.uid,
+        oom_score_adj=r.oom_score_adj,
+        total_vm_bytes=_kb(r.total_vm_kb),
+        anon_rss_bytes=_kb(r.anon_rss_kb),
+        file_rss_bytes=_kb(r.file_rss_kb),
+        shmem_rss_bytes=_kb(r.shmem_rss_kb),
+        pgtables_bytes=_kb(r.pgtables_kb),
+        cgroup_path=r.task_memcg,
+        trigger_tid=r.trigger_tid,
+        trigger_comm=r.trigger_comm,
+        constraint=r.constraint,
+        constraint_source=SOURCE_KMSG if r.constraint_known else SOURCE_NONE,
+        memcg_path=r.oom_memcg,
+        memcg_limit_bytes=_kb(r.memcg_limit_kb),
+        memcg_usage_bytes=_kb(r.memcg_usage_kb),
+        memcg_source=SOURCE_KMSG if memcg_known else SOURCE_NONE,
+        gfp_mask=r.gfp_mask,
+        order=r.order,
+        decision_id=f"{boot_id}:kmsg:{r.decision_seq}",
+    )
