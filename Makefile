@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv openssl util-linux \
-                prometheus qemu-system-x86 busybox-static xz-utils cpio kmod
+                prometheus qemu-system-x86 busybox-static xz-utils zstd kmod
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages venv bpf run test bench clean
