@@ -97,6 +97,11 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
     if ring & (ring - 1):
         raise UsageError(f"--ring-buffer-bytes must be a power of two, got {ring}")
     adj = _pick(flags.get("oom_score_adj"), environ, ENV_OOM_SCORE_ADJ, DEFAULT_OOM_SCORE_ADJ)
+    listen = _pick(flags.get("listen"), environ, ENV_LISTEN, None)
+    if listen:
+        from .health import parse_listen
+
+        parse_listen(listen)  # fail before anything starts, not after the probes are attached
     return RunConfig(
         console=bool(flags.get("console")),
         json=bool(flags.get("json")),
@@ -106,7 +111,7 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
                                    DEFAULT_SPOOL_MAX_BYTES), "--spool-max-bytes", 1 << 16, 1 << 40),
         spool_max_age=_int(_pick(flags.get("spool_max_age"), environ, ENV_SPOOL_MAX_AGE,
                                  DEFAULT_SPOOL_MAX_AGE), "--spool-max-age", 1, 10 * 365 * 86400),
-        listen=_pick(flags.get("listen"), environ, ENV_LISTEN, None),
+        listen=listen,
         prometheus=_bool(_pick(flags.get("prometheus") or None, environ, ENV_PROMETHEUS, False), ENV_PROMETHEUS),
         webhook=_pick(flags.get("notify_webhook"), environ, ENV_WEBHOOK, None),
         oom_score_adj=None if str(adj).lower() == "keep" else _int(adj, "--oom-score-adj", -1000, 1000),

@@ -1,0 +1,126 @@
+"""The agent's own HTTP endpoint: liveness (/healthz), readiness (/readyz) and Prometheus /metrics.
+
+Served from a daemon thread so a slow or stuck client never holds up the pipeline; the
+readiness callback is called once per /readyz request and must be cheap and thread-safe.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from .errors import AgentError, UsageError
+
+log = logging.getLogger("otel_oom.health")
+
+
+class ListenError(UsageError, ValueError):
+    """A malformed --listen value: a ValueError for callers, one line on the CLI."""
+
+Readiness = Callable[[], "tuple[bool, str]"]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """"HOST:PORT", ":PORT" (all interfaces) or "[v6addr]:PORT" -> (host, port)."""
+    text = listen.strip()
+    usage = (f"--listen must be HOST:PORT, :PORT or [IPv6]:PORT with a port from 0 to 65535, "
+             f"e.g. 0.0.0.0:9464, :9464 or [::1]:9464; got {listen!r}")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1:end + 2] != ":":
+            raise ListenError(usage)
+        host, port_text = text[1:end], text[end + 2:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ListenError(usage) from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        # a bare IPv6 address without brackets is ambiguous ("::1:9464")
+        if not sep or ":" in host:
+            raise ListenError(usage)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ListenError(usage)
+    return host, int(port_text)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, family) -> None:
+        self.address_family = family
+        super().__init__(address, handler)
+
+
+class HealthServer:
+    """/healthz: the process serves HTTP. /readyz: the agent's own verdict. /metrics: the registry."""
+
+    def __init__(self, listen: str, ready: Readiness, prometheus_registry=None) -> None:
+        import socket
+
+        host, port = parse_listen(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if host == "":
+            host = "0.0.0.0"
+        self._ready = ready
+        self._registry = prometheus_registry
+        handler = self._make_handler()
+        try:
+            self._server = _Server((host, port), handler, family)
+        except OSError as e:
+            raise AgentError(f"cannot listen on {listen} for /healthz: {e.strerror} "
+                             "(choose another --listen address or port)", e.errno) from None
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otel-oom-health",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+
+    def _make_handler(self):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "otel-oom"
+            sys_version = ""
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._send(200, b"ok\n")
+                elif path == "/readyz":
+                    try:
+                        ok, reason = outer._ready()
+                    except Exception as e:  # noqa: BLE001 - a broken check means not ready, never a crash
+                        ok, reason = False, f"readiness check failed: {e}"
+                    self._send(200 if ok else 503, (reason.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+                elif path == "/metrics" and outer._registry is not None:
+                    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                    self._send(200, generate_latest(outer._registry), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b"not found: try /healthz, /readyz or /metrics\n")
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self.do_GET()
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args) -> None:
+                # probes hit this every few seconds: keep them out of the agent's log
+                log.debug("%s %s", self.address_string(), fmt % args)
+
+        return Handler
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
