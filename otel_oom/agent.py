@@ -74,17 +74,20 @@ class Agent:
         self.enricher = Enricher(hierarchy, clock.boot_id(),
                                  CgroupResolver(hierarchy.mount) if hierarchy else None)
 
-        if cfg.otlp:
+        if cfg.otlp or cfg.prometheus:
             from .telemetry import LogSender, Metrics, build_resource, validate_otlp_environment
 
-            validate_otlp_environment(self.environ)
+            if cfg.otlp:
+                validate_otlp_environment(self.environ)
             resource = build_resource(self.environ)
-            self.sender = LogSender(resource, self.environ)
-            self._cleanup.append(self.sender.shutdown)
-            self.metrics = Metrics(resource, self.environ, prometheus=cfg.prometheus,
+            self.metrics = Metrics(resource, self.environ, prometheus=cfg.prometheus, otlp=cfg.otlp,
                                    drop_counts=self.drop_counts, hooks=self.hooks_attached,
                                    unobserved=self.unobserved_kills)
             self._cleanup.append(self.metrics.shutdown)
+            if cfg.otlp:
+                self.sender = LogSender(resource, self.environ,
+                                        on_failure=lambda: self.metrics.record_export_failure("logs"))
+                self._cleanup.append(self.sender.shutdown)
         self.store = open_store(cfg) if cfg.otlp else MemoryStore()
         self._cleanup.append(self.store.close)
         if cfg.webhook:

@@ -27,6 +27,8 @@ from .kill import OomKill
 log = logging.getLogger("otel_oom.recovery")
 
 STATE_FILE = "reconcile.json"
+# at most this many recovered kills are replayed at one start; the rest stay counted as unobserved
+MAX_RECOVERED = 1000
 
 
 class Reconciler:
@@ -64,6 +66,10 @@ class Reconciler:
     def save(self) -> None:
         if not self.state_path or self._latest is None:
             return
+        try:
+            os.makedirs(os.path.dirname(self.state_path), mode=0o700, exist_ok=True)
+        except OSError:
+            pass  # reported by the write below
         state = {"boot_id": self.boot_id, "vmstat_oom_kill": self._latest, "saved_at": time.time()}
         tmp = self.state_path + ".tmp"
         try:
@@ -90,14 +96,20 @@ class Reconciler:
         if not self.state_path or self.baseline is None:
             return []
         state = self._load()
-        if state and state.get("boot_id") == self.boot_id:
+        self.save()
+        if state is None:
+            # first start on this host: there was no agent before, so nothing was "missed"
+            if self.baseline:
+                log.info("%d OOM kill(s) happened on this boot before otel-oom's first start here; "
+                         "not replayed (no earlier state in %s)", self.baseline, self.state_path)
+            return []
+        if state.get("boot_id") == self.boot_id:
             missed = self.baseline - int(state.get("vmstat_oom_kill", self.baseline))
         else:
-            missed = self.baseline  # a new boot: every kill since boot happened before this agent
-        self.save()
+            missed = self.baseline  # rebooted since the last run: every kill of this boot was missed
         if missed <= 0:
             return []
-        kills = self._from_kmsg(missed)
+        kills = self._from_kmsg(min(missed, MAX_RECOVERED))
         with self._lock:
             self.missed_without_details = missed - len(kills)
         log.warning("%d OOM kill(s) happened while otel-oom was not running; %d recovered from the kernel log%s",

@@ -67,8 +67,9 @@ def test_a_memcg_kill_arrives_as_one_complete_record(receiver, start_agent):
     expected_line = f"0::{kill.cgroup_path}" if h.version == 2 else f"{h.hierarchy_id}:{h.controllers}:{kill.cgroup_path}"
     assert a["process.linux.cgroup"] == expected_line
     rss = a["oom.victim.memory.rss"]
-    assert a["oom.victim.memory.anon_rss"] > 8 * MiB
-    assert 8 * MiB < rss <= 40 * MiB
+    # most of the 32 MiB limit is the victim's anonymous memory; the interpreter's start-up memory,
+    # allocated before the child joined the cgroup, is charged elsewhere and adds a few MiB on top
+    assert 16 * MiB < a["oom.victim.memory.anon_rss"] < rss < 32 * MiB + 16 * MiB
     assert a["oom.victim.memory.total_vm"] > rss
     # the trigger: the victim allocated its way into the limit itself
     assert a["oom.trigger.pid"] == kill.victim_pid
@@ -79,7 +80,8 @@ def test_a_memcg_kill_arrives_as_one_complete_record(receiver, start_agent):
     assert a["oom.memcg.limit"] == 32 * MiB
     assert 28 * MiB <= a["oom.memcg.usage"] <= 32 * MiB
     assert a["oom.hook"] in ("tp_btf", "tracepoint")
-    boot_id = open("/proc/sys/kernel/random/boot_id").read().strip()
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot_id = f.read().strip()
     assert re.fullmatch(rf"{boot_id}:\d+:{kill.victim_pid}", a["oom.event.id"])
     assert "container.id" not in a and "k8s.pod.uid" not in a
     # the reporter, on the resource
@@ -165,7 +167,9 @@ def _run_cli(*args: str, env=None, user: str | None = None) -> subprocess.Comple
 
 
 @pytest.mark.parametrize("args, env, needle", [
-    (["run", "--ring-buffer-bytes", "1000"], {}, "power of two"),
+    (["run", "--ring-buffer-bytes", "5000"], {}, "power of two"),
+    (["run", "--ring-buffer-bytes", "1000"], {}, "between 4096"),
+    (["run", "--listen", "nowhere"], {}, "--listen"),
     (["run", "--frobnicate"], {}, "unrecognized arguments"),
     (["run"], {"OTEL_EXPORTER_OTLP_ENDPOINT": "not a url"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
     (["run"], {"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
@@ -202,12 +206,17 @@ def test_check_names_the_plan_run_uses():
     assert "result: ready" in r.stdout
 
 
+def _vmstat_oom_kill() -> int:
+    with open("/proc/vmstat") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("oom_kill ")))
+
+
 def test_trigger_prints_the_victim_pid():
     require_root_bpf()
-    before = int(next(line.split()[1] for line in open("/proc/vmstat") if line.startswith("oom_kill ")))
+    before = _vmstat_oom_kill()
     r = _run_cli("trigger", "--limit", "16M")
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.strip())
     assert not os.path.exists(f"/proc/{pid}")
-    after = int(next(line.split()[1] for line in open("/proc/vmstat") if line.startswith("oom_kill ")))
+    after = _vmstat_oom_kill()
     assert after >= before + 1
