@@ -186,6 +186,10 @@ LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
 _LEVELS = {LIBBPF_WARN: logging.WARNING, LIBBPF_INFO: logging.INFO, LIBBPF_DEBUG: logging.DEBUG}
 
 
+# while set, libbpf's messages are collected here instead of logged (see probe.open_probe)
+captured: "list[tuple[int, str]] | None" = None
+
+
 @PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
     buf = ctypes.create_string_buffer(2048)
@@ -194,7 +198,10 @@ def _print(level: int, fmt: bytes, args: int) -> int:
     # libbpf's INFO is chatty about things that are fine; keep it at DEBUG
     py_level = logging.DEBUG if level != LIBBPF_WARN else logging.WARNING
     if text:
-        log.log(py_level, "%s", text)
+        if captured is not None:
+            captured.append((py_level, text))
+        else:
+            log.log(py_level, "%s", text)
     return 0
 
 

@@ -369,18 +369,32 @@ def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context
         why = "; ".join(f"{h}: {features.reasons.get(h, 'unavailable')}" for h in (asked or VICTIM_HOOKS))
         raise ProbeError(f"no usable OOM hook on this kernel ({why})")
     failures = []
+    refused: list[tuple[int, str]] = []  # libbpf's account of the plans the kernel refused
     for plan in plans:
+        # a refused plan is an expected fallback: what libbpf said about it is detail (debug level),
+        # unless no plan works at all
+        L.captured = []
         try:
             probe = Probe(plan, on_sample, object_path, ring_bytes, bench_pin)
         except ProbeError as e:
+            refused.extend(L.captured)
             if "stale" in str(e) or "missing" in str(e):
+                _replay(refused)
                 raise  # no other plan can fix these
             # with the privileges checked above, EPERM means the kernel refuses this hook
             # (fentry under some lockdown/hypervisor setups): try the next plan
             log.info("hook plan %s not usable: %s", plan.describe(), e)
             failures.append(f"{plan.describe()}: {e}")
             continue
-        for skipped in failures:
-            log.info("fell back past %s", skipped.split(":")[0])
+        finally:
+            messages, L.captured = L.captured, None
+        _replay(refused, logging.DEBUG)
+        _replay(messages)
         return probe
+    _replay(refused)
     raise ProbeError("every hook plan failed: " + " | ".join(failures))
+
+
+def _replay(messages: list[tuple[int, str]], level: Optional[int] = None) -> None:
+    for msg_level, text in messages:
+        L.log.log(level if level is not None else msg_level, "%s", text)
