@@ -483,6 +483,24 @@ def guest_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return base
 
 
+# the guest starts these empty (tmpfs); see init.sh
+_FRESH_IN_GUEST = ("/tmp", "/var/tmp", "/run")
+
+
+def _hidden_but_needed(paths: Iterable[str]) -> list[str]:
+    """Host paths the guest needs (the checkout, the Python environment) that lie under a directory
+    the guest replaces with an empty tmpfs: init.sh binds them back from the read-only host root.
+    A CI checkout may well live under /tmp."""
+    keep = []
+    for p in paths:
+        p = os.path.abspath(p)
+        if any(p == d or p.startswith(d + "/") for d in _FRESH_IN_GUEST) and p not in keep:
+            if any(c.isspace() for c in p):
+                raise QemuError(f"cannot pass {p!r} into the guest: it has white space")
+            keep.append(p)
+    return keep
+
+
 def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_mb: int = 1024,
          timeout: float = 300, env: Mapping[str, str] | None = None, extra_cmdline: str = "", *,
          cpus: int = 1, cwd: str | None = None, tmpfs: Iterable[str] = (), share_dir: str | None = None,
@@ -509,6 +527,7 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         if not os.path.isdir(share_dir):
             raise QemuError(f"share_dir {share_dir} does not exist on the host: create it first")
     workdir = _guest_path(cwd or os.getcwd(), "cwd")
+    keep_dirs = _hidden_but_needed([workdir, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))])
     script = command if isinstance(command, str) else "exec " + shlex.join(command)
     environment = guest_env(env)
     bad = [k for k in environment if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
@@ -519,7 +538,7 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         with open(os.path.join(ctl, "boot.conf"), "w") as f:
             f.write(f"CGROUP={shlex.quote(cgroup)}\nTMPFS_DIRS={shlex.quote(' '.join(tmpfs_dirs))}\n"
                     f"SHARE_DIR={shlex.quote(share_dir or '')}\nHOSTROOT_CACHE={shlex.quote(hostroot_cache)}\n"
-                    f"OVERLAY={int(overlay)}\n")
+                    f"OVERLAY={int(overlay)}\nKEEP_DIRS={shlex.quote(' '.join(keep_dirs))}\n")
         with open(os.path.join(ctl, "env"), "w") as f:
             f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in environment.items())
         with open(os.path.join(ctl, "command"), "w") as f:

@@ -60,6 +60,10 @@ for d in /tmp /var/tmp; do
     mount -t tmpfs -o mode=1777 tmpfs "$R$d" || fail "cannot mount tmpfs on $d"
 done
 mount -t tmpfs -o mode=0755 tmpfs "$R/run" || fail "cannot mount tmpfs on /run"
+# ...except the host paths the command needs that live there (a checkout or venv under /tmp)
+for d in $KEEP_DIRS; do
+    mkdir -p "$R$d" && mount --bind "/lower$d" "$R$d" || fail "cannot bind $d from the host root"
+done
 for d in $TMPFS_DIRS; do
     [ -d "$R$d" ] || mkdir -p "$R$d" 2>/dev/null \
         || fail "cannot create $d inside the guest: it does not exist on the host and overlay is off"
