@@ -247,14 +247,13 @@ def _check_endpoint(var: str, value: str) -> None:
     shown = _redact_url(value.strip())
     try:
         parts = urlsplit(value.strip())
-        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
     except ValueError:
         raise ConfigError(f"{var} has an invalid port: {shown!r}; use a URL such as http://collector:4317") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"{var} must be a URL such as http://collector:4317 (plaintext) or https://collector:4317 (TLS), "
             f"got {shown!r}; note that a gRPC endpoint without http:// or https:// makes the exporter use TLS")
-    del port
 
 
 def _check_readable(var: str, path: str) -> None:
@@ -278,6 +277,11 @@ def validate_otlp_environment(environ: Mapping[str, str] = os.environ) -> None:
         value = environ.get(var)
         if value:
             _check_endpoint(var, value)
+            if sig and otlp_protocol(environ, sig.rstrip("_")) == "http/protobuf" \
+                    and urlsplit(value.strip()).path in ("", "/"):
+                # the SDK appends /v1/logs to the generic endpoint only, never to a per-signal one
+                log.warning("%s is used as is over http/protobuf; it usually ends in /v1/%s",
+                            var, sig.rstrip("_").lower())
 
         for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
             var = f"{_PREFIX}{sig}{name}"
@@ -287,6 +291,13 @@ def validate_otlp_environment(environ: Mapping[str, str] = os.environ) -> None:
         if bool(key) != bool(cert):
             raise ConfigError(f"mutual TLS needs both {_PREFIX}{sig}CLIENT_KEY and {_PREFIX}{sig}CLIENT_CERTIFICATE; "
                               "set both or neither")
+        grpc_signals = [s for s in (("LOGS", "METRICS") if not sig else (sig.rstrip("_"),))
+                        if otlp_protocol(environ, s) == "grpc"]
+        if key and not environ.get(f"{_PREFIX}{sig}CERTIFICATE") and grpc_signals:
+            # the gRPC exporter loads the client certificate only together with a CA file
+            raise ConfigError(f"{_PREFIX}{sig}CLIENT_CERTIFICATE is ignored over gRPC unless "
+                              f"{_PREFIX}{sig}CERTIFICATE is set too; point it at the collector's CA "
+                              "(the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt, for a public CA)")
 
         var = f"{_PREFIX}{sig}TIMEOUT"
         value = environ.get(var)
@@ -341,6 +352,49 @@ def validate_otlp_environment(environ: Mapping[str, str] = os.environ) -> None:
             raise ConfigError(f"{var} must be a positive number of milliseconds, got {value.strip()!r}")
 
 
+# ---- exporters --------------------------------------------------------------------------------
+
+def _http_session():
+    """A requests session for the HTTP exporters that keeps the CA file the SDK configured on it.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set by many base images) replace a session's
+    CA file, which silently turns OTEL_EXPORTER_OTLP_CERTIFICATE into a no-op and fails TLS to a
+    collector with a private CA. None when a credential-provider session is configured instead.
+    """
+    if any(v.startswith("OTEL_PYTHON_EXPORTER_OTLP_HTTP") and v.endswith("CREDENTIAL_PROVIDER") for v in os.environ):
+        return None
+    import requests
+
+    class ExplicitCaSession(requests.Session):
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and isinstance(self.verify, str):
+                merged["verify"] = self.verify
+            return merged
+
+    return ExplicitCaSession()
+
+
+def _log_exporter(protocol: str):
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        return OTLPLogExporter()
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    return OTLPLogExporter(session=_http_session())
+
+
+def _metric_exporter(protocol: str):
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        return OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter(session=_http_session())
+
+
 # ---- logs -------------------------------------------------------------------------------------
 
 class LogSender:
@@ -365,11 +419,8 @@ class LogSender:
         self.export_failures = 0
         self._scope = InstrumentationScope(SCOPE_NAME, __version__)
         self._limits = LogRecordLimits()
-        if self.protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-        self._exporter = OTLPLogExporter()
+        self._exporter = _log_exporter(self.protocol)
+        self._shut_down = False
 
     def describe(self) -> str:
         return f"{self.protocol} to {_redact_url(self.endpoint)}"
@@ -404,6 +455,8 @@ class LogSender:
             return True
         from opentelemetry.sdk._logs.export import LogRecordExportResult
 
+        if self._shut_down:
+            return False
         try:
             ok = self._exporter.export(self.records(kills)) is LogRecordExportResult.SUCCESS
         except Exception:  # noqa: BLE001 - an exporter bug must read as "not delivered", not kill the sender
@@ -416,19 +469,13 @@ class LogSender:
         return ok
 
     def shutdown(self) -> None:
-        # also aborts a retry backoff in progress
-        self._exporter.shutdown()
+        # also aborts a retry backoff in progress; the agent may call it twice (out of time, teardown)
+        if not self._shut_down:
+            self._shut_down = True
+            self._exporter.shutdown()
 
 
 # ---- metrics ----------------------------------------------------------------------------------
-
-def _metric_exporter_class(protocol: str):
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    return OTLPMetricExporter
-
 
 def _counting_exporter(inner, on_failure: Callable[[], None]):
     """Wrap a MetricExporter so a failed export is counted (the SDK reader only logs it)."""
@@ -484,13 +531,16 @@ class Metrics:
         self._hooks = hooks or (lambda: [])
         self._unobserved = unobserved or (lambda: 0)
         self.protocol = otlp_protocol(environ, "METRICS")
+        if otlp and self.protocol not in PROTOCOLS:
+            raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc or http/protobuf, got {self.protocol!r}")
         self.prometheus_registry = None
         readers = []
+        self.export_interval_millis = float(environ.get("OTEL_METRIC_EXPORT_INTERVAL")
+                                            or DEFAULT_METRIC_EXPORT_INTERVAL_MS)
         if otlp:
-            interval = float(environ.get("OTEL_METRIC_EXPORT_INTERVAL") or DEFAULT_METRIC_EXPORT_INTERVAL_MS)
-            exporter = _counting_exporter(_metric_exporter_class(self.protocol)(),
+            exporter = _counting_exporter(_metric_exporter(self.protocol),
                                           lambda: self.record_export_failure("metrics"))
-            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
+            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=self.export_interval_millis))
         if prometheus:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from prometheus_client import CollectorRegistry
@@ -517,6 +567,9 @@ class Metrics:
             explicit_bucket_boundaries_advisory=RSS_BUCKETS)
         self._export_failures = meter.create_counter(
             "otel_oom.export.failures", unit="{export}", description="OTLP exports the collector did not accept")
+        for signal in ("logs", "metrics"):
+            # the series exist from the start, so rate() and increase() see the first failure
+            self._export_failures.add(0, {"signal": signal})
         meter.create_observable_counter(
             "otel_oom.events.dropped", unit="{event}", description="Events otel-oom lost, by reason",
             callbacks=[guarded("otel_oom.events.dropped", lambda: [
