@@ -192,7 +192,8 @@ def test_a_small_storm_causes_exactly_the_kills_asked_for():
     mount, _ = _hierarchy()
     v0 = vmstat_oom_kills()
     s = trigger_storm(cgroups=2, kills=20)
-    assert vmstat_oom_kills() - v0 == 20
+    # the storm's own cgroups counted exactly 20; the host-wide counter may also see other kills
+    assert vmstat_oom_kills() - v0 >= 20
     assert s.kills_caused == 20
     assert len(s.victim_pids) == 20 == len(set(s.victim_pids))
     assert not any(os.path.exists(f"/proc/{p}") for p in s.victim_pids)
@@ -205,7 +206,7 @@ def test_storm_of_800_kills_and_its_rate():
     t0 = time.monotonic()
     s = trigger_storm(cgroups=8, kills=800)
     wall = time.monotonic() - t0
-    assert vmstat_oom_kills() - v0 == 800 == s.kills_caused
+    assert s.kills_caused == 800 <= vmstat_oom_kills() - v0
     assert s.seconds <= wall
     print(f"storm: 800 kills in {s.seconds:.2f}s = {800 / s.seconds:.0f} kills/s")
     # measured ~3.5-4.2 s on the 2-core dev VM; a generous bound so a loaded CI box still passes
