@@ -10,36 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from otel_oom.kill import OomKill, SOURCE_KERNEL  # noqa: E402
+from bench.common import fs_type, typical_kill as common_typical_kill  # noqa: E402
 from otel_oom.spool import Spool  # noqa: E402
 
 
 def typical_kill(i: int) -> bytes:
-    pod = "8f3c2a71-5b2e-4c1d-9a7e-2f6b4d1e0c9a"
-    cid = "4b6f0d1e9c2a7b3f5e8d6c1a0b9e7f2d3c5a8b1e6d4f7a9c0b2e5d8f1a3c6b9e"
-    path = f"/kubepods/burstable/pod{pod}/{cid}"
-    return OomKill(
-        event_id=f"3f1e6a2c-8b4d-4e7f-9a1c-5d2b7e0f4a6c:{1_234_567_890_123 + i}:{40_000 + i}",
-        time_unix_nano=1_732_500_000_000_000_000 + i, boot_time_ns=1_234_567_890_123 + i,
-        hook="tp_btf", context_hook="fentry", recovered=False,
-        victim_pid=40_000 + i, victim_tid=40_000 + i, victim_comm="java", victim_ppid=39_998,
-        victim_uid=1000, oom_score_adj=968, total_vm_bytes=4_831_838_208, anon_rss_bytes=536_358_912,
-        file_rss_bytes=12_582_912, shmem_rss_bytes=0, pgtables_bytes=2_129_920,
-        cgroup_path=path, cgroup_line=f"4:memory:{path}", container_runtime="containerd",
-        container_id=cid, pod_uid=pod, pod_qos_class="burstable",
-        trigger_pid=40_000 + i, trigger_tid=40_017 + i, trigger_comm="C2 CompilerThre",
-        constraint="memcg", constraint_source=SOURCE_KERNEL, memcg_path=path,
-        memcg_limit_bytes=536_870_912, memcg_usage_bytes=536_866_816, memcg_source=SOURCE_KERNEL,
-        domain_bytes=536_870_912, badness_points=1_139, gfp_mask=0xcc0, order=0,
-        decision_id=f"3f1e6a2c-8b4d-4e7f-9a1c-5d2b7e0f4a6c:{1_234_567_890_123 + i}",
-    ).to_json().encode()
+    return common_typical_kill(i).to_json().encode()
 
 
 def run(directory: str, fsync: bool, seconds: float, deliver: bool = False) -> tuple[int, float, int]:
@@ -62,6 +44,19 @@ def run(directory: str, fsync: bool, seconds: float, deliver: bool = False) -> t
     return n, elapsed, on_disk
 
 
+def figures(base: str, seconds: float = 2.0, log=print) -> dict:
+    """The same measurements as main(), returned as a dict for the report."""
+    directory = os.path.join(base, "spool")
+    out = {"filesystem": fs_type(base), "payload_bytes": len(typical_kill(0))}
+    for fsync, deliver in ((True, False), (False, False), (True, True)):
+        n, elapsed, on_disk = run(directory, fsync, seconds, deliver)
+        key = f"fsync={fsync} {'append+ack' if deliver else 'append'}"
+        out[key] = {"events_per_s": round(n / elapsed), "us_per_event": round(elapsed / n * 1e6, 1)}
+        log(f"  spool {key}: {n / elapsed:.0f} events/s")
+    shutil.rmtree(directory, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", help="directory to benchmark in (default: a new one under /var/tmp)")
@@ -70,7 +65,7 @@ def main() -> None:
     base = args.dir or tempfile.mkdtemp(prefix="bench-spool-", dir="/var/tmp")
     os.makedirs(base, exist_ok=True)
     directory = os.path.join(base, "spool")
-    fs = subprocess.run(["stat", "-f", "-c", "%T", base], capture_output=True, text=True).stdout.strip()
+    fs = fs_type(base)
     size = len(typical_kill(0))
     print(f"spool in {directory} ({fs or 'unknown filesystem'}), OomKill JSON payload {size} bytes")
     try:

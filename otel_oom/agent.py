@@ -55,6 +55,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._cleanup: list[Callable[[], None]] = []
         self._last_export_ok = time.monotonic()
+        self._deadline = 0.0
         self._closed = False
         self.probe: Optional[Probe] = None
         self.store = None
@@ -83,7 +84,9 @@ class Agent:
             self.metrics = Metrics(resource, self.environ, prometheus=cfg.prometheus, otlp=cfg.otlp,
                                    drop_counts=self.drop_counts, hooks=self.hooks_attached,
                                    unobserved=self.unobserved_kills)
-            self._cleanup.append(self.metrics.shutdown)
+            # the final metric export gets what is left of --shutdown-timeout (at least 1 s)
+            self._cleanup.append(lambda: self.metrics.shutdown(
+                max(1.0, self._deadline - time.monotonic()) * 1000))
             if cfg.otlp:
                 self.sender = LogSender(resource, self.environ,
                                         on_failure=lambda: self.metrics.record_export_failure("logs"))
@@ -184,12 +187,13 @@ class Agent:
             self._handle(kill)
 
     def _handle(self, kill: OomKill) -> None:
-        if not kill.recovered:
-            self.kills_seen += 1
-            self.reconciler.observed(kill)
         if self.sender:
             self.store.append(kill.to_json().encode())
             self._wake_sender.set()
+        if not kill.recovered:
+            # only once it is spooled: from here a restart must not replay it from the kernel log
+            self.kills_seen += 1
+            self.reconciler.observed(kill)
         if self.cfg.console:
             self._write(format_console(kill))
         if self.cfg.json:
@@ -288,13 +292,20 @@ class Agent:
             return
         self._closed = True
         self.stopping.set()
-        deadline = time.monotonic() + self.cfg.shutdown_timeout
+        deadline = self._deadline = time.monotonic() + self.cfg.shutdown_timeout
         if self.probe:
             self.probe.poll(0)  # drain what the kernel already submitted
         self._samples.put(None)
         self._wake_sender.set()
+        # the worker first (every kill into the spool), then the sender's last delivery attempt
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self.sender and any(t.is_alive() for t in self._threads):
+            # out of time: abort the exporter's own retries and its RPC in flight; what it was
+            # sending stays in the spool
+            self.sender.shutdown()
+            for t in self._threads:
+                t.join(1.0)
         if self.reconciler:
             self.reconciler.save()
         pending = len(self.store.pending(1)) if self.store else 0

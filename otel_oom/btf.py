@@ -69,13 +69,19 @@ def check_event_layout(btf: int) -> None:
         raise LayoutMismatch(f"fields differ: {names}; first: {problems[0]}")
 
 
-class KernelBtf:
-    """The running kernel's BTF (/sys/kernel/btf/vmlinux), for feature detection."""
+# int btf__parse(const char *path, struct btf_ext **btf_ext): raw BTF or an ELF's .BTF section
+_btf__parse = L._fn("btf__parse", ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
 
-    def __init__(self) -> None:
-        self.ptr = L.btf__load_vmlinux_btf()
+
+class KernelBtf:
+    """The running kernel's BTF (/sys/kernel/btf/vmlinux), for feature detection; or, with `path`,
+    a saved copy of another kernel's (so the same questions can be asked of a kernel not running)."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.ptr = L.btf__load_vmlinux_btf() if path is None else _btf__parse(path.encode(), None)
         if not self.ptr:
-            raise OSError(ctypes.get_errno(), "cannot load the kernel's BTF")
+            # libbpf 1.x returns NULL and sets errno
+            raise OSError(ctypes.get_errno(), "cannot load the kernel's BTF", path)
 
     def close(self) -> None:
         if self.ptr:

@@ -39,16 +39,25 @@ class Reconciler:
         self.boot_id = boot_id
         self.proc_root = proc_root
         self.kmsg_path = kmsg_path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.observed_count = 0
         self.missed_without_details = 0
         # read after the probes are attached: every later kill is either observed or unobserved
         self.baseline = vmstat_oom_kills(proc_root)
         self._previous = self._latest = self.baseline
+        # read now, before the worker's first save can overwrite the previous run's state
+        self._prior_state = self._load()
 
     def observed(self, kill: OomKill) -> None:
+        """Count a kill the probe delivered; call it once the kill is in the spool.
+
+        The state is saved at once (without fsync: a SIGKILL keeps the page cache, and after a
+        power loss the boot id differs anyway), so a restart never replays a spooled kill again
+        from the kernel log as a "recovered" duplicate with another event id.
+        """
         with self._lock:
             self.observed_count += 1
+        self.save(durable=False)
 
     def refresh(self) -> None:
         now = vmstat_oom_kills(self.proc_root)
@@ -63,23 +72,39 @@ class Reconciler:
             missing = (self._previous - self.baseline) - self.observed_count
             return max(0, missing) + self.missed_without_details
 
-    def save(self) -> None:
-        if not self.state_path or self._latest is None:
+    def accounted(self) -> Optional[int]:
+        """The kernel count this run has accounted for: every kill observed, and every kill the
+        kernel counted at least one refresh ago (the unobserved ones are in oom.kills.unobserved).
+        A kill still in flight is not included, so if the agent dies before spooling it, the next
+        start recovers it from the kernel log."""
+        with self._lock:
+            if self.baseline is None or self._previous is None:
+                return None
+            return max(self._previous, self.baseline + self.observed_count)
+
+    def save(self, durable: bool = True) -> None:
+        if not self.state_path:
             return
-        try:
-            os.makedirs(os.path.dirname(self.state_path), mode=0o700, exist_ok=True)
-        except OSError:
-            pass  # reported by the write below
-        state = {"boot_id": self.boot_id, "vmstat_oom_kill": self._latest, "saved_at": time.time()}
-        tmp = self.state_path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        except OSError as e:
-            log.warning("cannot save reconciliation state to %s: %s", self.state_path, e.strerror)
+        with self._lock:  # the worker (per kill) and the main loop (refresh) both save
+            accounted = self.accounted()
+            if accounted is None:
+                return
+            try:
+                os.makedirs(os.path.dirname(self.state_path), mode=0o700, exist_ok=True)
+            except OSError:
+                pass  # reported by the write below
+            state = {"boot_id": self.boot_id, "vmstat_oom_kill": accounted, "saved_at": time.time()}
+            tmp = self.state_path + ".tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with open(fd, "w") as f:
+                    json.dump(state, f)
+                    f.flush()
+                    if durable:
+                        os.fsync(f.fileno())
+                os.replace(tmp, self.state_path)
+            except OSError as e:
+                log.warning("cannot save reconciliation state to %s: %s", self.state_path, e.strerror)
 
     def _load(self) -> Optional[dict]:
         if not self.state_path:
@@ -95,7 +120,7 @@ class Reconciler:
         """Kills the kernel counted while no agent was running, with what the kernel log says of them."""
         if not self.state_path or self.baseline is None:
             return []
-        state = self._load()
+        state = self._prior_state
         self.save()
         if state is None:
             # first start on this host: there was no agent before, so nothing was "missed"

@@ -85,7 +85,11 @@ class DeliveryStore:
         return batch or self.memory.pending(limit)
 
     def ack(self, upto_seq: int) -> None:
-        self._source.ack(upto_seq)
+        try:
+            self._source.ack(upto_seq)
+        except SpoolError as e:
+            # a lost acknowledgement means a duplicate at the next start (same event id), never a loss
+            log.warning("%s; events the collector accepted may be sent again at the next start", e)
 
     def close(self) -> None:
         self.spool.close()

@@ -84,7 +84,7 @@ def test_a_victim_is_oom_killed_and_everything_is_cleaned_up():
     mount, version = _hierarchy()
     v0 = vmstat_oom_kills()
     r = trigger_oom(limit_bytes=16 * MiB)
-    assert vmstat_oom_kills() - v0 == 1
+    assert vmstat_oom_kills() - v0 >= 1  # exact count: memcg_oom_kills below
     assert r.victim_pid > 0
     assert not os.path.exists(f"/proc/{r.victim_pid}")
     assert r.memcg_oom_kills == 1
