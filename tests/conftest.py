@@ -28,6 +28,29 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def as_nobody(fn) -> str:
+    """Run fn() in a forked child that dropped to uid/gid 65534; return what it raised (or "ok")."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            fn()
+            msg = "ok"
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            msg = f"{type(e).__name__}: {e}"
+        os.write(w, msg.encode("utf-8", "surrogateescape"))
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode("utf-8", "surrogateescape")
+    os.waitpid(pid, 0)
+    return out
+
+
 def require_root_bpf() -> None:
     require(os.geteuid() == 0, "needs root")
     require(os.path.exists("/sys/kernel/btf/vmlinux"), "needs kernel BTF")

@@ -10,7 +10,7 @@ import secrets
 import time
 
 import pytest
-from conftest import require
+from conftest import as_nobody, require
 
 from otel_oom.kill import OomKill
 from otel_oom.kmsg import (KmsgError, parse_kmsg, parse_oom_kill_line, parse_record, read_kmsg,
@@ -59,24 +59,7 @@ def test_kmsg_without_privilege_says_what_to_do():
     require(os.geteuid() == 0, "needs root to drop privileges for the check")
     with open("/proc/sys/kernel/dmesg_restrict") as f:
         require(f.read().strip() == "1", "kernel.dmesg_restrict=0 lets anyone read the log")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            read_kmsg()
-            msg = "read it"
-        except BaseException as e:  # noqa: BLE001
-            msg = f"{type(e).__name__}: {e}"
-        os.write(w, msg.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    os.waitpid(pid, 0)
+    out = as_nobody(read_kmsg)
     assert out == ("KmsgError: cannot read /dev/kmsg: permission denied; run as root or grant "
                    "CAP_SYSLOG (kernel.dmesg_restrict is set)")
 

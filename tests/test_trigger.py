@@ -6,7 +6,7 @@ import secrets
 import time
 
 import pytest
-from conftest import require
+from conftest import as_nobody, require
 
 from otel_oom.kcounters import vmstat_oom_kills
 from otel_oom.trigger import (TriggerError, _memory_hierarchy, trigger_oom, trigger_storm)
@@ -21,29 +21,6 @@ def _hierarchy() -> tuple[str, int]:
     except TriggerError as e:
         require(False, str(e))
         raise
-
-
-def _as_nobody(fn) -> str:
-    """Run fn() in a forked child that dropped to uid/gid 65534; return what it raised (or "ok")."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            fn()
-            msg = "ok"
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            msg = f"{type(e).__name__}: {e}"
-        os.write(w, msg.encode("utf-8", "surrogateescape"))
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode("utf-8", "surrogateescape")
-    os.waitpid(pid, 0)
-    return out
 
 
 def _unique(prefix: str) -> str:
@@ -72,7 +49,7 @@ def test_cgroup_must_be_a_plain_path_below_the_root(path):
 
 def test_not_root_is_a_clear_error():
     require(os.geteuid() == 0, "needs root to drop privileges for the check")
-    out = _as_nobody(lambda: trigger_oom())
+    out = as_nobody(lambda: trigger_oom())
     assert out == "TriggerError: causing an OOM kill needs root (to create a memory cgroup); run as root"
 
 
