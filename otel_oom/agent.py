@@ -37,6 +37,7 @@ log = logging.getLogger("otel_oom.agent")
 
 SAMPLE_QUEUE_MAX = 65536  # ring-buffer samples waiting for the worker (~100 MB at worst)
 SEND_BATCH = 100
+BURST_WAIT_S = 0.05  # at most this long, while a burst is being spooled, the sender lets it fill a batch
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 POLL_MS = 100
 
@@ -224,6 +225,16 @@ class Agent:
                 self._wake_sender.wait(1.0)
                 self._wake_sender.clear()
                 continue
+            if len(batch) < SEND_BATCH and not self._samples.empty() and not self.stopping.is_set():
+                # a burst is still being spooled: let it fill the batch, so a storm costs one export and
+                # one acknowledgement fdatasync per SEND_BATCH events, not per event or two; an isolated
+                # kill finds the queue empty and is sent at once
+                target = self.kills_seen + SEND_BATCH - len(batch)
+                deadline = time.monotonic() + BURST_WAIT_S
+                while (not self._samples.empty() and self.kills_seen < target
+                       and time.monotonic() < deadline and not self.stopping.is_set()):
+                    time.sleep(0.001)
+                batch = self.store.pending(SEND_BATCH)
             kills = []
             for _, payload in batch:
                 try:

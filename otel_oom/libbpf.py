@@ -54,6 +54,18 @@ libbpf_minor_version = _fn("libbpf_minor_version", ctypes.c_uint32)
 PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 libbpf_set_print = _fn("libbpf_set_print", c_void_p, PRINT_FN)
 
+class BpfObjectOpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts (libbpf 1.1; later versions only append fields, guarded by sz)."""
+    _fields_ = [
+        ("sz", c_size_t), ("object_name", c_char_p), ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", c_char_p), ("_removed_attach_prog_fd", ctypes.c_uint32),
+        ("kconfig", c_char_p), ("btf_custom_path", c_char_p), ("kernel_log_buf", c_char_p),
+        ("kernel_log_size", c_size_t), ("kernel_log_level", ctypes.c_uint32),
+    ]
+
+
+assert ctypes.sizeof(BpfObjectOpenOpts) == 80 and BpfObjectOpenOpts.btf_custom_path.offset == 48
+
 # struct bpf_object *bpf_object__open_file(const char *path, const struct bpf_object_open_opts *opts);
 bpf_object__open_file = _fn("bpf_object__open_file", c_void_p, c_char_p, c_void_p)
 # int bpf_object__load(struct bpf_object *obj);

@@ -38,6 +38,7 @@ PROGRAMS = {
 }
 SYNTHETIC = "synthetic_events"  # bench-only program, see bpf/oomkill.bpf.c
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 REBUILD_HINT = "rebuild it: `make -C bpf` in the checkout, or reinstall the package (`pip install .`)"
 PRIVILEGE_HINT = "run as root, or with CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
 
@@ -229,7 +230,13 @@ class Probe:
     def _open(self, object_path: Path, ring_bytes: int, bench_pin: Optional[str]) -> None:
         if not object_path.exists():
             raise ProbeError(f"BPF object {object_path} is missing; {REBUILD_HINT}")
-        obj = L.bpf_object__open_file(str(object_path).encode(), None)
+        # CO-RE relocations against vmlinux's BTF only: without this, a type the running kernel lacks
+        # (our flavours for older kernels) makes libbpf 1.1 search kernel modules' BTF, which needs
+        # CAP_SYS_ADMIN, and every plan would fail with EPERM under CAP_BPF + CAP_PERFMON
+        self._open_opts = L.BpfObjectOpenOpts(sz=ctypes.sizeof(L.BpfObjectOpenOpts))
+        if os.path.exists(VMLINUX_BTF):
+            self._open_opts.btf_custom_path = VMLINUX_BTF.encode()
+        obj = L.bpf_object__open_file(str(object_path).encode(), ctypes.byref(self._open_opts))
         if not obj:
             err = ctypes.get_errno()
             raise ProbeError(f"cannot open BPF object {object_path}: {_errno_text(err)}; {REBUILD_HINT}")
