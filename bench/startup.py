@@ -43,11 +43,12 @@ def _bpftrace(idle_s: float) -> dict:
             raise RuntimeError(f"bpftrace did not attach: {b''.join(lines).decode(errors='replace').strip()}")
         startup = time.monotonic() - t0
         time.sleep(1.0)
-        cpu0 = cpu_seconds(p.pid)
+        cpu0, seen0 = cpu_seconds(p.pid), len(lines)
         time.sleep(idle_s)
         out = {"startup_ms": round(startup * 1000), "idle_rss_mib": round(rss_kib(p.pid) / 1024, 1),
                "peak_rss_mib": round(rss_kib(p.pid, "VmHWM") / 1024, 1),
-               "idle_cpu_pct": round((cpu_seconds(p.pid) - cpu0) / idle_s * 100, 3)}
+               "idle_cpu_pct": round((cpu_seconds(p.pid) - cpu0) / idle_s * 100, 3),
+               "kills_during_idle": len(lines) - seen0}
         victim = trigger_oom(limit_bytes=16 * MiB).victim_pid
         time.sleep(0.5)
     finally:
@@ -67,11 +68,13 @@ def _agent(idle_s: float) -> dict:
             try:
                 startup = a.ready_at - a.started
                 time.sleep(1.0)
-                cpu0 = cpu_seconds(a.proc.pid)
+                cpu0, seen0 = cpu_seconds(a.proc.pid), rcv.log_count()
                 time.sleep(idle_s)
                 out = {"startup_ms": round(startup * 1000), "idle_rss_mib": round(rss_kib(a.proc.pid) / 1024, 1),
                        "peak_rss_mib": round(rss_kib(a.proc.pid, "VmHWM") / 1024, 1),
-                       "idle_cpu_pct": round((cpu_seconds(a.proc.pid) - cpu0) / idle_s * 100, 3)}
+                       "idle_cpu_pct": round((cpu_seconds(a.proc.pid) - cpu0) / idle_s * 100, 3),
+                       # kills elsewhere on the host (other test runs) are not idle: say how many there were
+                       "kills_during_idle": rcv.log_count() - seen0}
                 victim = trigger_oom(limit_bytes=16 * MiB).victim_pid
                 out["saw_the_kill"] = wait_until(lambda: any(r["attributes"].get("process.pid") == victim
                                                              for r in rcv.log_records()), 10)

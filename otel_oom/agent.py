@@ -319,6 +319,7 @@ class Agent:
                 t.join(1.0)
         if self.reconciler:
             self.reconciler.save()
+            self.reconciler.close()
         pending = len(self.store.pending(1)) if self.store else 0
         if pending:
             log.warning("stopping with OOM events not yet accepted by the collector; they stay in the "
