@@ -34,6 +34,7 @@ test: setup
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup
+	$(VENV)/bin/python -m pip install -q ".[bench]"
 	$(VENV)/bin/python -m bench
 
 clean:
