@@ -40,6 +40,8 @@ SEND_BATCH = 100
 BURST_WAIT_S = 0.05  # at most this long, while a burst is being spooled, the sender lets it fill a batch
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 POLL_MS = 100
+RECONCILE_S = 5.0          # compare with /proc/vmstat oom_kill
+RECONCILE_MEMCGS_S = 30.0  # compare with every memory cgroup's own oom_kill counter
 
 
 class Agent:
@@ -289,12 +291,16 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
         self.start()
-        last_reconcile = time.monotonic()
+        last_reconcile = last_memcgs = time.monotonic()
         while not self.stopping.is_set():
             self.probe.poll(POLL_MS)
-            if time.monotonic() - last_reconcile >= 5.0:
-                self.reconciler.refresh()
-                last_reconcile = time.monotonic()
+            now = time.monotonic()
+            if now - last_reconcile >= RECONCILE_S:
+                # walking every memory cgroup costs more than one read of /proc/vmstat: less often
+                walk = now - last_memcgs >= RECONCILE_MEMCGS_S
+                self.reconciler.refresh(memcgs=walk)
+                last_reconcile = now
+                last_memcgs = now if walk else last_memcgs
         self.close()
         return 0
 

@@ -18,10 +18,11 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from typing import Optional
 
 from .cgroups import MemoryHierarchy
-from .kcounters import vmstat_oom_kills
+from .kcounters import memcg_oom_kills, vmstat_oom_kills
 from .kill import OomKill
 
 log = logging.getLogger("otel_oom.recovery")
@@ -49,6 +50,10 @@ class Reconciler:
         # read now, before the worker's first save can overwrite the previous run's state
         self._prior_state = self._load()
         self._state_fd: Optional[int] = None
+        # per memory cgroup: the kernel's local oom_kill counters against the kills seen there
+        self._observed_by_cgroup: Counter[str] = Counter()
+        self._memcg_baseline = self._memcg_previous = self._memcg_latest = self._read_memcgs()
+        self.memcg_unobserved = 0
 
     def observed(self, kill: OomKill) -> None:
         """Count a kill the probe delivered; call it once the kill is in the spool.
@@ -59,20 +64,47 @@ class Reconciler:
         """
         with self._lock:
             self.observed_count += 1
+            if kill.cgroup_path:
+                self._observed_by_cgroup[kill.cgroup_path] += 1
         self.save(durable=False)
 
-    def refresh(self) -> None:
+    def _read_memcgs(self) -> Optional[dict[str, int]]:
+        if not self.hierarchy:
+            return None
+        try:
+            return memcg_oom_kills(self.hierarchy.mount, self.hierarchy.version)
+        except OSError:
+            return None
+
+    def refresh(self, memcgs: bool = True) -> None:
         now = vmstat_oom_kills(self.proc_root)
+        by_cgroup = self._read_memcgs() if memcgs else None
         with self._lock:
             self._previous, self._latest = self._latest, now
+            if by_cgroup is not None:
+                self._memcg_previous, self._memcg_latest = self._memcg_latest, by_cgroup
+                self.memcg_unobserved = self._memcg_missing()
         self.save()
 
+    def _memcg_missing(self) -> int:
+        """Kills counted by cgroups that still exist, beyond what the agent saw there. A cgroup created
+        after start counts from zero; one removed since (a container gone) takes its counter with it,
+        which is why the host-wide counter stays the primary check."""
+        base, then = self._memcg_baseline, self._memcg_previous
+        if base is None or then is None:
+            return 0
+        return sum(max(0, (n - base.get(path, 0)) - self._observed_by_cgroup[path]) for path, n in then.items())
+
     def unobserved(self) -> int:
+        """Kills the kernel counted, at least one refresh ago, that the agent did not observe."""
         with self._lock:
             if self.baseline is None or self._previous is None:
-                return self.missed_without_details
-            missing = (self._previous - self.baseline) - self.observed_count
-            return max(0, missing) + self.missed_without_details
+                host = 0
+            else:
+                host = max(0, (self._previous - self.baseline) - self.observed_count)
+            # a task that was already exiting is marked without being counted as a kill, so the
+            # host-wide difference can hide a miss that its cgroup's own counter still shows
+            return max(host, self.memcg_unobserved) + self.missed_without_details
 
     def accounted(self) -> Optional[int]:
         """The kernel count this run has accounted for: every kill observed, and every kill the

@@ -1,0 +1,78 @@
+"""Reconciliation against the kernel's own counters, on fixture /proc and memory-cgroup trees."""
+from __future__ import annotations
+
+import json
+
+from otel_oom.cgroups import MemoryHierarchy
+from otel_oom.kill import OomKill
+from otel_oom.recovery import Reconciler
+
+BOOT = "boot-1"
+
+
+def _tree(tmp_path, vmstat: int, memcgs: dict[str, int]):
+    proc = tmp_path / "proc"
+    proc.mkdir(exist_ok=True)
+    (proc / "vmstat").write_text(f"nr_free_pages 1\noom_kill {vmstat}\n")
+    mount = tmp_path / "memory"
+    for path, n in memcgs.items():
+        d = mount / path.lstrip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "memory.oom_control").write_text(f"oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n")
+    return str(proc), MemoryHierarchy(version=1, mount=str(mount), hierarchy_id=4)
+
+
+def _kill(pid: int, path: str) -> OomKill:
+    return OomKill(event_id=f"{BOOT}:{pid}:{pid}", time_unix_nano=1, boot_time_ns=1, hook="tp_btf",
+                   context_hook="none", recovered=False, victim_pid=pid, victim_tid=pid, victim_comm="x",
+                   cgroup_path=path)
+
+
+def test_unobserved_counts_only_kills_older_than_one_refresh(tmp_path):
+    proc, h = _tree(tmp_path, 10, {"/": 0, "/a": 1})
+    r = Reconciler(str(tmp_path / "state"), h, BOOT, proc_root=proc)
+    r.observed(_kill(1, "/a"))
+    _tree(tmp_path, 12, {"/": 0, "/a": 2, "/b": 1})   # one kill in /a (seen), one in a new /b (not seen)
+    r.refresh()
+    assert r.unobserved() == 0                       # the latest snapshot may still be in flight
+    r.refresh()
+    assert r.unobserved() == 1
+    assert r.memcg_unobserved == 1                   # and the cgroups say where: /b
+
+
+def test_a_cgroup_counter_reveals_a_miss_the_host_count_hides(tmp_path):
+    # a task already exiting is marked as a victim without the kernel counting a kill: the agent saw
+    # two "kills" in /a, the kernel counted one there and one in /b that the agent missed
+    proc, h = _tree(tmp_path, 0, {"/": 0, "/a": 0, "/b": 0})
+    r = Reconciler(None, h, BOOT, proc_root=proc)
+    r.observed(_kill(1, "/a"))
+    r.observed(_kill(2, "/a"))
+    _tree(tmp_path, 2, {"/": 0, "/a": 1, "/b": 1})
+    r.refresh()
+    r.refresh()
+    assert r.unobserved() == 1
+
+
+def test_state_survives_as_one_record_and_a_restart_recovers_nothing_it_saw(tmp_path):
+    proc, h = _tree(tmp_path, 5, {"/": 0})
+    state = tmp_path / "state"
+    first = Reconciler(str(state), h, BOOT, proc_root=proc)
+    assert first.recover_missed() == []              # first start ever: nothing was missed
+    first.observed(_kill(1, "/"))
+    _tree(tmp_path, 6, {"/": 1})
+    first.close()
+    saved = json.loads((state / "reconcile.json").read_text())
+    assert saved["boot_id"] == BOOT and saved["vmstat_oom_kill"] == 6
+    assert (state / "reconcile.json").stat().st_size == 256
+    second = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(tmp_path / "no-kmsg"))
+    assert second.recover_missed() == [] and second.unobserved() == 0
+
+
+def test_kills_while_stopped_are_counted_even_without_the_kernel_log(tmp_path):
+    proc, h = _tree(tmp_path, 5, {"/": 0})
+    state = tmp_path / "state"
+    Reconciler(str(state), h, BOOT, proc_root=proc).recover_missed()
+    _tree(tmp_path, 8, {"/": 3})                     # three kills while no agent ran
+    again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(tmp_path / "no-kmsg"))
+    assert again.recover_missed() == []              # no readable kernel log: no details...
+    assert again.unobserved() == 3                   # ...but never silently: counted as unobserved
