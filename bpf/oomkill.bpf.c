@@ -267,6 +267,7 @@ int mark_victim_tp(struct trace_event_raw_mark_victim *args)
 {
 	struct oom_context *decision;
 	struct oom_event *e = start_event(OOM_HOOK_TRACEPOINT, &decision);
+	struct task_struct *current;
 	int pid;
 
 	if (!e)
@@ -281,6 +282,14 @@ int mark_victim_tp(struct trace_event_raw_mark_victim *args)
 			finish_event(e);
 			return 0;
 		}
+	}
+	/* no decision naming it (e.g. no context hook): the victim is often the task whose charge hit
+	 * the limit, i.e. current, whose task (and so cgroups, for the memcg derivation) is readable */
+	current = (void *)bpf_get_current_task();
+	if (BPF_CORE_READ(current, pid) == pid) {
+		read_victim_task(e, current);
+		finish_event(e);
+		return 0;
 	}
 	e->victim_pid = pid; /* tgid unknown: the agent resolves it */
 	if (bpf_core_field_exists(args->total_vm)) {

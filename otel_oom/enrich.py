@@ -4,7 +4,8 @@ Attribution: the victim's memory-cgroup path comes from the names the BPF progra
 kill (so a cgroup removed right after the kill still resolves), falling back to the inode lookup
 when the path was deeper than captured; the path then names the container and the pod.
 The OOMing memory cgroup comes from the context hook when one ran; without it, it is derived:
-the lowest ancestor of the victim that the trigger shares and whose usage sits at its limit.
+the lowest ancestor of the victim that the trigger shares and whose usage sits at its limit
+(for the members of a memory.oom.group kill after the first, the memcg derived for the first).
 """
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def derive_oom_memcg(ev: OomEvent) -> Optional[int]:
     return None
 
 
+# memory.oom.group: the kernel kills every member inside one oom_kill_process call, printing a line
+# to the console per member; members follow each other by well under this
+_GROUP_GAP_NS = 1_000_000_000
+
+
 class Enricher:
     def __init__(self, hierarchy: Optional[MemoryHierarchy], boot_id: str,
                  resolver: Optional[CgroupResolver] = None, proc_root: str = "/proc") -> None:
@@ -58,6 +64,8 @@ class Enricher:
         self.boot_id = boot_id
         self.resolver = resolver
         self.proc_root = proc_root
+        # (trigger tgid, kernel timestamp, memcg id) of the last derived memcg OOM (no context hook)
+        self._last_derived: Optional[tuple[int, int, int]] = None
 
     def victim_path(self, ev: OomEvent) -> Optional[str]:
         if ev.victim_memcgs and ev.victim_memcgs_complete:
@@ -76,15 +84,34 @@ class Enricher:
         if not self.hierarchy:
             return None
         want = "memory" if self.hierarchy.version == 1 else ""
+        found = None
         try:
             with open(f"{self.proc_root}/{pid}/cgroup") as f:
                 for line in f:
                     _, controllers, path = line.rstrip("\n").split(":", 2)
                     if (want and want in controllers.split(",")) or (not want and controllers == ""):
-                        return path
+                        found = path
+                        break
         except (OSError, ValueError):
-            pass
-        return None
+            return None
+        if found is None:
+            return None
+        if want:
+            # v1 shows every exiting task in the root cgroup: "/" is only believed of a live task
+            if found == "/" and self._exiting(pid):
+                return None
+        elif found.endswith(" (deleted)"):
+            found = found[: -len(" (deleted)")]  # v2: the cgroup was removed before the task was reaped
+        return found
+
+    def _exiting(self, pid: int) -> bool:
+        """True when the task is exiting (PF_EXITING) or already gone."""
+        try:
+            with open(f"{self.proc_root}/{pid}/stat") as f:
+                stat = f.read()
+            return bool(int(stat.rsplit(")", 1)[1].split()[6]) & 0x4)
+        except (OSError, ValueError, IndexError):
+            return True
 
     def _tgid_from_proc(self, pid: int) -> Optional[int]:
         try:
@@ -94,6 +121,20 @@ class Enricher:
                         return int(line.split()[1])
         except (OSError, ValueError):
             pass
+        return None
+
+    def _same_group_kill(self, ev: OomEvent) -> Optional[int]:
+        """A memory.oom.group member killed right after the chosen victim, by the same trigger, in
+        the memcg derived for it: the members exiting meanwhile may have brought usage below the
+        at-limit test, but it is the same decision."""
+        if self._last_derived is None:
+            return None
+        trigger, ts, memcg_id = self._last_derived
+        if trigger != ev.trigger_tgid or not 0 <= ev.timestamp_ns - ts <= _GROUP_GAP_NS:
+            return None
+        ids = [lvl.id for lvl in ev.victim_memcgs]
+        if memcg_id in ids and memcg_id in ev.trigger_memcg_ids:
+            return ids.index(memcg_id)
         return None
 
     def enrich(self, ev: OomEvent) -> OomKill:
@@ -116,7 +157,10 @@ class Enricher:
                     memcg_path = self.resolver.path_for_id(ev.memcg_id)
         else:
             idx = derive_oom_memcg(ev)
+            if idx is None:
+                idx = self._same_group_kill(ev)
             if idx is not None:
+                self._last_derived = (ev.trigger_tgid, ev.timestamp_ns, ev.victim_memcgs[idx].id)
                 level = ev.victim_memcgs[idx]
                 constraint, constraint_source = "memcg", SOURCE_DERIVED
                 memcg_limit, memcg_usage, memcg_source = level.limit_bytes, level.usage_bytes, SOURCE_DERIVED
