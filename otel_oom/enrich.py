@@ -113,6 +113,25 @@ class Enricher:
         except (OSError, ValueError, IndexError):
             return True
 
+    def oom_group(self, path: Optional[str], oom_memcg: Optional[str]) -> Optional[str]:
+        """The cgroup whose memory.oom.group made this a group kill (cgroup v2), walking up from the
+        victim to the OOM domain as the kernel does and keeping the highest one set; None otherwise.
+        Read right after the kill; a cgroup already removed reads as not grouped."""
+        if not path or not self.hierarchy or self.hierarchy.version != 2:
+            return None
+        group, current = None, path
+        while current not in ("", "/"):
+            try:
+                with open(f"{self.hierarchy.mount}{current}/memory.oom.group") as f:
+                    if f.read().strip() == "1":
+                        group = current
+            except OSError:
+                pass
+            if current == oom_memcg:
+                break
+            current = current.rsplit("/", 1)[0]
+        return group
+
     def _tgid_from_proc(self, pid: int) -> Optional[int]:
         try:
             with open(f"{self.proc_root}/{pid}/status") as f:
@@ -204,4 +223,5 @@ class Enricher:
             gfp_mask=ev.gfp_mask,
             order=ev.order,
             decision_id=f"{self.boot_id}:{ev.decision_ns}:{ev.trigger_tgid}" if ev.context else None,
+            oom_group_path=self.oom_group(path, memcg_path),
         )

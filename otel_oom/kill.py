@@ -64,6 +64,7 @@ class OomKill:
     gfp_mask: Optional[int] = None
     order: Optional[int] = None
     decision_id: Optional[str] = None        # same for every victim of one decision (group kills)
+    oom_group_path: Optional[str] = None     # cgroup v2 memory.oom.group that made this a group kill
 
     def to_json(self) -> str:
         # ensure_ascii keeps lone surrogates and control characters escaped and lossless

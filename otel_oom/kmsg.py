@@ -254,6 +254,7 @@ class RecoveredKill:
     gfp_mask: Optional[int] = None
     order: Optional[int] = None
     group_kill: bool = False          # memory.oom.group: killed with the rest of its cgroup
+    kernel_counts: int = 1            # times /proc/vmstat oom_kill counted it (a group kill's chosen victim: 2)
 
 
 class _Decision:
@@ -269,6 +270,7 @@ class _Decision:
         self.prefix: Optional[str] = None
         self.group = False
         self.kills = 0
+        self.pids: set[int] = set()
 
 
 def recovered_kills(records: list[KmsgRecord]) -> list[RecoveredKill]:
@@ -327,6 +329,11 @@ def recovered_kills(records: list[KmsgRecord]) -> list[RecoveredKill]:
         pid, comm = int(m.group("pid")), m.group("comm")
         if d is not None and d.kills and not d.group:
             d = None  # a second kill without a header of its own: its header was rate limited
+        if d is not None and d.group and pid in d.pids:
+            # the group scan kills (prints, counts) the already chosen victim again: one kill, counted twice
+            out = [replace(k, kernel_counts=k.kernel_counts + 1) if k.decision_seq == d.seq and k.pid == pid
+                   else k for k in out]
+            continue
         summary = parse_oom_kill_line(d.summary, comm, pid) if d is not None and d.summary else None
         # 4.19-5.0 may kill a child of the task the summary names ("or sacrifice child")
         if d is not None and not d.kills and summary is not None and summary.pid != pid and d.prefix is None:
@@ -362,6 +369,7 @@ def recovered_kills(records: list[KmsgRecord]) -> list[RecoveredKill]:
             order=int(d.invoked.group("order")) if d.invoked else None,
             group_kill=d.group))
         d.kills += 1
+        d.pids.add(pid)
     return out
 
 

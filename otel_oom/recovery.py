@@ -31,6 +31,7 @@ STATE_FILE = "reconcile.json"
 # at most this many recovered kills are replayed at one start; the rest stay counted as unobserved
 MAX_RECOVERED = 1000
 STATE_BYTES = 256  # the state record's fixed size on disk
+GROUP_WINDOW_NS = 1_000_000_000  # victims of one group decision are marked within this
 
 
 class Reconciler:
@@ -52,6 +53,11 @@ class Reconciler:
         self._state_fd: Optional[int] = None
         # per memory cgroup: the kernel's local oom_kill counters against the kills seen there
         self._observed_by_cgroup: Counter[str] = Counter()
+        # a memory.oom.group kill counts its chosen victim twice in the kernel (the group scan
+        # kills it again); one extra count is expected per group decision, in the first victim's cgroup
+        self._extra_by_cgroup: Counter[str] = Counter()
+        self.group_decisions = 0
+        self._last_group_kill: dict[object, int] = {}
         self._memcg_baseline = self._memcg_previous = self._memcg_latest = self._read_memcgs()
         self.memcg_unobserved = 0
 
@@ -66,7 +72,21 @@ class Reconciler:
             self.observed_count += 1
             if kill.cgroup_path:
                 self._observed_by_cgroup[kill.cgroup_path] += 1
+            if kill.oom_group_path:
+                self._count_group_decision(kill)
         self.save(durable=False)
+
+    def _count_group_decision(self, kill: OomKill) -> None:
+        # members of one decision arrive together from one trigger; the context hook names it exactly
+        key = kill.decision_id or (kill.trigger_tid, kill.oom_group_path)
+        last = self._last_group_kill.get(key)
+        if last is None or kill.time_unix_nano - last > GROUP_WINDOW_NS:
+            self.group_decisions += 1
+            self._extra_by_cgroup[kill.cgroup_path or ""] += 1
+        self._last_group_kill[key] = kill.time_unix_nano
+        if len(self._last_group_kill) > 1024:
+            self._last_group_kill = {k: t for k, t in self._last_group_kill.items()
+                                     if kill.time_unix_nano - t <= GROUP_WINDOW_NS}
 
     def _read_memcgs(self) -> Optional[dict[str, int]]:
         if not self.hierarchy:
@@ -93,7 +113,8 @@ class Reconciler:
         base, then = self._memcg_baseline, self._memcg_previous
         if base is None or then is None:
             return 0
-        return sum(max(0, (n - base.get(path, 0)) - self._observed_by_cgroup[path]) for path, n in then.items())
+        return sum(max(0, (n - base.get(path, 0)) - self._observed_by_cgroup[path] - self._extra_by_cgroup[path])
+                   for path, n in then.items())
 
     def unobserved(self) -> int:
         """Kills the kernel counted, at least one refresh ago, that the agent did not observe."""
@@ -101,7 +122,7 @@ class Reconciler:
             if self.baseline is None or self._previous is None:
                 host = 0
             else:
-                host = max(0, (self._previous - self.baseline) - self.observed_count)
+                host = max(0, (self._previous - self.baseline) - self.observed_count - self.group_decisions)
             # a task that was already exiting is marked without being counted as a kill, so the
             # host-wide difference can hide a miss that its cgroup's own counter still shows
             return max(host, self.memcg_unobserved) + self.missed_without_details
@@ -114,7 +135,7 @@ class Reconciler:
         with self._lock:
             if self.baseline is None or self._previous is None:
                 return None
-            return max(self._previous, self.baseline + self.observed_count)
+            return max(self._previous, self.baseline + self.observed_count + self.group_decisions)
 
     def save(self, durable: bool = True) -> None:
         if not self.state_path:
@@ -175,15 +196,17 @@ class Reconciler:
             missed = self.baseline  # rebooted since the last run: every kill of this boot was missed
         if missed <= 0:
             return []
-        kills = self._from_kmsg(min(missed, MAX_RECOVERED))
+        kills, explained = self._from_kmsg(min(missed, MAX_RECOVERED))
         with self._lock:
-            self.missed_without_details = missed - len(kills)
+            self.missed_without_details = max(0, missed - explained)
         log.warning("%d OOM kill(s) happened while otel-oom was not running; %d recovered from the kernel log%s",
                     missed, len(kills),
-                    "" if len(kills) == missed else " (the rest are counted in oom.kills.unobserved)")
+                    "" if explained >= missed else " (the rest are counted in oom.kills.unobserved)")
         return kills
 
-    def _from_kmsg(self, missed: int) -> list[OomKill]:
+    def _from_kmsg(self, missed: int) -> tuple[list[OomKill], int]:
+        """The last kills of the kernel log that account for `missed` kernel counts, and how many
+        counts they account for (a group kill's chosen victim is counted twice by the kernel)."""
         from .kmsg import read_kmsg, recovered_kills, to_oom_kill
 
         try:
@@ -191,8 +214,13 @@ class Reconciler:
         except OSError as e:
             log.warning("cannot read the kernel log %s (%s): recovered kills get no details; "
                         "grant CAP_SYSLOG or mount /dev/kmsg", self.kmsg_path, e.strerror)
-            return []
-        found = recovered_kills(records)[-missed:]
+            return [], 0
+        found, explained = [], 0
+        for r in reversed(recovered_kills(records)):
+            if explained >= missed:
+                break
+            found.append(r)
+            explained += r.kernel_counts
         # printk stamps are CLOCK_MONOTONIC-like (local_clock), so anchor them to boot wall time
         boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in found]
+        return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in reversed(found)], explained

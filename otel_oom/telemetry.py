@@ -179,6 +179,7 @@ def log_attributes(kill: OomKill) -> dict[str, Any]:
         "oom.gfp_mask": k.gfp_mask,
         "oom.order": k.order,
         "oom.decision.id": k.decision_id,
+        "oom.group.path": k.oom_group_path,
         # how it was observed
         "oom.event.id": k.event_id,
         "oom.hook": k.hook,
