@@ -264,6 +264,9 @@ class Agent:
             counts["ringbuf_full"] = self.probe.stats().get("ringbuf_full", 0)
         dropped = getattr(self.store, "dropped", None) or {}
         counts.update(dropped)
+        if self.notifier:
+            # a kill is still in the spool and at the collector; only its chat message was lost
+            counts["webhook_dropped"] = self.notifier.dropped
         return counts
 
     def hooks_attached(self) -> list[tuple[str, str]]:
