@@ -300,10 +300,20 @@ def check_decision(a: dict, d: Decision, plan: tuple[str, str], chosen_pid: int)
         assert a.get("oom.memcg.path") is None and a.get("oom.memcg.limit") is None
 
 
-def check_derived_memcg(a: dict, d: Decision, plan: tuple[str, str], group_member: bool = False) -> None:
+def check_derived_memcg(a: dict, d: Decision, plan: tuple[str, str], group_member: bool = False,
+                        after_a_reaped_victim: bool = False) -> None:
     """Without a context hook a memcg kill is still attributed, from the victim's cgroups, when the
-    BPF program could read the victim's task; with the tracepoint's fields alone it stays unknown."""
+    BPF program could read the victim's task; with the tracepoint's fields alone it stays unknown.
+
+    after_a_reaped_victim: the kill right after another victim of the same memcg. The OOM reaper
+    gives that victim's memory back while the kernel prints this decision's report, so at
+    mark_victim the usage may already sit below the limit by more than the derivation's slack (seen
+    once, on the host under the load of a full CI run). The derivation then declines ("unknown"),
+    which is the honest answer; when it does derive, it must be right."""
     if plan[1] != "none":
+        return
+    if after_a_reaped_victim and a["oom.constraint"] == "unknown":
+        assert a["oom.constraint.source"] == "none" and "oom.memcg.path" not in a
         return
     if full_task_expected(plan, a, d):
         assert (a["oom.constraint"], a["oom.constraint.source"]) == ("memcg", "derived")
@@ -450,7 +460,7 @@ def test_bystander_kill_victim_is_not_the_trigger(matrix, kernel, cgroup, plan):
         check_victim(a, line, doc, plan)
         check_attribution(a, d, doc, plan, c["cgroup"])
         check_decision(a, d, plan, chosen_pid=pid)
-        check_derived_memcg(a, d, plan)
+        check_derived_memcg(a, d, plan, after_a_reaped_victim=pid == allocator)
         assert a["oom.trigger.pid"] == allocator
     assert a1["oom.victim.oom_score_adj"] == 1000
     if plan[1] != "none":
@@ -563,7 +573,8 @@ def test_host_tracepoint_fields_when_the_victim_is_not_the_trigger(start_agent):
     assert a1.get("process.parent_pid") is None  # proof that no task was read for the bystander
     check_derived_memcg(a1, d1, plan)
     check_attribution(a2, d2, doc, plan, c["cgroup"])
-    check_derived_memcg(a2, d2, plan)  # the allocator is current: read from its task, memcg derived
+    # the allocator is current: read from its task; derived unless the bystander's reaping raced it
+    check_derived_memcg(a2, d2, plan, after_a_reaped_victim=True)
 
 
 # ---- the /proc fallback the tracepoint path relies on ---------------------------------------------
