@@ -110,6 +110,12 @@ def find_kprobe_symbol(kallsyms: str = "/proc/kallsyms", name: str = "oom_kill_p
     return clones[0] if clones else None
 
 
+def tp_btf_gets_the_task(mark_victim_args: Optional[list[str]]) -> bool:
+    """tp_btf/mark_victim is only useful where the tracepoint passes the victim's task (6.9+, and the
+    2025 stable backports); before, it passes a pid (`int`) and the classic tracepoint is as good."""
+    return bool(mark_victim_args) and mark_victim_args[0] == "struct task_struct *"
+
+
 def detect_features(kallsyms: str = "/proc/kallsyms", mount_tracefs: bool = True) -> KernelFeatures:
     reasons: dict[str, str] = {}
     btf_ok = os.path.exists("/sys/kernel/btf/vmlinux")
@@ -125,7 +131,7 @@ def detect_features(kallsyms: str = "/proc/kallsyms", mount_tracefs: bool = True
             reasons["btf"] = f"cannot read /sys/kernel/btf/vmlinux: {e.strerror}"
     else:
         reasons["btf"] = "no /sys/kernel/btf/vmlinux (kernel built without CONFIG_DEBUG_INFO_BTF)"
-    tp_btf = bool(args) and args[0] == "struct task_struct *"
+    tp_btf = tp_btf_gets_the_task(args)
     if not btf_ok:
         reasons["tp_btf"] = reasons["fentry"] = "needs kernel BTF"
     elif args is None:
