@@ -25,7 +25,6 @@ from . import clock
 from .cgroups import CgroupResolver, detect_memory_hierarchy
 from .config import RunConfig
 from .enrich import Enricher
-from .errors import AgentError
 from .event import DecodeError, decode
 from .kill import OomKill
 from .output import format_console, format_json
@@ -51,7 +50,6 @@ class Agent:
         self.out = out
         self.drops: Counter[str] = Counter()
         self.kills_seen = 0
-        self.exports_failed = 0
         self.stopping = threading.Event()
         self._wake_sender = threading.Event()
         self._samples: queue.Queue[Optional[bytes]] = queue.Queue(SAMPLE_QUEUE_MAX)
@@ -248,7 +246,6 @@ class Agent:
                 self._last_export_ok = time.monotonic()
                 delay = RETRY_MIN_S
                 continue
-            self.exports_failed += 1
             if self.stopping.is_set():
                 return
             log.warning("collector did not accept %d OOM event(s); keeping them and retrying in %.1f s",

@@ -10,7 +10,6 @@ the lowest ancestor of the victim that the trigger shares and whose usage sits a
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 from . import clock

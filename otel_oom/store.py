@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, deque
-from typing import Optional
 
 from .config import RunConfig
 from .errors import AgentError

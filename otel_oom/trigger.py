@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import secrets
 import select
 import signal

@@ -51,6 +51,19 @@ def as_nobody(fn) -> str:
     return out
 
 
+def after_the_oom_report_rate_limit() -> None:
+    """Wait until the kernel prints full OOM reports again (10 per 5 s), e.g. after a storm test:
+    tests that compare a record with the kernel's report of the same kill need the report."""
+    from otel_oom.kmsg import read_kmsg
+
+    last = max((r.usec for r in read_kmsg() if "Killed process" in r.message), default=None)
+    if last is not None:
+        # printk's local_clock runs with CLOCK_MONOTONIC closely enough for a 5 s window
+        since = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000 - last
+        if since < 5_500_000:
+            time.sleep((5_500_000 - since) / 1e6)
+
+
 def require_root_bpf() -> None:
     require(os.geteuid() == 0, "needs root")
     require(os.path.exists("/sys/kernel/btf/vmlinux"), "needs kernel BTF")

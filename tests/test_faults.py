@@ -9,7 +9,6 @@ that could not be kept counted under a reason in `otel_oom.events.dropped` and l
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 import time

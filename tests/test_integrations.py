@@ -45,7 +45,7 @@ def test_prometheus_scrapes_the_kill_count_after_a_real_kill(start_agent):
         assert labels["oom_constraint"] == "memcg"
         hooks = prom.wait_for('otel_oom_hooks_attached{oom_hook_role="victim"}', timeout=30)
         assert hooks[0]["metric"]["oom_hook"] in ("tp_btf", "tracepoint")
-        rss = prom.wait_for(f'oom_victim_rss_bytes_count{{oom_constraint="memcg"}} >= 1', timeout=30)
+        rss = prom.wait_for('oom_victim_rss_bytes_count{oom_constraint="memcg"} >= 1', timeout=30)
         assert rss
 
 

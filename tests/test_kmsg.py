@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 
 import pytest
-from conftest import as_nobody, require
+from conftest import after_the_oom_report_rate_limit, as_nobody, require
 
 from otel_oom.kill import OomKill
 from otel_oom.kmsg import (KmsgError, parse_kmsg, parse_oom_kill_line, parse_record, read_kmsg,
@@ -209,20 +208,10 @@ def test_to_oom_kill_when_the_log_says_little():
 
 # ---- this machine's kernel log ------------------------------------------------------------------
 
-def _after_the_oom_report_rate_limit() -> None:
-    """Wait until the kernel prints OOM headers again (10 per 5 s), e.g. after a storm test."""
-    last = max((r.usec for r in read_kmsg() if "Killed process" in r.message), default=None)
-    if last is not None:
-        # printk's local_clock runs with CLOCK_MONOTONIC closely enough for a 5 s window
-        since = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000 - last
-        if since < 5_500_000:
-            time.sleep((5_500_000 - since) / 1e6)
-
-
 def test_a_real_kill_is_found_in_the_real_kernel_log():
     require(os.geteuid() == 0, "needs root for OOM kills and /dev/kmsg")
     require(os.path.exists("/dev/kmsg"), "needs /dev/kmsg")
-    _after_the_oom_report_rate_limit()
+    after_the_oom_report_rate_limit()
     comm = b"\x1b[31mk(m) s\n"
     path = f"/otel-oom-kmsg-{os.getpid()}-{secrets.token_hex(2)}/pod x/\udcfe,c"
     r = trigger_oom(limit_bytes=16 * 2**20, cgroup=path, comm=comm)
