@@ -35,8 +35,10 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python -m pip install -q ".[bench]"
+	$(MAKE) -s -C bench/bpf
 	$(VENV)/bin/python -m bench
 
 clean:
 	$(MAKE) -s -C bpf clean
+	$(MAKE) -s -C bench/bpf clean
 	rm -rf build dist *.egg-info

@@ -16,8 +16,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import fs_type, typical_kill as common_typical_kill  # noqa: E402
-from otel_oom.spool import Spool  # noqa: E402
+from bench.common import fs_type  # noqa: E402
+from bench.common import typical_kill as common_typical_kill
+from otel_oom.delivery.spool import Spool  # noqa: E402
 
 
 def typical_kill(i: int) -> bytes:

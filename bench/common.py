@@ -6,18 +6,14 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the real OTLP receiver and agent runner live with the tests
+from otel_oom.model import OomKill
+from testing.agent_process import REPO, AgentProcess, agent_env
+from testing.otlp_receiver import OtlpGrpcReceiver
 
-from conftest import AgentProcess, agent_env  # noqa: E402
-from otlp_receiver import OtlpGrpcReceiver  # noqa: E402
-
-from otel_oom.kill import OomKill  # noqa: E402
+__all__ = ["REPO", "AgentProcess", "agent_env", "OtlpGrpcReceiver", "OomKill"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # where spools go: the default spool (/var/lib/otel-oom/spool) is on this filesystem; /tmp may be tmpfs
@@ -27,11 +23,12 @@ DISK_DIR = "/var/tmp"
 def machine() -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-    from otel_oom import __version__, libbpf
-
-    import grpc
     import google.protobuf
+    import grpc
     import opentelemetry.sdk.version as sdkv
+
+    from otel_oom import __version__
+    from otel_oom.kernel import libbpf
 
     return {
         "kernel": platform.release(),

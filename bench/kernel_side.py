@@ -7,32 +7,23 @@ time) gives the cost per event. Other programs running meanwhile are unaffected 
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
 from pathlib import Path
 
-from otel_oom import libbpf as L
-from otel_oom.probe import PROGRAMS, SYNTHETIC, ProbeError, open_probe
+from otel_oom.kernel import libbpf as L
+from otel_oom.kernel.probe import PROGRAMS, ProbeError, open_probe
 from otel_oom.trigger import trigger_oom
 
-STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
-EVENTS_PER_SYNTHETIC_RUN = 64
+from .synthetic import EVENTS_PER_RUN, SyntheticProgram, agent_maps, build, obj_id
+from .synthetic import PROGRAM as SYNTHETIC
 
-# int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
-_get_info = L.lib.bpf_obj_get_info_by_fd
-_get_info.restype = ctypes.c_int
-_get_info.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def _prog_id(obj, name: str) -> int:
-    prog = L.bpf_object__find_program_by_name(obj, name.encode())
-    buf = (ctypes.c_uint8 * 256)()
-    size = ctypes.c_uint32(ctypes.sizeof(buf))
-    if not prog or _get_info(L.bpf_program__fd(prog), buf, ctypes.byref(size)) != 0:
-        return 0
-    return int.from_bytes(bytes(buf[4:8]), "little")  # struct bpf_prog_info: __u32 type; __u32 id; ...
+    return obj_id(L.bpf_program__fd(L.bpf_object__find_program_by_name(obj, name.encode())))
 
 
 def _run_stats(prog_id: int) -> tuple[int, int]:
@@ -44,30 +35,30 @@ def _run_stats(prog_id: int) -> tuple[int, int]:
 def run(kills: int = 20, synthetic_runs: int = 200) -> dict:
     old = STATS.read_text().strip()
     STATS.write_text("1")
-    pin = f"/sys/fs/bpf/otel-oom-bench-kernel-{os.getpid()}"
+    build()
     results = {}
     try:
         for victim in ("tp_btf", "tracepoint"):
             got: list[bytes] = []
             try:
-                probe = open_probe(got.append, victim=victim, context="none", bench_pin=pin)
+                probe = open_probe(got.append, victim=victim, context="none")
             except ProbeError as e:
                 results[victim] = {"error": str(e)}
                 continue
             with probe:
                 prog_name = PROGRAMS[victim][0]
-                ids = {prog_name: _prog_id(probe._obj, prog_name), SYNTHETIC: _prog_id(probe._obj, SYNTHETIC)}
+                # the synthetic program writes into this probe's own ring buffer and stats (found by map id)
+                synthetic = SyntheticProgram(agent_maps(os.getpid()))
+                ids = {prog_name: _prog_id(probe._obj, prog_name), SYNTHETIC: synthetic.id}
                 base = {n: _run_stats(i) for n, i in ids.items()}
                 for _ in range(kills):
                     trigger_oom(limit_bytes=16 << 20)
                     probe.poll(50)
-                fd = L.bpf_obj_get(pin.encode())
-                opts = L.BpfTestRunOpts(sz=ctypes.sizeof(L.BpfTestRunOpts))
                 for _ in range(synthetic_runs):
-                    L.bpf_prog_test_run_opts(fd, ctypes.byref(opts))
+                    synthetic.run()
                     while probe.poll(0):
                         pass
-                os.close(fd)
+                synthetic.close()
                 after = {n: _run_stats(i) for n, i in ids.items()}
             ns, cnt = (after[prog_name][0] - base[prog_name][0], after[prog_name][1] - base[prog_name][1])
             # the victim hook sees every kill on the host: other test runs' kills count too, per event
@@ -75,8 +66,8 @@ def run(kills: int = 20, synthetic_runs: int = 200) -> dict:
                 "events": cnt, "ns_per_event": round(ns / cnt) if cnt else None}
             ns, cnt = (after[SYNTHETIC][0] - base[SYNTHETIC][0], after[SYNTHETIC][1] - base[SYNTHETIC][1])
             results[f"{SYNTHETIC} (same object as {victim})"] = {
-                "events": cnt * EVENTS_PER_SYNTHETIC_RUN,
-                "ns_per_event": round(ns / (cnt * EVENTS_PER_SYNTHETIC_RUN)) if cnt else None}
+                "events": cnt * EVENTS_PER_RUN,
+                "ns_per_event": round(ns / (cnt * EVENTS_PER_RUN)) if cnt else None}
     finally:
         STATS.write_text(old)
     return results

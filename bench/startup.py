@@ -17,8 +17,8 @@ import time
 
 from otel_oom.trigger import trigger_oom
 
-from .common import (DISK_DIR, OtlpGrpcReceiver, cpu_seconds, remove, rss_kib, run as run_cmd, spool_dir,
-                     start_agent, wait_until)
+from .common import DISK_DIR, OtlpGrpcReceiver, cpu_seconds, remove, rss_kib, spool_dir, start_agent, wait_until
+from .common import run as run_cmd
 
 # bpftrace 0.17 wants args->field; newer versions also accept args.field
 BPFTRACE_ONELINER = 'tracepoint:oom:mark_victim { printf("%d %s\\n", args->pid, str(args->comm)); }'

@@ -11,10 +11,20 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from otel_oom.trigger import trigger_storm
+from testing.storm import trigger_storm
 
-from .common import (DISK_DIR, OtlpGrpcReceiver, RecordCounter, cpu_seconds, latest_metric, remove, rss_kib,
-                     spool_dir, start_agent, wait_until)
+from .common import (
+    DISK_DIR,
+    OtlpGrpcReceiver,
+    RecordCounter,
+    cpu_seconds,
+    latest_metric,
+    remove,
+    rss_kib,
+    spool_dir,
+    start_agent,
+    wait_until,
+)
 from .profile import profile_or_none
 
 

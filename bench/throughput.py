@@ -1,10 +1,10 @@
 """Bridge throughput: synthetic kernel events from the ring buffer to a real OTLP gRPC receiver.
 
-The agent runs with OTEL_OOM_BENCH_PIN, which pins its bench-only `synthetic_events` program; a
-driver process inside a kubepods-shaped memory cgroup (no limit) runs it with BPF_PROG_TEST_RUN,
-64 events per run, into the very ring buffer real kills use. The driver keeps at most `window`
-events between the ring buffer and the receiver, less than the ring buffer holds, so the kernel
-never drops one and the figure is the pipeline's sustained rate, not a burst into buffers.
+The agent runs as shipped; a driver process inside a kubepods-shaped memory cgroup (no limit) loads
+the bench-only `synthetic_events` program against the agent's own ring buffer (bench/synthetic.py)
+and runs it with BPF_PROG_TEST_RUN, 64 events per run, into the very ring buffer real kills use.
+The driver keeps at most `window` events between the ring buffer and the receiver, less than the
+ring buffer holds, so the kernel never drops one and the figure is the pipeline's sustained rate, not a burst into buffers.
 
 The same run measures the OpenTelemetry SDK alone (LoggerProvider + BatchLogRecordProcessor +
 OTLP gRPC exporter, `logger.emit` of records built from one OomKill) to the same receiver.
@@ -19,9 +19,24 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .common import (DISK_DIR, KUBEPODS_PATH, REPO, OtlpGrpcReceiver, RecordCounter, cpu_seconds, fs_type, latest_metric,
-                     percentiles, remove, rss_kib, spool_dir, start_agent, wait_until)
+from .common import (
+    DISK_DIR,
+    KUBEPODS_PATH,
+    REPO,
+    OtlpGrpcReceiver,
+    RecordCounter,
+    cpu_seconds,
+    fs_type,
+    latest_metric,
+    percentiles,
+    remove,
+    rss_kib,
+    spool_dir,
+    start_agent,
+    wait_until,
+)
 from .profile import profile_or_none
+from .synthetic import build as build_synthetic
 
 EVENTS_PER_RUN = 64
 RING_EVENTS = (4 << 20) // (1472 + 8)  # default ring buffer / (event + ring record header)
@@ -33,7 +48,7 @@ class KubepodsCgroup:
     top-level cgroup; no limit is set on it (nothing here is meant to be OOM-killed)."""
 
     def __init__(self) -> None:
-        from otel_oom.cgroups import detect_memory_hierarchy
+        from otel_oom.attribution.cgroups import detect_memory_hierarchy
 
         h = detect_memory_hierarchy()
         if h is None:
@@ -59,11 +74,12 @@ class KubepodsCgroup:
             path = os.path.dirname(path)
 
 
-def drive(pin: str, events: int, count_received, window: int = WINDOW) -> dict:
+def drive(agent_pid: int, events: int, count_received, window: int = WINDOW) -> dict:
     """Write `events` synthetic events (rounded up to 64) through the agent; returns when all arrived."""
+    build_synthetic()
     cg = KubepodsCgroup()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.driver", pin, os.path.join(cg.leaf, "cgroup.procs")],
+    proc = subprocess.Popen([sys.executable, "-m", "bench.driver", str(agent_pid), os.path.join(cg.leaf, "cgroup.procs")],
                             cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     try:
         if proc.stdout.readline().strip() != "ready":
@@ -101,18 +117,17 @@ def _last_received_ns(rcv: OtlpGrpcReceiver) -> int:
 def agent_run(label: str, spool_base: Optional[str], events: int, profile_to: Optional[Path] = None,
               extra_args: Optional[list[str]] = None, extra_env: Optional[dict] = None) -> dict:
     """One agent, one receiver, `events` synthetic events; spool_base None means --no-spool."""
-    pin = f"/sys/fs/bpf/otel-oom-bench-{os.getpid()}"
     base = spool_dir(spool_base) if spool_base else None
     try:
         with OtlpGrpcReceiver() as rcv:
             agent = start_agent(extra_args or [], rcv.endpoint, os.path.join(base, "spool") if base else None,
-                                OTEL_OOM_BENCH_PIN=pin, OTEL_METRIC_EXPORT_INTERVAL="1000", **(extra_env or {}))
+                                OTEL_METRIC_EXPORT_INTERVAL="1000", **(extra_env or {}))
             try:
                 pid = agent.proc.pid
                 prof = profile_or_none(pid, profile_to) if profile_to else None
                 cpu0 = cpu_seconds(pid)
                 counter = RecordCounter(rcv, "oom.hook", lambda v: v == "synthetic")
-                d = drive(pin, events, counter)
+                d = drive(pid, events, counter)
                 cpu = cpu_seconds(pid) - cpu0
                 profile = prof.stop() if prof else None
                 peak = rss_kib(pid, "VmHWM") / 1024
@@ -153,12 +168,12 @@ SDK_SCRIPT = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[3])
 from bench.common import typical_kill
-from otel_oom.telemetry import EVENT_NAME, log_attributes, log_body
+from otel_oom.otlp.mapping import EVENT_NAME, log_attributes, log_body
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-from otel_oom.telemetry import build_resource
+from otel_oom.otlp.resource import build_resource
 
 n = int(sys.argv[1])
 kill = typical_kill()

@@ -389,31 +389,3 @@ int BPF_KRETPROBE(oom_kill_kretprobe)
 {
 	return drop_context();
 }
-
-/*
- * Benchmarks only (bench/): never attached, loaded only when the agent is asked to pin it.
- * Each BPF_PROG_TEST_RUN writes `synthetic_batch` events into the same ring buffer as real kills,
- * with the running task standing in as the victim, so the agent's whole user-space path can be
- * measured without causing thousands of OOM kills.
- */
-const volatile __u32 synthetic_batch = 64;
-
-static long write_synthetic(__u32 index, void *unused)
-{
-	struct oom_context *decision;
-	struct oom_event *e = start_event(OOM_HOOK_SYNTHETIC, &decision);
-
-	if (!e)
-		return 1; /* ring buffer full: stop this batch */
-	read_victim_task(e, (struct task_struct *)bpf_get_current_task());
-	e->victim_pid += index; /* distinct event ids within a batch */
-	finish_event(e);
-	return 0;
-}
-
-SEC("raw_tp")
-int synthetic_events(void *ctx)
-{
-	bpf_loop(synthetic_batch, write_synthetic, NULL, 0);
-	return 0;
-}

@@ -1,13 +1,13 @@
-"""`otel-oom run`: the pipeline from ring buffer to collector, and its lifecycle.
+"""`otel-oom run`: wires the stages together, supervises their threads and tears them down.
 
-    poll thread    probe.poll() -> callback copies the sample -> samples queue
-    worker thread  decode -> enrich -> spool (durable) -> console/JSON/webhook -> metrics
-    sender thread  spool.pending() -> OTLP export -> spool.ack()   (retries with backoff)
+    main thread    source.poll() -> callback copies the sample -> samples queue; reconciliation
+    worker thread  pipeline.handle_sample: decode -> attribute -> store -> console/JSON/webhook -> metrics
+    sender thread  delivery.sender: store -> OTLP export -> ack   (retries with backoff)
 
-A kill counts as handled once it is in the spool; it leaves the spool only when the collector
-accepted it, so an outage, a slow collector or a SIGKILL of the agent loses nothing. Every place
-that can still drop an event counts the drop under a reason, and the counts are exported.
-Signals only set a flag; teardown runs once, in reverse order of set-up.
+Set-up happens in `start()`, in data-flow order; every part registers its teardown, and `close()`
+runs them once, in reverse order (it can be called twice). Signals only set a flag. A supervised
+thread that dies makes `/readyz` fail and the agent stop with exit code 1 after its teardown, so an
+orchestrator restarts it; what was stored stays in the spool for the next start.
 """
 from __future__ import annotations
 
@@ -19,53 +19,55 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO
 
-from . import clock
-from .cgroups import CgroupResolver, detect_memory_hierarchy
+from .attribution import clock
+from .attribution.cgroups import CgroupResolver, detect_memory_hierarchy
+from .attribution.enrich import Enricher
 from .config import RunConfig
-from .enrich import Enricher
-from .event import DecodeError, decode
-from .kill import OomKill
-from .output import format_console, format_json
-from .probe import Probe, open_probe
-from .recovery import Reconciler
-from .store import MemoryStore, open_store
+from .delivery.sender import RETRY_MAX_S, SpoolSender
+from .delivery.store import MemoryStore, Store, open_store
+from .kernel.source import SampleSource, SourceFactory
+from .pipeline import Pipeline
+from .reconcile.recovery import Reconciler
+
+if TYPE_CHECKING:
+    from .otlp.metrics import Metrics
 
 log = logging.getLogger("otel_oom.agent")
 
 SAMPLE_QUEUE_MAX = 65536  # ring-buffer samples waiting for the worker (~100 MB at worst)
-SEND_BATCH = 100
-BURST_WAIT_S = 0.05  # at most this long, while a burst is being spooled, the sender lets it fill a batch
-RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 POLL_MS = 100
 RECONCILE_S = 5.0          # compare with /proc/vmstat oom_kill
 RECONCILE_MEMCGS_S = 30.0  # compare with every memory cgroup's own oom_kill counter
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Agent:
-    def __init__(self, cfg: RunConfig, environ=os.environ, out: TextIO = sys.stdout) -> None:
+    def __init__(self, cfg: RunConfig, environ: Mapping[str, str] = os.environ, out: TextIO = sys.stdout,
+                 source_factory: Optional[SourceFactory] = None) -> None:
         self.cfg = cfg
         self.environ = environ
         self.out = out
+        self._source_factory = source_factory or self._open_probe
         self.drops: Counter[str] = Counter()
-        self.kills_seen = 0
+        self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
-        self._wake_sender = threading.Event()
         self._samples: queue.Queue[Optional[bytes]] = queue.Queue(SAMPLE_QUEUE_MAX)
         self._threads: list[threading.Thread] = []
+        self._dead: dict[str, str] = {}  # supervised thread name -> why it ended
         self._cleanup: list[Callable[[], None]] = []
-        self._last_export_ok = time.monotonic()
         self._deadline = 0.0
         self._closed = False
-        self.probe: Optional[Probe] = None
-        self.store = None
-        self.sender = None
-        self.metrics = None
-        self.notifier = None
+        self.source: Optional[SampleSource] = None
+        self.store: Optional[Store] = None
+        self.sender: Optional[SpoolSender] = None
+        self.metrics: Optional["Metrics"] = None
         self.reconciler: Optional[Reconciler] = None
+        self.pipeline: Optional[Pipeline] = None
+        self.exit_code = 0
 
-    # ---- set-up -------------------------------------------------------------------------
+    # ---- set-up, in data-flow order --------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
@@ -73,66 +75,79 @@ class Agent:
         hierarchy = detect_memory_hierarchy()
         if hierarchy is None:
             log.warning("no memory cgroup hierarchy found: kills are reported without cgroup attribution")
-        self.enricher = Enricher(hierarchy, clock.boot_id(),
-                                 CgroupResolver(hierarchy.mount) if hierarchy else None)
+        enricher = Enricher(hierarchy, clock.boot_id(), CgroupResolver(hierarchy.mount) if hierarchy else None)
 
+        log_sender = None
         if cfg.otlp or cfg.prometheus:
-            from .telemetry import LogSender, Metrics, build_resource, validate_otlp_environment
+            from .otlp.logs import LogSender
+            from .otlp.metrics import Metrics
+            from .otlp.resource import build_resource
 
-            if cfg.otlp:
-                validate_otlp_environment(self.environ)
             resource = build_resource(self.environ)
-            self.metrics = Metrics(resource, self.environ, prometheus=cfg.prometheus, otlp=cfg.otlp,
-                                   drop_counts=self.drop_counts, hooks=self.hooks_attached,
-                                   unobserved=self.unobserved_kills)
+            self.metrics = metrics = Metrics(resource, cfg.otlp_settings, prometheus=cfg.prometheus,
+                                             drop_counts=self.drop_counts, fault_counts=self.fault_counts,
+                                             hooks=self.hooks_attached, unobserved=self.unobserved_kills)
             # the final metric export gets what is left of --shutdown-timeout (at least 1 s)
-            self._cleanup.append(lambda: self.metrics.shutdown(
-                max(1.0, self._deadline - time.monotonic()) * 1000))
-            if cfg.otlp:
-                self.sender = LogSender(resource, self.environ,
-                                        on_failure=lambda: self.metrics.record_export_failure("logs"))
-                self._cleanup.append(self.sender.shutdown)
-        self.store = open_store(cfg) if cfg.otlp else MemoryStore()
-        self._cleanup.append(self.store.close)
+            self._cleanup.append(lambda: metrics.shutdown(max(1.0, self._deadline - time.monotonic()) * 1000))
+            if cfg.otlp_settings is not None:
+                log_sender = LogSender(resource, cfg.otlp_settings.logs,
+                                       on_failure=lambda: metrics.record_export_failure("logs"))
+                self._cleanup.append(log_sender.shutdown)
+        store: Store = open_store(cfg) if log_sender else MemoryStore()
+        self.store = store
+        self._cleanup.append(store.close)
+        notifier = None
         if cfg.webhook:
-            from .webhook import WebhookNotifier
+            from .sinks.webhook import WebhookNotifier
 
-            self.notifier = WebhookNotifier(cfg.webhook)
-            self._cleanup.append(lambda: self.notifier.close(cfg.shutdown_timeout))
+            notifier = WebhookNotifier(cfg.webhook)
+            self._cleanup.append(lambda: notifier.close(cfg.shutdown_timeout))
 
-        self.probe = open_probe(self._on_sample, cfg.victim_hook, cfg.context_hook,
-                                ring_bytes=cfg.ring_buffer_bytes, bench_pin=cfg.bench_pin)
-        self._cleanup.append(self.probe.close)
-        self.reconciler = Reconciler(state_dir=cfg.spool_dir, hierarchy=hierarchy, boot_id=self.enricher.boot_id)
+        self.source = self._source_factory(self._on_sample)
+        self._cleanup.append(self.source.close)
+        self.reconciler = Reconciler(state_dir=cfg.spool_dir, hierarchy=hierarchy, boot_id=enricher.boot_id)
+        if log_sender:
+            self.sender = SpoolSender(store, log_sender, self.drops, self.stopping,
+                                      burst_in_progress=lambda: not self._samples.empty(),
+                                      spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0)
+        self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if log_sender else None,
+                                 on_stored=self.sender.wake if self.sender else (lambda: None),
+                                 reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
+                                 notifier=notifier, metrics=self.metrics)
 
         if cfg.listen:
             from .health import HealthServer
 
             registry = self.metrics.prometheus_registry if (self.metrics and cfg.prometheus) else None
-            self.health = HealthServer(cfg.listen, self.readiness, registry)
-            self._cleanup.append(self.health.close)
+            health = HealthServer(cfg.listen, self.readiness, registry)
+            self._cleanup.append(health.close)
 
         self._spawn("otel-oom-worker", self._work)
         if self.sender:
-            self._spawn("otel-oom-sender", self._send_loop)
+            self._spawn("otel-oom-sender", self.sender.run)
         # kills that happened while no agent was running, from the kernel's own record
         for kill in self.reconciler.recover_missed():
-            self._handle(kill)
-        plan = self.probe.plan
+            self.pipeline.handle_kill(kill)
+        plan = self.source.plan
         log.info("ready in %.0f ms: hooks victim=%s context=%s%s; delivery %s", (time.monotonic() - t0) * 1000,
                  plan.victim, plan.context, f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "",
-                 self._delivery_summary())
+                 self._delivery_summary(log_sender))
 
-    def _delivery_summary(self) -> str:
+    def _open_probe(self, on_sample: Callable[[bytes], None]) -> SampleSource:
+        from .kernel.probe import open_probe
+
+        return open_probe(on_sample, self.cfg.victim_hook, self.cfg.context_hook, ring_bytes=self.cfg.ring_buffer_bytes)
+
+    def _delivery_summary(self, log_sender: object) -> str:
         parts = []
-        if self.sender:
-            parts.append(f"OTLP {self.sender.describe()}")
+        if log_sender is not None:
+            parts.append(f"OTLP {log_sender.describe()}")  # type: ignore[attr-defined]
             parts.append(f"spool {self.cfg.spool_dir}" if self.cfg.spool_dir else "no spool (memory only)")
         if self.cfg.console:
             parts.append("console")
         if self.cfg.json:
             parts.append("JSON on stdout")
-        if self.notifier:
+        if self.cfg.webhook:
             parts.append("webhook")
         return ", ".join(parts) or "none"
 
@@ -140,13 +155,14 @@ class Agent:
         if self.cfg.oom_score_adj is None:
             return
         want = self.cfg.oom_score_adj
+        have: Optional[int]
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(want))
             with open("/proc/self/oom_score_adj") as f:
                 have = int(f.read())
         except (OSError, ValueError) as e:
-            have, why = None, getattr(e, "strerror", str(e))
+            have, why = None, getattr(e, "strerror", None) or str(e)
         else:
             why = "the kernel kept the old value"
         if have != want:
@@ -155,145 +171,101 @@ class Agent:
             log.warning("could not set the agent's oom_score_adj to %d (%s; lowering needs CAP_SYS_RESOURCE)",
                         want, why)
 
+    # ---- threads and their supervision -----------------------------------------------------
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
+        def supervised() -> None:
+            try:
+                target()
+            except BaseException as e:  # noqa: BLE001 - recorded, shown by /readyz, and stops the agent
+                self._dead[name] = f"{type(e).__name__}: {e}"
+                log.critical("thread %s died: %s; stopping so the agent can be restarted (stored events stay "
+                             "in the spool)", name, self._dead[name], exc_info=True)
+                self.exit_code = 1
+                self.stopping.set()
+                return
+            if not self.stopping.is_set():
+                self._dead[name] = "ended unexpectedly"
+                log.critical("thread %s ended unexpectedly; stopping", name)
+                self.exit_code = 1
+                self.stopping.set()
+
+        t = threading.Thread(target=supervised, name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
-    # ---- stage 1: ring buffer -> queue (runs inside ring_buffer__poll) ----------------------
     def _on_sample(self, raw: bytes) -> None:
+        # runs inside the source's poll: copy and hand on, never block
         try:
             self._samples.put_nowait(raw)
         except queue.Full:
             self.drops["queue_full"] += 1
 
-    # ---- stage 2: decode, enrich, persist, show --------------------------------------------
     def _work(self) -> None:
-        page_size = os.sysconf("SC_PAGE_SIZE")
+        assert self.pipeline is not None
         while True:
             raw = self._samples.get()
             if raw is None:
                 return
-            try:
-                ev = decode(raw, page_size)
-            except DecodeError as e:
-                self.drops["decode_error"] += 1
-                log.error("undecodable event dropped: %s", e)
-                continue
-            try:
-                kill = self.enricher.enrich(ev)
-            except Exception:  # noqa: BLE001 - an enrichment bug must not lose the kill
-                log.exception("enrichment failed; reporting the kill without attribution")
-                kill = Enricher(None, self.enricher.boot_id).enrich(ev)
-            self._handle(kill)
-
-    def _handle(self, kill: OomKill) -> None:
-        if self.sender:
-            self.store.append(kill.to_json().encode())
-            self._wake_sender.set()
-        if not kill.recovered:
-            # only once it is spooled: from here a restart must not replay it from the kernel log
-            self.kills_seen += 1
-            self.reconciler.observed(kill)
-        if self.cfg.console:
-            self._write(format_console(kill))
-        if self.cfg.json:
-            self._write(format_json(kill) + "\n")
-        if self.notifier:
-            from .telemetry import log_body
-
-            self.notifier.notify(kill, log_body(kill))
-        if self.metrics:
-            self.metrics.record_kill(kill)
-
-    def _write(self, text: str) -> None:
-        try:
-            self.out.write(text)
-            self.out.flush()
-        except (OSError, ValueError):
-            self.drops["stdout_error"] += 1
-
-    # ---- stage 3: spool -> collector ---------------------------------------------------------
-    def _send_loop(self) -> None:
-        delay = RETRY_MIN_S
-        while True:
-            batch = self.store.pending(SEND_BATCH)
-            if not batch:
-                self._last_export_ok = time.monotonic()
-                if self.stopping.is_set():
-                    return
-                self._wake_sender.wait(1.0)
-                self._wake_sender.clear()
-                continue
-            if len(batch) < SEND_BATCH and not self._samples.empty() and not self.stopping.is_set():
-                # a burst is still being spooled: let it fill the batch, so a storm costs one export and
-                # one acknowledgement fdatasync per SEND_BATCH events, not per event or two; an isolated
-                # kill finds the queue empty and is sent at once
-                target = self.kills_seen + SEND_BATCH - len(batch)
-                deadline = time.monotonic() + BURST_WAIT_S
-                while (not self._samples.empty() and self.kills_seen < target
-                       and time.monotonic() < deadline and not self.stopping.is_set()):
-                    time.sleep(0.001)
-                batch = self.store.pending(SEND_BATCH)
-            kills = []
-            for _, payload in batch:
-                try:
-                    kills.append(OomKill.from_json(payload))
-                except (ValueError, TypeError):
-                    self.drops["spool_undecodable"] += 1
-            if not kills or self.sender.send(kills):
-                self.store.ack(batch[-1][0])
-                self._last_export_ok = time.monotonic()
-                delay = RETRY_MIN_S
-                continue
-            if self.stopping.is_set():
-                return
-            log.warning("collector did not accept %d OOM event(s); keeping them and retrying in %.1f s",
-                        len(kills), delay)
-            self._wake_sender.wait(delay)
-            self._wake_sender.clear()
-            delay = min(delay * 2, RETRY_MAX_S)
+            self.pipeline.handle_sample(raw)
 
     # ---- observability of the agent itself ----------------------------------------------------
     def drop_counts(self) -> dict[str, int]:
         counts = dict(self.drops)
-        if self.probe:
-            counts["ringbuf_full"] = self.probe.stats().get("ringbuf_full", 0)
-        dropped = getattr(self.store, "dropped", None) or {}
-        counts.update(dropped)
-        if self.notifier:
+        if self.source:
+            counts["ringbuf_full"] = self.source.stats().get("ringbuf_full", 0)
+        if self.store is not None:
+            counts.update(self.store.dropped)
+        notifier = self.pipeline.notifier if self.pipeline else None
+        if notifier:
             # a kill is still in the spool and at the collector; only its chat message was lost
-            counts["webhook_dropped"] = self.notifier.dropped
+            counts["webhook_dropped"] = notifier.dropped
         return counts
 
+    def fault_counts(self) -> dict[str, int]:
+        return dict(self.faults)
+
     def hooks_attached(self) -> list[tuple[str, str]]:
-        if not self.probe or self._closed:
+        if not self.source or self._closed:
             return []
-        hooks = [(self.probe.plan.victim, "victim")]
-        if self.probe.plan.context != "none":
-            hooks.append((self.probe.plan.context, "context"))
+        hooks = [(self.source.plan.victim, "victim")]
+        if self.source.plan.context != "none":
+            hooks.append((self.source.plan.context, "context"))
         return hooks
 
     def unobserved_kills(self) -> int:
         return self.reconciler.unobserved() if self.reconciler else 0
 
     def readiness(self) -> tuple[bool, str]:
-        if not self.probe or self._closed:
+        if self._dead:
+            return False, "; ".join(f"thread {n} died: {why}" for n, why in sorted(self._dead.items()))
+        if not self.source or self._closed:
             return False, "probes not attached"
         if self.sender:
-            stuck = time.monotonic() - self._last_export_ok
+            stuck = self.sender.stuck_for()
             if stuck > 5 * RETRY_MAX_S:
                 return False, f"delivery stuck: nothing accepted by the collector for {stuck:.0f} s"
         return True, "ok"
 
     # ---- main loop and teardown ------------------------------------------------------------
     def run(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stopping.set())
-        self.start()
+        def stop(signum: int, _frame: object) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stopping.set()
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop)
+        try:
+            self.start()
+            self._loop()
+        finally:
+            self.close()
+        return self.exit_code
+
+    def _loop(self) -> None:
+        assert self.source is not None and self.reconciler is not None
         last_reconcile = last_memcgs = time.monotonic()
         while not self.stopping.is_set():
-            self.probe.poll(POLL_MS)
+            self.source.poll(POLL_MS)
             now = time.monotonic()
             if now - last_reconcile >= RECONCILE_S:
                 # walking every memory cgroup costs more than one read of /proc/vmstat: less often
@@ -301,8 +273,6 @@ class Agent:
                 self.reconciler.refresh(memcgs=walk)
                 last_reconcile = now
                 last_memcgs = now if walk else last_memcgs
-        self.close()
-        return 0
 
     def close(self) -> None:
         if self._closed:
@@ -310,29 +280,42 @@ class Agent:
         self._closed = True
         self.stopping.set()
         deadline = self._deadline = time.monotonic() + self.cfg.shutdown_timeout
-        if self.probe:
-            self.probe.poll(0)  # drain what the kernel already submitted
+        if self.source:
+            try:
+                self.source.poll(0)  # drain what the kernel already submitted
+            except Exception:  # noqa: BLE001 - teardown goes on; what stays in the ring buffer is counted by the kernel
+                log.exception("could not drain the ring buffer at shutdown")
         self._samples.put(None)
-        self._wake_sender.set()
-        # the worker first (every kill into the spool), then the sender's last delivery attempt
+        if self.sender:
+            self.sender.wake()
+        # the worker first (every kill into the store), then the sender's last delivery attempt
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         if self.sender and any(t.is_alive() for t in self._threads):
             # out of time: abort the exporter's own retries and its RPC in flight; what it was
             # sending stays in the spool
-            self.sender.shutdown()
+            self.sender.exporter.shutdown()
             for t in self._threads:
                 t.join(1.0)
         if self.reconciler:
             self.reconciler.save()
             self.reconciler.close()
-        pending = len(self.store.pending(1)) if self.store else 0
-        if pending:
-            log.warning("stopping with OOM events not yet accepted by the collector; they stay in the "
-                        "spool and are sent at the next start")
+        self._report_undelivered()
         for fn in reversed(self._cleanup):
             try:
                 fn()
             except Exception:  # noqa: BLE001 - teardown continues
                 log.exception("error during shutdown")
         self._cleanup.clear()
+
+    def _report_undelivered(self) -> None:
+        if not self.sender or self.store is None:
+            return
+        in_memory = self.store.in_memory()
+        if in_memory:
+            self.drops["shutdown_in_memory"] += in_memory
+            log.error("stopping with %d OOM event(s) held in memory only (no usable spool): they are lost "
+                      "(counted as shutdown_in_memory)", in_memory)
+        elif self.store.pending(1):
+            log.warning("stopping with OOM events not yet accepted by the collector; they stay in the "
+                        "spool and are sent at the next start")

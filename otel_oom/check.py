@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__
-from . import libbpf as L
-from .cgroups import CgroupError, detect_memory_hierarchy
-from .probe import (DEFAULT_OBJECT, Probe, ProbeError, candidate_plans, detect_features,
-                    effective_capabilities, find_tracefs, missing_capabilities)
+from .attribution.cgroups import CgroupError, detect_memory_hierarchy
+from .kernel import libbpf as L
+from .kernel.features import candidate_plans, detect_features, effective_capabilities, find_tracefs, missing_capabilities
+from .kernel.probe import DEFAULT_OBJECT, Probe, ProbeError
 
 
 def tracepoint_layout(tracefs: str | None) -> str:

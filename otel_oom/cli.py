@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from . import __version__
 from .config import resolve
@@ -19,7 +19,7 @@ log = logging.getLogger("otel_oom")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-otlp", action="store_true", help="do not export over OTLP (console/JSON only)")
     out.add_argument("--notify-webhook", metavar="URL", help="POST one JSON message per kill (env OTEL_OOM_NOTIFY_WEBHOOK)")
     dur = run.add_argument_group("durable delivery")
-    dur.add_argument("--spool-dir", metavar="DIR", help="on-disk spool (env OTEL_OOM_SPOOL_DIR, default /var/lib/otel-oom/spool)")
+    dur.add_argument("--spool-dir", metavar="DIR",
+                     help="on-disk spool (env OTEL_OOM_SPOOL_DIR, default /var/lib/otel-oom/spool)")
     dur.add_argument("--no-spool", action="store_true", help="keep undelivered events in memory only")
     dur.add_argument("--spool-max-bytes", type=str, metavar="N", help="spool size bound (default 64 MiB)")
     dur.add_argument("--spool-max-age", type=str, metavar="SECONDS", help="spool age bound (default 7 days)")
@@ -79,7 +80,7 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from .agent import Agent
 
     cfg = resolve(vars(args), os.environ)
@@ -87,14 +88,14 @@ def _run(args) -> int:
     return Agent(cfg).run()
 
 
-def _check(args) -> int:
+def _check(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from .check import run_check
 
     return run_check(sys.stdout, args.victim_hook, args.context_hook)
 
 
-def _trigger(args) -> int:
+def _trigger(args: argparse.Namespace) -> int:
     from .trigger import TriggerError, trigger_oom
 
     try:
@@ -119,7 +120,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
-    except ImportError as e:
-        # libbpf missing surfaces as an import-time error of otel_oom.libbpf
-        print(f"otel-oom: error: {e}", file=sys.stderr)
-        return 1

@@ -1,15 +1,19 @@
 """Configuration of `otel-oom run`: command line > environment > default, in one pure function.
 
-Only otel-oom's own settings live here (OTEL_OOM_*). The standard OTEL_* variables (endpoint,
-protocol, headers, TLS, timeout, compression, resource) are read by the OpenTelemetry SDK itself;
-`telemetry.validate_otlp_environment` only checks them early so a typo fails at start.
+otel-oom's own settings are OTEL_OOM_*. The standard OTEL_* variables are checked here too, once,
+through `otlp.env.resolve_otlp` (which settles protocol and endpoint per signal; the SDK reads the
+rest), and every URL is parsed here (`urls.parse_url`), so nothing later has to re-validate.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .errors import UsageError
+from .urls import Url, parse_url
+
+if TYPE_CHECKING:
+    from .otlp.env import OtlpSettings
 
 # environment variables and their defaults
 ENV_SPOOL_DIR = "OTEL_OOM_SPOOL_DIR"              # default /var/lib/otel-oom/spool
@@ -23,7 +27,6 @@ ENV_VICTIM_HOOK = "OTEL_OOM_VICTIM_HOOK"          # auto | tp_btf | tracepoint
 ENV_CONTEXT_HOOK = "OTEL_OOM_CONTEXT_HOOK"        # auto | fentry | kprobe | none
 ENV_RING_BUFFER = "OTEL_OOM_RING_BUFFER_BYTES"    # default 4 MiB
 ENV_LOG_LEVEL = "OTEL_OOM_LOG_LEVEL"              # default info
-ENV_BENCH_PIN = "OTEL_OOM_BENCH_PIN"              # benchmarks only: pin the synthetic-event program here
 
 DEFAULT_SPOOL_DIR = "/var/lib/otel-oom/spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 << 20
@@ -45,24 +48,24 @@ class RunConfig:
     spool_max_age: float = DEFAULT_SPOOL_MAX_AGE
     listen: Optional[str] = None
     prometheus: bool = False
-    webhook: Optional[str] = None
+    webhook: Optional[Url] = None
     oom_score_adj: Optional[int] = DEFAULT_OOM_SCORE_ADJ
     victim_hook: str = "auto"
     context_hook: str = "auto"
     ring_buffer_bytes: int = DEFAULT_RING_BUFFER
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
-    bench_pin: Optional[str] = None
+    otlp_settings: Optional["OtlpSettings"] = None  # resolved when OTLP export is on
 
 
-def _pick(flag, environ: Mapping[str, str], env: str, default):
+def _pick(flag: Any, environ: Mapping[str, str], env: str, default: Any) -> Any:
     if flag is not None:
         return flag
     value = environ.get(env)
     return default if value in (None, "") else value
 
 
-def _int(value, what: str, lo: int, hi: int) -> int:
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
     try:
         n = int(value)
     except (TypeError, ValueError):
@@ -72,7 +75,7 @@ def _int(value, what: str, lo: int, hi: int) -> int:
     return n
 
 
-def _bool(value, what: str) -> bool:
+def _bool(value: Any, what: str) -> bool:
     if isinstance(value, bool):
         return value
     v = str(value).strip().lower()
@@ -102,10 +105,18 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
         from .health import parse_listen
 
         parse_listen(listen)  # fail before anything starts, not after the probes are attached
+    # a flag given as "" is a mistake to report; an empty variable means unset
+    webhook = flags.get("notify_webhook")
+    webhook = webhook if webhook is not None else (environ.get(ENV_WEBHOOK) or None)
+    otlp = not flags.get("no_otlp")
+    from .otlp.env import metric_export_interval_ms, resolve_otlp
+
+    otlp_settings = resolve_otlp(environ) if otlp else None
+    metric_export_interval_ms(environ)  # also read by --prometheus-only runs: a typo fails either way
     return RunConfig(
         console=bool(flags.get("console")),
         json=bool(flags.get("json")),
-        otlp=not flags.get("no_otlp"),
+        otlp=otlp,
         spool_dir=None if flags.get("no_spool") else spool,
         spool_max_bytes=_int(_pick(flags.get("spool_max_bytes"), environ, ENV_SPOOL_MAX_BYTES,
                                    DEFAULT_SPOOL_MAX_BYTES), "--spool-max-bytes", 1 << 16, 1 << 40),
@@ -113,7 +124,8 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
                                  DEFAULT_SPOOL_MAX_AGE), "--spool-max-age", 1, 10 * 365 * 86400),
         listen=listen,
         prometheus=_bool(_pick(flags.get("prometheus") or None, environ, ENV_PROMETHEUS, False), ENV_PROMETHEUS),
-        webhook=_pick(flags.get("notify_webhook"), environ, ENV_WEBHOOK, None),
+        webhook=None if webhook is None else parse_url("--notify-webhook", str(webhook),
+                                                       "https://hooks.example.com/T000/B000/XXXX"),
         oom_score_adj=None if str(adj).lower() == "keep" else _int(adj, "--oom-score-adj", -1000, 1000),
         victim_hook=_choice(_pick(flags.get("victim_hook"), environ, ENV_VICTIM_HOOK, "auto"),
                             "--victim-hook", ("auto", "tp_btf", "tracepoint")),
@@ -124,5 +136,5 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
                                     "--shutdown-timeout", 0, 600)),
         log_level=_choice(str(_pick(flags.get("log_level"), environ, ENV_LOG_LEVEL, "info")).lower(),
                           "--log-level", ("debug", "info", "warning", "error")),
-        bench_pin=environ.get(ENV_BENCH_PIN) or None,
+        otlp_settings=otlp_settings,
     )

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from .errors import AgentError, UsageError
 
@@ -50,7 +50,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, handler, family) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], family: int) -> None:
         self.address_family = family
         super().__init__(address, handler)
 
@@ -58,7 +58,7 @@ class _Server(ThreadingHTTPServer):
 class HealthServer:
     """/healthz: the process serves HTTP. /readyz: the agent's own verdict. /metrics: the registry."""
 
-    def __init__(self, listen: str, ready: Readiness, prometheus_registry=None) -> None:
+    def __init__(self, listen: str, ready: Readiness, prometheus_registry: Optional[Any] = None) -> None:
         import socket
 
         host, port = parse_listen(listen)
@@ -114,7 +114,7 @@ class HealthServer:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
-            def log_message(self, fmt: str, *args) -> None:
+            def log_message(self, fmt: str, *args: Any) -> None:
                 # probes hit this every few seconds: keep them out of the agent's log
                 log.debug("%s %s", self.address_string(), fmt % args)
 

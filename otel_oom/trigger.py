@@ -14,10 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Union
 
-from .cgroups import CgroupError, detect_memory_hierarchy
+from .attribution.cgroups import CgroupError, detect_memory_hierarchy
 
 MIN_LIMIT_BYTES = 4 * 2**20
 MAX_LIMIT_BYTES = 2**30
@@ -47,40 +47,6 @@ while True:
     chunks.append(chunk)
 """
 
-# A storm spawner lives inside its cgroup and forks victims one at a time: forking a warm interpreter
-# is far cheaper than starting a new one. Each victim raises its oom_score_adj to 1000 so the kernel
-# always picks it over the spawner (its badness then exceeds the memcg's whole limit); the spawner
-# does not lower its own, as some kernels (this project's CI VM among them) refuse negative values.
-_SPAWNER = r"""
-import os, sys
-procs = sys.argv[1]
-with open(procs, "w") as f:
-    f.write(str(os.getpid()))
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-count = int(sys.stdin.readline())
-out = []
-for _ in range(count):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
-            chunks = []
-            while True:
-                chunk = bytearray(1 << 20)
-                chunk[::4096] = b"\1" * 256
-                chunks.append(chunk)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
-    out.append("%d %d" % (pid, 1 if killed else 0))
-sys.stdout.write("\n".join(out) + "\n")
-sys.stdout.flush()
-"""
-
-
 class TriggerError(Exception):
     """An OOM kill could not be caused safely; the message says what to do."""
 
@@ -96,17 +62,10 @@ class TriggerResult:
     mount: str = ""           # where the memory hierarchy is mounted
 
 
-@dataclass(frozen=True)
-class StormResult:
-    kills_caused: int         # sum of the storm cgroups' oom_kill counters
-    victim_pids: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 # ---------------------------------------------------------------------------------------------
 # memory hierarchy detection
 
-def _memory_hierarchy(sys_root: str = "") -> tuple[str, int]:
+def memory_hierarchy(sys_root: str = "") -> tuple[str, int]:
     """Return (mount point, cgroup version) of the memory controller, or raise TriggerError."""
     try:
         h = detect_memory_hierarchy(mountinfo=f"{sys_root}/proc/self/mountinfo",
@@ -140,7 +99,7 @@ def _counter(text: str, key: str) -> int:
     raise TriggerError(f"no '{key}' counter in the memcg's files; kernel too old (needs 4.13+)")
 
 
-def _oom_kill_counter(leaf: str, version: int) -> int:
+def oom_kill_counter(leaf: str, version: int) -> int:
     name = "memory.oom_control" if version == 1 else "memory.events"
     return _counter(_read(os.path.join(leaf, name)), "oom_kill")
 
@@ -156,7 +115,7 @@ def _components(cgroup: Union[str, bytes]) -> list[str]:
     return parts
 
 
-class _Cgroup:
+class ThrowawayCgroup:
     """A leaf memory cgroup (and any missing ancestors) that this process created and will remove."""
 
     def __init__(self, mount: str, version: int, parts: list[str]):
@@ -248,7 +207,7 @@ class _Cgroup:
             self.created.pop()
 
 
-def _check_limit(limit_bytes: int) -> None:
+def check_limit(limit_bytes: int) -> None:
     if not isinstance(limit_bytes, int) or isinstance(limit_bytes, bool):
         raise ValueError(f"limit_bytes must be an int, got {limit_bytes!r}")
     if limit_bytes < MIN_LIMIT_BYTES:
@@ -268,12 +227,12 @@ def _comm_bytes(comm: Union[str, bytes, None]) -> bytes:
     return raw
 
 
-def _require_root() -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise TriggerError("causing an OOM kill needs root (to create a memory cgroup); run as root")
 
 
-def _read_line(proc: subprocess.Popen, deadline: float) -> bytes:
+def read_line(proc: subprocess.Popen, deadline: float) -> bytes:
     buf = b""
     fd = proc.stdout.fileno()  # type: ignore[union-attr]
     while not buf.endswith(b"\n"):
@@ -290,12 +249,12 @@ def _read_line(proc: subprocess.Popen, deadline: float) -> bytes:
     return buf
 
 
-def _stop(proc: subprocess.Popen) -> str:
+def stop_child(proc: subprocess.Popen) -> str:
     """Kill (if still running) and reap a child; return the last line it wrote to stderr."""
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    err = proc.stderr.read() if proc.stderr else b""  # type: ignore[union-attr]
+    err = proc.stderr.read() if proc.stderr else b""
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream:
             stream.close()
@@ -307,33 +266,33 @@ def trigger_oom(limit_bytes: int = 32 * 2**20, cgroup: Union[str, bytes, None] =
                 comm: Union[str, bytes, None] = None, timeout: float = 30.0, keep_cgroup: bool = False,
                 sys_root: str = "") -> TriggerResult:
     """Start a victim in a fresh memory cgroup limited to limit_bytes and let the kernel OOM-kill it."""
-    _check_limit(limit_bytes)
+    check_limit(limit_bytes)
     comm_raw = _comm_bytes(comm)
     parts = _components(cgroup if cgroup is not None
                         else f"/otel-oom-trigger-{os.getpid()}-{secrets.token_hex(2)}")
-    _require_root()
-    mount, version = _memory_hierarchy(sys_root)
-    cg = _Cgroup(mount, version, parts)
+    require_root()
+    mount, version = memory_hierarchy(sys_root)
+    cg = ThrowawayCgroup(mount, version, parts)
     deadline = time.monotonic() + timeout
     proc: Optional[subprocess.Popen] = None
     done = False
     try:
         cg.create(limit_bytes)
-        before = _oom_kill_counter(cg.leaf, version)
+        before = oom_kill_counter(cg.leaf, version)
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _VICTIM,
              os.fsencode(os.path.join(cg.leaf, "cgroup.procs")), comm_raw.hex()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
         try:
-            comm_seen = bytes.fromhex(_read_line(proc, deadline).decode().strip())
+            comm_seen = bytes.fromhex(read_line(proc, deadline).decode().strip())
         except TimeoutError:
-            _stop(proc)
+            stop_child(proc)
             raise TriggerError(f"victim did not start within {timeout}s; machine overloaded?") from None
         except EOFError:
-            why = _stop(proc)
+            why = stop_child(proc)
             raise TriggerError(f"victim exited before allocating: {why or 'no message'}") from None
         if proc.pid not in cg.procs():
-            _stop(proc)
+            stop_child(proc)
             raise TriggerError(f"victim {proc.pid} is not in {cg.rel!r}; refusing to let it allocate")
         try:
             proc.stdin.write(b"g")  # type: ignore[union-attr]
@@ -343,14 +302,14 @@ def trigger_oom(limit_bytes: int = 32 * 2**20, cgroup: Union[str, bytes, None] =
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            stop_child(proc)
             raise TriggerError(f"victim {proc.pid} was not OOM-killed within {timeout}s (limit "
                                f"{limit_bytes} bytes); killed it and removed the cgroup") from None
-        why = _stop(proc)
+        why = stop_child(proc)
         if proc.returncode != -signal.SIGKILL:
             raise TriggerError(f"victim {proc.pid} ended with status {proc.returncode}, not SIGKILL: "
                                f"{why or 'no message'}")
-        after = _oom_kill_counter(cg.leaf, version)
+        after = oom_kill_counter(cg.leaf, version)
         if after <= before:
             raise TriggerError(f"victim {proc.pid} got SIGKILL but the memcg oom_kill counter stayed at "
                                f"{after}: something other than the OOM killer killed it")
@@ -361,76 +320,10 @@ def trigger_oom(limit_bytes: int = 32 * 2**20, cgroup: Union[str, bytes, None] =
         return result
     finally:
         if proc is not None and proc.returncode is None:
-            _stop(proc)
+            stop_child(proc)
         if not keep_cgroup:
             try:
                 cg.remove()
             except TriggerError:
                 if done:  # otherwise the error already on its way says more
                     raise
-
-
-def trigger_storm(cgroups: int = 8, kills: int = 800, limit_bytes: int = 4 * 2**20,
-                  parallel: Optional[int] = None, timeout: float = 300.0, sys_root: str = "") -> StormResult:
-    """Cause `kills` OOM kills spread over `cgroups` throwaway memcgs, as fast as the machine allows.
-
-    One spawner per cgroup lives inside it and forks victims one after another; `parallel` caps how
-    many cgroups are worked at once (default: all of them). kills_caused is what the kernel counted.
-    """
-    _check_limit(limit_bytes)
-    if cgroups < 1 or kills < 1:
-        raise ValueError(f"cgroups={cgroups} and kills={kills} must both be at least 1")
-    parallel = cgroups if parallel is None else parallel
-    if parallel < 1:
-        raise ValueError(f"parallel={parallel} must be at least 1")
-    _require_root()
-    mount, version = _memory_hierarchy(sys_root)
-    base = f"otel-oom-storm-{os.getpid()}-{secrets.token_hex(2)}"
-    shares = [kills // cgroups + (1 if i < kills % cgroups else 0) for i in range(cgroups)]
-    work = [(_Cgroup(mount, version, [f"{base}-{i}"]), n) for i, n in enumerate(shares) if n]
-    victims: list[int] = []
-    caused = 0
-    deadline = time.monotonic() + timeout
-    start = time.monotonic()
-    for at in range(0, len(work), parallel):
-        batch = work[at:at + parallel]
-        procs: list[subprocess.Popen] = []
-        try:
-            for cg, _ in batch:
-                cg.create(limit_bytes)
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _SPAWNER,
-                     os.fsencode(os.path.join(cg.leaf, "cgroup.procs"))],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-            for proc, (cg, _) in zip(procs, batch):
-                try:
-                    _read_line(proc, deadline)
-                except (TimeoutError, EOFError):
-                    raise TriggerError(f"storm spawner for {cg.rel!r} did not start: "
-                                       f"{_stop(proc) or 'timed out'}") from None
-                if proc.pid not in cg.procs():
-                    raise TriggerError(f"storm spawner {proc.pid} is not in {cg.rel!r}; stopping")
-            for proc, (_, share) in zip(procs, batch):
-                proc.stdin.write(f"{share}\n".encode())  # type: ignore[union-attr]
-                proc.stdin.flush()  # type: ignore[union-attr]
-            for proc, (cg, _) in zip(procs, batch):
-                try:
-                    out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    raise TriggerError(f"OOM storm did not finish within {timeout}s; stopped it and "
-                                       "removed its cgroups") from None
-                if proc.returncode != 0:
-                    raise TriggerError(f"storm spawner for {cg.rel!r} failed with status {proc.returncode}")
-                for line in out.decode().splitlines():
-                    pid, killed = line.split()
-                    if killed == "1":
-                        victims.append(int(pid))
-            for cg, _ in batch:
-                caused += _oom_kill_counter(cg.leaf, version)
-        finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    _stop(proc)
-            for cg, _ in batch:
-                cg.remove()
-    return StormResult(kills_caused=caused, victim_pids=victims, seconds=time.monotonic() - start)

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from testing.agent_process import REPO, AgentProcess, agent_env
+
+__all__ = ["REPO", "AgentProcess", "agent_env", "require", "require_tool", "require_root_bpf", "as_nobody"]
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -54,7 +52,7 @@ def as_nobody(fn) -> str:
 def after_the_oom_report_rate_limit() -> None:
     """Wait until the kernel prints full OOM reports again (10 per 5 s), e.g. after a storm test:
     tests that compare a record with the kernel's report of the same kill need the report."""
-    from otel_oom.kmsg import read_kmsg
+    from otel_oom.reconcile.kmsg import read_kmsg
 
     last = max((r.usec for r in read_kmsg() if "Killed process" in r.message), default=None)
     if last is not None:
@@ -74,71 +72,6 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     require(path is not None, f"needs `{name}` on PATH")
     return path  # type: ignore[return-value]
-
-
-class AgentProcess:
-    """A real `otel-oom run` child process, its stdout and stderr collected by threads."""
-
-    def __init__(self, args: list[str], env: dict[str, str], ready_timeout: float = 30.0) -> None:
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "otel_oom", "run", *args], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self.ready_at: Optional[float] = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True).start()
-        if not self._ready.wait(ready_timeout):
-            self.stop()
-            raise AssertionError("agent not ready in time; stderr:\n" + self.stderr)
-
-    def _pump(self, stream, sink: list[str]) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "backslashreplace")
-            sink.append(line)
-            if sink is self.stderr_lines and " ready " in f" {line} " and self.ready_at is None:
-                self.ready_at = time.monotonic()
-                self._ready.set()
-        stream.close()
-        if sink is self.stderr_lines:
-            self._ready.set()  # exited: wake the waiter, which then sees no ready line
-
-    @property
-    def stdout(self) -> str:
-        return "".join(self.stdout_lines)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines)
-
-    def wait_stdout(self, predicate, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.stdout):
-                return self.stdout
-            time.sleep(0.05)
-        raise AssertionError(f"stdout never matched; stdout:\n{self.stdout}\nstderr:\n{self.stderr}")
-
-    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def agent_env(endpoint: Optional[str] = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "K8S_"))}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    if endpoint:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-    env["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
-    env.update(extra)
-    return env
 
 
 @pytest.fixture

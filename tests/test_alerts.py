@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from conftest import require
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from otel_oom.cgroups import (CgroupError, CgroupResolver, MemoryHierarchy, cgroup_line,
-                              detect_memory_hierarchy, path_from_names)
+from otel_oom.attribution.cgroups import (
+    CgroupError,
+    CgroupResolver,
+    MemoryHierarchy,
+    cgroup_line,
+    detect_memory_hierarchy,
+    path_from_names,
+)
 
 FIX = Path(__file__).parent / "fixtures" / "mountinfo"
 SYS_ROOT = str(FIX / "root")
@@ -84,9 +90,9 @@ def test_detect_this_machine_agrees_with_proc_self_cgroup():
     require(h is not None, "no memory cgroup controller mounted on this machine")
     lines = Path("/proc/self/cgroup").read_text().splitlines()
     if h.version == 1:
-        mine = next(l for l in lines if "memory" in l.split(":")[1].split(","))
+        mine = next(line for line in lines if "memory" in line.split(":")[1].split(","))
     else:
-        mine = next(l for l in lines if l.startswith("0::"))
+        mine = next(line for line in lines if line.startswith("0::"))
     path = mine.split(":", 2)[2]
     # only true in the host cgroup namespace, which is where this suite runs
     assert cgroup_line(h, path) == mine
@@ -196,7 +202,7 @@ def test_resolver_tolerates_directories_vanishing_mid_scan(tmp_path):
             (tmp_path / f"d{i}" / "sub").mkdir(parents=True, exist_ok=True)
         stop = threading.Event()
 
-        def churn():
+        def churn(stop=stop):
             for i in range(200):
                 for p in (tmp_path / f"d{i}" / "sub", tmp_path / f"d{i}"):
                     try:

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from otel_oom.cgroups import CgroupResolver, detect_memory_hierarchy
-from otel_oom.containers import Workload, parse_cgroup_path
+from otel_oom.attribution.cgroups import CgroupResolver, detect_memory_hierarchy
+from otel_oom.attribution.containers import Workload, parse_cgroup_path
 
 C = "4f1a3c9be2d07a65b8c0e9d1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5"    # container id
 C2 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"   # inner container
@@ -61,9 +61,9 @@ CASES = [
     ("v1,v2 systemd pod", f"/machine.slice/machine-libpod_pod_{N}.slice/libpod-{C}.scope", W("podman", C)),
     ("v2 systemd", f"/machine.slice/libpod-{C}.scope/container", W("podman", C)),
     # kubepods nested in another parent: the innermost match wins
-    ("v2 kind", f"{KIND}/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "burstable")),
+    ("v2 kind", f"{KIND}/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "burstable")),  # noqa: E501
     ("v2 kind", f"{KIND}/kubelet-kubepods-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "guaranteed")),
-    ("v2 kind host view", f"/system.slice/docker-{N}.scope{KIND}/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "besteffort")),
+    ("v2 kind host view", f"/system.slice/docker-{N}.scope{KIND}/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "besteffort")),  # noqa: E501
     ("v1 kind host view", f"/docker/{N}/kubelet/kubepods/burstable/pod{UID}/{C}", W(None, C, UID, "burstable")),
     ("v1,v2 k3d", f"/docker/{N}/kubepods/besteffort/pod{UID}/{C}", W(None, C, UID, "besteffort")),
     ("v1,v2 k3d", f"/docker/{N}/kubepods/pod{UID}/{C}", W(None, C, UID, "guaranteed")),
@@ -84,7 +84,7 @@ CASES = [
     ("v1,v2 cgroupfs", f"/kubepods/besteffort/pod{UID}/not-a-container", W(None, None, UID, "besteffort")),
     # static pods: the uid is the manifest's 32-hex hash, kept as is
     ("v1,v2 cgroupfs", f"/kubepods/burstable/pod{H32}/{C}", W(None, C, H32, "burstable")),
-    ("v1,v2 systemd", f"{SD}/kubepods-burstable.slice/kubepods-burstable-pod{H32}.slice/crio-{C}.scope", W("cri-o", C, H32, "burstable")),
+    ("v1,v2 systemd", f"{SD}/kubepods-burstable.slice/kubepods-burstable-pod{H32}.slice/crio-{C}.scope", W("cri-o", C, H32, "burstable")),  # noqa: E501
     # no workload
     ("v1,v2", "/", NONE),
     ("v1,v2", "", NONE),

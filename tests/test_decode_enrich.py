@@ -6,45 +6,17 @@ import ctypes
 
 import pytest
 
-from otel_oom import event as E
-from otel_oom.cgroups import MemoryHierarchy
-from otel_oom.enrich import Enricher, derive_oom_memcg
-from otel_oom.event import DecodeError, RawEvent, decode
+from otel_oom.attribution.cgroups import MemoryHierarchy
+from otel_oom.attribution.enrich import Enricher, derive_oom_memcg
+from otel_oom.kernel import wire as E
+from otel_oom.kernel.wire import DecodeError, RawEvent, decode
+from testing.events import raw_event
 
 PAGE = 4096
 MiB = 1 << 20
 UNLIMITED = (1 << 63) // PAGE  # PAGE_COUNTER_MAX for 4 KiB pages
 BOOT = "0b9a6c4e-aaaa-bbbb-cccc-000000000001"
 V1 = MemoryHierarchy(version=1, mount="/sys/fs/cgroup/memory", hierarchy_id=4)
-
-
-def raw_event(chain, trigger_ids, **fields) -> bytes:
-    """chain: [(id, name, usage_pages, limit_pages)] leaf first, root last."""
-    r = RawEvent()
-    r.version = E.OOM_EVENT_VERSION
-    r.hook = 1
-    r.flags = E.F_VICTIM_TASK | E.F_MM_SIZES | E.F_BOOT_CLOCK
-    r.timestamp_ns = 123_456_789
-    r.victim_tgid = r.victim_pid = 4242
-    r.victim_ppid = 4000
-    r.victim_uid = 1000
-    r.victim_comm = b"leaky"
-    r.trigger_tgid = r.trigger_pid = 4242
-    r.trigger_comm = b"leaky"
-    r.anon_rss, r.file_rss, r.shmem_rss, r.total_vm = 7000, 500, 12, 9000
-    r.pgtables_bytes = 65536
-    for i, (cid, name, usage, limit) in enumerate(chain):
-        r.victim_memcg[i].id = cid
-        r.victim_memcg[i].name = name
-        r.victim_memcg[i].usage_pages = usage
-        r.victim_memcg[i].limit_pages = limit
-    r.victim_memcg_levels = len(chain)
-    for i, cid in enumerate(trigger_ids):
-        r.trigger_memcg_ids[i] = cid
-    r.trigger_memcg_levels = len(trigger_ids)
-    for k, v in fields.items():
-        setattr(r, k, v)
-    return bytes(r)
 
 
 POD_CHAIN = [

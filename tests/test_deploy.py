@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import require
 
 REPO = Path(__file__).resolve().parent.parent
@@ -237,8 +236,8 @@ def test_dockerfile_entrypoint_and_user():
 
 def test_dockerfile_copies_only_what_exists_and_is_not_ignored():
     build = dockerfile_stages()[0]
-    ignored = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
-               if l.strip() and not l.startswith("#")]
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
     assert "otel_oom/bpf/*.o" in ignored and ".git" in ignored
     for instr, rest in build["lines"]:
         if instr != "COPY":
@@ -317,7 +316,7 @@ def test_dashboard_promql_runs_on_a_real_prometheus():
     from prometheus_client import CollectorRegistry
 
     from otel_oom.health import HealthServer
-    from prometheus_server import PrometheusServer, PromQLError
+    from testing.prometheus_server import PrometheusServer, PromQLError
 
     require(shutil.which("prometheus") is not None, "needs the `prometheus` binary (apt-get install prometheus)")
     reg = CollectorRegistry()

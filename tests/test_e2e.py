@@ -16,11 +16,11 @@ import time
 import uuid
 
 import pytest
-
 from conftest import REPO, agent_env, require_root_bpf
-from otlp_receiver import OtlpGrpcReceiver
-from otel_oom.cgroups import detect_memory_hierarchy
+
+from otel_oom.attribution.cgroups import detect_memory_hierarchy
 from otel_oom.trigger import trigger_oom
+from testing.otlp_receiver import OtlpGrpcReceiver
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root
@@ -104,7 +104,8 @@ def test_a_memcg_kill_arrives_as_one_complete_record(receiver, start_agent):
     assert re.search(rf"Victim:\s+pid={kill.victim_pid} ", out)
     assert re.search(rf"Trigger:\s+pid={kill.victim_pid} ", out)
     doc = next(json.loads(line) for line in out.splitlines()
-               if line.startswith("{") and f'"process.pid": {kill.victim_pid}' in line.replace('":', '": ').replace(":  ", ": "))
+               if line.startswith("{")
+               and f'"process.pid": {kill.victim_pid}' in line.replace('":', '": ').replace(":  ", ": "))
     assert doc["oom.event.id"] == a["oom.event.id"]
 
     assert agent.stop() == 0

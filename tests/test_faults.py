@@ -15,12 +15,13 @@ import time
 
 import grpc
 import pytest
-
 from conftest import require_root_bpf
-from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port
-from otel_oom.kill import OomKill
-from otel_oom.spool import Spool
-from otel_oom.trigger import trigger_oom, trigger_storm
+
+from otel_oom.delivery.spool import Spool
+from otel_oom.model import OomKill
+from otel_oom.trigger import trigger_oom
+from testing.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port
+from testing.storm import trigger_storm
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

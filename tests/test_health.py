@@ -1,5 +1,5 @@
 """HealthServer over real HTTP: probes, readiness reasons, /metrics, listen parsing, and a real
-Prometheus scraping it (through tests/prometheus_server.py)."""
+Prometheus scraping it (through testing/prometheus_server.py)."""
 from __future__ import annotations
 
 import shutil
@@ -9,12 +9,12 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import require
 from prometheus_client import CollectorRegistry, Counter
 
-from conftest import require
 from otel_oom.errors import UsageError
 from otel_oom.health import HealthServer, parse_listen
-from prometheus_server import PrometheusServer
+from testing.prometheus_server import PrometheusServer
 
 
 def get(url: str) -> tuple[int, str, str]:

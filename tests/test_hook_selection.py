@@ -8,10 +8,11 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import require_tool
-from otel_oom.btf import KernelBtf
-from otel_oom.probe import HookPlan, KernelFeatures, candidate_plans, tp_btf_gets_the_task
+
+from otel_oom.kernel.btf import KernelBtf
+from otel_oom.kernel.features import KernelFeatures, candidate_plans, tp_btf_gets_the_task
+from otel_oom.kernel.source import HookPlan
 
 PID_ONLY = "typedef void (*btf_trace_mark_victim)(void *, int);\n"
 RICH = ("struct task_struct { int pid; };\ntypedef unsigned int uid_t;\n"

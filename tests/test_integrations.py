@@ -11,11 +11,11 @@ import uuid
 import zipfile
 
 import pytest
-
 from conftest import REPO, require_tool
-from otlp_receiver import free_port
-from prometheus_server import PrometheusServer
+
 from otel_oom.trigger import trigger_oom
+from testing.otlp_receiver import free_port
+from testing.prometheus_server import PrometheusServer
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

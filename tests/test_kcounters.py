@@ -6,8 +6,8 @@ import os
 import pytest
 from conftest import require
 
-from otel_oom.kcounters import memcg_oom_kills, vmstat_oom_kills
-from otel_oom.trigger import TriggerError, _memory_hierarchy, trigger_oom
+from otel_oom.reconcile.kcounters import memcg_oom_kills, vmstat_oom_kills
+from otel_oom.trigger import TriggerError, memory_hierarchy, trigger_oom
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "proc")
 
@@ -51,7 +51,7 @@ def test_bad_arguments_are_clear():
 def test_real_counters_move_with_a_real_kill():
     require(os.geteuid() == 0, "needs root to cause an OOM kill")
     try:
-        mount, version = _memory_hierarchy()
+        mount, version = memory_hierarchy()
     except TriggerError as e:
         require(False, str(e))
         raise

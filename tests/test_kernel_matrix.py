@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
-
 from conftest import after_the_oom_report_rate_limit, require, require_root_bpf
-from otel_oom.enrich import Enricher
-from otel_oom.kmsg import OomKillLine, parse_oom_kill_line
+
+from otel_oom.attribution.enrich import Enricher
+from otel_oom.reconcile.oom_report import OomKillLine, parse_oom_kill_line
 
 MiB = 1 << 20
 MATRIX = [("6.1", "v2"), ("6.1", "v1"), ("6.12", "v2")]
@@ -77,7 +77,7 @@ def matrix(harness, share) -> dict[tuple[str, str], dict]:
     results = harness.boot_many(jobs, workers=2)
     wall = time.monotonic() - t0
     out: dict = {"wall_s": wall}
-    for (k, cg), r in zip(MATRIX, results):
+    for (k, cg), r in zip(MATRIX, results, strict=False):
         entry: dict = {"result": r}
         if isinstance(r, harness.QemuError):
             entry["error"] = f"{type(r).__name__}: {r}\noutput tail:\n{r.output[-3000:]}"
@@ -209,7 +209,7 @@ def decisions(kmsg: list[list]) -> list[Decision]:
             columns = msg.split("]", 1)[1].split()
         elif columns and (m := re.match(r"^\[\s*(\d+)\]\s", msg)):
             values = msg.split("]", 1)[1].split(None, len(columns) - 1)
-            pending.tasks[int(m[1])] = {c: int(v) for c, v in zip(columns, values) if c != "name"}
+            pending.tasks[int(m[1])] = {c: int(v) for c, v in zip(columns, values, strict=False) if c != "name"}
         elif msg.startswith("oom-kill:"):
             pending.summary = parse_oom_kill_line(msg)
             out.append(pending)
@@ -388,7 +388,7 @@ def test_mark_victim_layout_is_read_from_the_kernel_btf(matrix, kernel, cgroup):
 @pytest.mark.parametrize("kernel", sorted({k for k, _ in MATRIX}))
 def test_a_saved_guest_btf_gives_the_same_answers_on_the_host(matrix, share, kernel):
     """KernelBtf(path) asks a saved BTF (here: the guest kernel's) what the running one would answer."""
-    from otel_oom.btf import KernelBtf, struct_fields
+    from otel_oom.kernel.btf import KernelBtf, struct_fields
 
     doc = guest(matrix, kernel, "v2")
     path = os.path.join(share, f"btf-{doc['facts']['release']}")
@@ -537,9 +537,10 @@ def test_event_ids_are_unique_across_the_guest(matrix, kernel, cgroup):
 def test_host_tracepoint_fields_when_the_victim_is_not_the_trigger(start_agent):
     """The rich mark_victim layout on the host's own kernel (6.18), without a context hook: the
     bystander's record is built from the tracepoint's fields alone, the allocator's from its task."""
-    from otlp_receiver import OtlpGrpcReceiver
-    from otel_oom.cgroups import detect_memory_hierarchy
-    from otel_oom.kmsg import read_kmsg
+    from testing.otlp_receiver import OtlpGrpcReceiver
+
+    from otel_oom.attribution.cgroups import detect_memory_hierarchy
+    from otel_oom.reconcile.kmsg import read_kmsg
     from tests.qemu.guest_cases import bystander_case
 
     require_root_bpf()
@@ -591,7 +592,7 @@ def _proc(tmp_path, pid: int, cgroup: str, flags: Optional[int]) -> str:
 
 @pytest.mark.parametrize("flags, expected", [(0x400100, "/"), (0x400104, None), (None, None)])
 def test_v1_root_cgroup_of_an_exiting_task_is_not_believed(tmp_path, flags, expected):
-    from otel_oom.cgroups import MemoryHierarchy
+    from otel_oom.attribution.cgroups import MemoryHierarchy
 
     # cgroup v1 shows every exiting task in the root cgroup; PF_EXITING (0x4) or a vanished task
     # means "/" says nothing about where the victim lived
@@ -601,7 +602,7 @@ def test_v1_root_cgroup_of_an_exiting_task_is_not_believed(tmp_path, flags, expe
 
 
 def test_v2_deleted_cgroup_suffix_is_dropped(tmp_path):
-    from otel_oom.cgroups import MemoryHierarchy
+    from otel_oom.attribution.cgroups import MemoryHierarchy
 
     root = _proc(tmp_path, 78, "0::/kmx-gone (deleted)\n", 0x404)
     hierarchy = MemoryHierarchy(version=2, mount="/sys/fs/cgroup", hierarchy_id=0, controllers="")
@@ -612,7 +613,7 @@ def test_group_members_after_the_first_inherit_the_derived_memcg():
     """Without a context hook, a memory.oom.group member killed after the chosen one may see usage
     already below the limit (the others are exiting): the same trigger, within the group's burst,
     in the memcg derived for the first member, is the same decision."""
-    from otel_oom.event import MemcgLevel, OomEvent
+    from otel_oom.kernel.wire import MemcgLevel, OomEvent
 
     limit = 64 * MiB
 

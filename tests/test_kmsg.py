@@ -11,9 +11,9 @@ import secrets
 import pytest
 from conftest import after_the_oom_report_rate_limit, as_nobody, require
 
-from otel_oom.kill import OomKill
-from otel_oom.kmsg import (KmsgError, parse_kmsg, parse_oom_kill_line, parse_record, read_kmsg,
-                           recovered_kills, to_oom_kill)
+from otel_oom.model import OomKill
+from otel_oom.reconcile.kmsg import KmsgError, parse_kmsg, parse_record, read_kmsg
+from otel_oom.reconcile.oom_report import parse_oom_kill_line, recovered_kills, to_oom_kill
 from otel_oom.trigger import trigger_oom
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "kmsg")

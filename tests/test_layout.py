@@ -5,11 +5,11 @@ import ctypes
 import subprocess
 
 import pytest
-
 from conftest import REPO, require_tool
-from otel_oom import libbpf as L
-from otel_oom.btf import check_event_layout, layout_differences, struct_fields
-from otel_oom.event import EVENT_SIZE, RawEvent
+
+from otel_oom.kernel import libbpf as L
+from otel_oom.kernel.btf import check_event_layout, layout_differences, struct_fields
+from otel_oom.kernel.wire import EVENT_SIZE, RawEvent
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_a_drifted_mirror_is_detected(built_object, monkeypatch):
 
     obj = _open(built_object)
     try:
-        monkeypatch.setattr("otel_oom.btf.RawEvent", Drifted)
+        monkeypatch.setattr("otel_oom.kernel.btf.RawEvent", Drifted)
         problems = layout_differences(L.bpf_object__btf(obj))
         assert any(p.startswith("oom_event.victim_uid:") for p in problems)
         with pytest.raises(Exception, match="victim_uid"):
@@ -59,6 +59,6 @@ def test_a_drifted_mirror_is_detected(built_object, monkeypatch):
 
 def test_header_version_matches_python():
     header = (REPO / "bpf" / "oomkill.h").read_text()
-    from otel_oom.event import OOM_EVENT_VERSION
+    from otel_oom.kernel.wire import OOM_EVENT_VERSION
 
     assert f"#define OOM_EVENT_VERSION {OOM_EVENT_VERSION}\n" in header

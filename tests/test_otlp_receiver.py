@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port, make_test_pki
+from testing.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port, make_test_pki
 
 RESOURCE = Resource({"service.name": "receiver-test", "host.name": "h1"})
 

@@ -130,7 +130,7 @@ def guests(kernels, share) -> dict[tuple[str, str], dict]:
                  share_dir=share) for k, cg in MATRIX]
     results = harness.boot_many(jobs, workers=2)
     out = {}
-    for (k, cg), r in zip(MATRIX, results):
+    for (k, cg), r in zip(MATRIX, results, strict=False):
         if isinstance(r, harness.QemuError):
             out[(k, cg)] = {"error": str(r)}
             continue

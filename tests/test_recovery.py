@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from otel_oom.cgroups import MemoryHierarchy
-from otel_oom.kill import OomKill
-from otel_oom.recovery import Reconciler
+from otel_oom.attribution.cgroups import MemoryHierarchy
+from otel_oom.model import OomKill
+from otel_oom.reconcile.recovery import Reconciler
 
 BOOT = "boot-1"
 
@@ -96,7 +96,7 @@ def test_a_group_kill_counted_twice_by_the_kernel_is_not_reported_unobserved(tmp
 
 
 def test_oom_group_is_read_up_to_the_oom_domain(tmp_path):
-    from otel_oom.enrich import Enricher
+    from otel_oom.attribution.enrich import Enricher
 
     mount = tmp_path / "cg"
     for path, flag in (("/kubepods", "1"), ("/kubepods/pod", "0"), ("/kubepods/pod/ctr", "1")):

@@ -18,12 +18,12 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO, agent_env, require_root_bpf, require_tool
-from otlp_receiver import OtlpGrpcReceiver
-from otel_oom.output import escape_untrusted
-from otel_oom.probe import effective_capabilities
+
+from otel_oom.kernel.features import effective_capabilities
+from otel_oom.text import for_terminal as escape_untrusted
 from otel_oom.trigger import trigger_oom
+from testing.otlp_receiver import OtlpGrpcReceiver
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

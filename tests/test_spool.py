@@ -15,11 +15,11 @@ import threading
 
 import pytest
 
-from otel_oom.kill import OomKill
-from otel_oom.spool import MAGIC, Spool, SpoolError
+from otel_oom.delivery.spool import MAGIC, Spool, SpoolError
+from otel_oom.model import OomKill
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEAD = 28  # record header size, see the format in otel_oom/spool.py
+HEAD = 28  # record header size, see the format in otel_oom/delivery/spool.py
 
 
 def require(cond: bool, reason: str) -> None:
@@ -87,7 +87,7 @@ def test_acked_segments_are_deleted(tmp_path):
 CHILD = textwrap.dedent("""
     import hashlib, random, sys
     sys.path.insert(0, sys.argv[1])
-    from otel_oom.spool import Spool
+    from otel_oom.delivery.spool import Spool
     sp = Spool(sys.argv[2], segment_bytes=16384, fsync=sys.argv[4] == "1")
     i = int(sys.argv[3])
     rnd = random.Random(i)
@@ -160,7 +160,7 @@ def test_truncated_tail_is_skipped_and_later_appends_survive(tmp_path, caplog):
     seqs = _spool_with(d, 5)
     [seg] = segments(d)
     os.truncate(seg, os.path.getsize(seg) - 10)
-    with caplog.at_level(logging.WARNING, logger="otel_oom.spool"):
+    with caplog.at_level(logging.WARNING, logger="otel_oom.delivery.spool"):
         with Spool(d) as sp:
             assert [s for s, _ in sp.pending()] == seqs[:4]
             assert sp.dropped["spool_corrupt"] == 1
@@ -219,7 +219,7 @@ def test_garbage_segment_does_not_stop_the_spool(tmp_path):
 def test_max_bytes_drops_oldest_and_counts(tmp_path, caplog):
     d = tmp_path / "s"
     rec = HEAD + len(payload(0, 1000))
-    with caplog.at_level(logging.WARNING, logger="otel_oom.spool"):
+    with caplog.at_level(logging.WARNING, logger="otel_oom.delivery.spool"):
         with Spool(d, max_bytes=16384, segment_bytes=4096, fsync=False) as sp:
             seqs = [sp.append(payload(i, 1000)) for i in range(40)]
             st = sp.stats()
@@ -247,7 +247,7 @@ def test_max_age_drops_expired_and_counts(tmp_path, caplog):
         new = [sp.append(payload(i)) for i in range(5, 8)]
         now[0] = 1120.0
         assert sp.stats()["oldest_pending_age_seconds"] == pytest.approx(120.0)
-        with caplog.at_level(logging.WARNING, logger="otel_oom.spool"):
+        with caplog.at_level(logging.WARNING, logger="otel_oom.delivery.spool"):
             assert [s for s, _ in sp.pending()] == new
         assert "dropped 5 undelivered OOM events older than 100s (spool_expired)" in caplog.text
         assert sp.dropped == {"spool_full": 0, "spool_expired": 5, "spool_corrupt": 0}
@@ -266,7 +266,7 @@ def test_second_spool_on_same_directory_is_refused(tmp_path):
             Spool(d)
         assert str(e.value) == f"spool {d} is in use by another otel-oom (pid {os.getpid()})"
     with subprocess.Popen(
-            [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from otel_oom.spool import Spool;"
+            [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from otel_oom.delivery.spool import Spool;"
              "s = Spool(sys.argv[2]); print('ready', flush=True); sys.stdin.read()", ROOT, str(d)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
         try:

@@ -13,10 +13,10 @@ import sys
 
 import grpc
 import pytest
-
 from conftest import REPO, agent_env, require_root_bpf, require_tool
-from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, make_test_pki
+
 from otel_oom.trigger import trigger_oom
+from testing.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, make_test_pki
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

@@ -8,8 +8,9 @@ import time
 import pytest
 from conftest import as_nobody, require
 
-from otel_oom.kcounters import vmstat_oom_kills
-from otel_oom.trigger import (TriggerError, _memory_hierarchy, trigger_oom, trigger_storm)
+from otel_oom.reconcile.kcounters import vmstat_oom_kills
+from otel_oom.trigger import TriggerError, memory_hierarchy, trigger_oom
+from testing.storm import trigger_storm
 
 MiB = 2**20
 
@@ -17,7 +18,7 @@ MiB = 2**20
 def _hierarchy() -> tuple[str, int]:
     require(os.geteuid() == 0, "needs root to create memory cgroups and cause OOM kills")
     try:
-        return _memory_hierarchy()
+        return memory_hierarchy()
     except TriggerError as e:
         require(False, str(e))
         raise

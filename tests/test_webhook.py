@@ -10,9 +10,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from otel_oom.config import resolve
 from otel_oom.errors import UsageError
-from otel_oom.kill import OomKill
-from otel_oom.webhook import WebhookNotifier, build_message, escape_text
+from otel_oom.model import OomKill
+from otel_oom.sinks.webhook import WebhookNotifier as _Notifier
+from otel_oom.sinks.webhook import build_message
+from otel_oom.text import for_chat as escape_text
+from otel_oom.urls import parse_url
+
+
+def WebhookNotifier(url: str, **kw) -> _Notifier:  # noqa: N802 - reads like the class it builds
+    """The notifier for a URL validated the way the agent validates it at start-up."""
+    return _Notifier(parse_url("--notify-webhook", url, "http://example"), **kw)
 
 
 def make_kill(comm: str = "leaky", pid: int = 4242) -> OomKill:
@@ -191,4 +200,4 @@ def test_message_body_is_ascii_json():
 @pytest.mark.parametrize("url", ["", "ftp://x/y", "hooks.slack.com/abc", "http://", "file:///etc/passwd"])
 def test_bad_url_is_a_usage_error(url):
     with pytest.raises(UsageError, match="--notify-webhook"):
-        WebhookNotifier(url)
+        resolve({"notify_webhook": url, "no_otlp": True}, {})

@@ -187,9 +187,9 @@ def tracefs_fields(fmt: str) -> dict[str, list[int]]:
 
 
 def kernel_facts(copy_btf_to: Optional[str]) -> dict:
-    from otel_oom.btf import KernelBtf, LayoutMismatch, struct_fields
-    from otel_oom.cgroups import detect_memory_hierarchy
-    from otel_oom.probe import CONTEXT_HOOKS, VICTIM_HOOKS, detect_features
+    from otel_oom.attribution.cgroups import detect_memory_hierarchy
+    from otel_oom.kernel.btf import KernelBtf, LayoutMismatch, struct_fields
+    from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS, detect_features
 
     facts: dict = {"release": os.uname().release, "proc_version": _read("/proc/version").strip(),
                    "page_size": os.sysconf("SC_PAGE_SIZE"), "meminfo_kb": _meminfo_kb()}
@@ -344,7 +344,8 @@ class TestCgroup:
             codes = _reap(procs, timeout)
         finally:
             _reap(procs, 0)
-        return {"victims": [p.pid for p in procs], "roles": {str(p.pid): role for p, (role, _) in zip(procs, members)},
+        roles = {str(p.pid): role for p, (role, _) in zip(procs, members, strict=False)}
+        return {"victims": [p.pid for p in procs], "roles": roles,
                 "returncodes": codes, "memory_events": self.events(), "cgroup": self.rel, "limit": self.limit,
                 "hierarchy_version": self.version}
 
@@ -409,13 +410,13 @@ def _global_kill(before: int) -> dict:
 # ---- driving it --------------------------------------------------------------------------------
 
 def _kmsg_since(seq: int) -> list[list]:
-    from otel_oom.kmsg import read_kmsg
+    from otel_oom.reconcile.kmsg import read_kmsg
 
     return [[r.seq, r.usec, r.level, r.message] for r in read_kmsg() if r.seq > seq]
 
 
 def _last_seq() -> int:
-    from otel_oom.kmsg import read_kmsg
+    from otel_oom.reconcile.kmsg import read_kmsg
 
     recs = read_kmsg()
     return recs[-1].seq if recs else -1
@@ -440,8 +441,9 @@ def _settle(seconds: float = 0.5) -> None:
 
 
 def run(out_path: str, cases: list[str], plans: Optional[list[tuple[str, str]]], copy_btf: bool) -> dict:
-    from otel_oom.probe import CONTEXT_HOOKS, VICTIM_HOOKS
-    from tests.otlp_receiver import OtlpGrpcReceiver
+    from testing.otlp_receiver import OtlpGrpcReceiver
+
+    from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS
 
     t_start = time.monotonic()
     doc: dict = {"started_uptime_s": float(_read("/proc/uptime").split()[0]), "runner_pid": os.getpid()}

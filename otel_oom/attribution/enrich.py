@@ -1,0 +1,241 @@
+"""From what the kernel reported (`OomEvent`) to the attributed record (`OomKill`).
+
+Attribution: the victim's memory-cgroup path comes from the names the BPF program captured at the
+kill (so a cgroup removed right after the kill still resolves), falling back to the inode lookup
+when the path was deeper than captured; the path then names the container and the pod.
+The OOMing memory cgroup comes from the context hook when one ran; without it, it is derived:
+the lowest ancestor of the victim that the trigger shares and whose usage sits at its limit
+(for the members of a memory.oom.group kill after the first, the memcg derived for the first).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+from ..kernel.wire import MemcgLevel, OomEvent
+from ..model import SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
+from . import clock
+from .cgroups import CgroupResolver, MemoryHierarchy, cgroup_line, path_from_names
+from .containers import parse_cgroup_path
+
+log = logging.getLogger("otel_oom.enrich")
+
+# memcg OOM fires when a charge does not fit: usage sits within a charge batch (64 pages per CPU),
+# a huge page, or a bit of slack for other CPUs' racing charges below the limit
+_AT_LIMIT_SLACK_BYTES = 4 << 20
+
+
+def at_limit(level: MemcgLevel) -> bool:
+    if level.limit_bytes is None:
+        return False
+    slack = max(_AT_LIMIT_SLACK_BYTES, level.limit_bytes // 64)
+    return level.usage_bytes + slack >= level.limit_bytes
+
+
+def memcg_paths(levels: tuple[MemcgLevel, ...], leaf_path: str) -> list[str]:
+    """Path of each captured level, leaf first, given the leaf's path."""
+    paths = []
+    path = leaf_path
+    for _ in levels:
+        paths.append(path or "/")
+        path = path.rsplit("/", 1)[0]
+    return paths
+
+
+def derive_oom_memcg(ev: OomEvent) -> Optional[int]:
+    """Index in ev.victim_memcgs of the memcg whose limit was hit, when no context hook told us."""
+    trigger_ids = set(ev.trigger_memcg_ids)
+    for i, level in enumerate(ev.victim_memcgs):
+        if level.id in trigger_ids and at_limit(level):
+            return i
+    return None
+
+
+# memory.oom.group: the kernel kills every member inside one oom_kill_process call, printing a line
+# to the console per member; members follow each other by well under this
+_GROUP_GAP_NS = 1_000_000_000
+
+
+class Enricher:
+    def __init__(self, hierarchy: Optional[MemoryHierarchy], boot_id: str,
+                 resolver: Optional[CgroupResolver] = None, proc_root: str = "/proc") -> None:
+        self.hierarchy = hierarchy
+        self.boot_id = boot_id
+        self.resolver = resolver
+        self.proc_root = proc_root
+        # (trigger tgid, kernel timestamp, memcg id) of the last derived memcg OOM (no context hook)
+        self._last_derived: Optional[tuple[int, int, int]] = None
+
+    def victim_path(self, ev: OomEvent) -> Optional[str]:
+        if ev.victim_memcgs and ev.victim_memcgs_complete:
+            return path_from_names([lvl.name for lvl in ev.victim_memcgs])
+        if ev.victim_memcgs and self.resolver:
+            path = self.resolver.path_for_id(ev.victim_memcgs[0].id)
+            if path:
+                return path
+        if ev.victim_memcgs:
+            # deeper than captured and already gone: the captured tail, marked as partial
+            return "/..." + path_from_names([lvl.name for lvl in ev.victim_memcgs] + [""])
+        return self._path_from_proc(ev.victim_pid)
+
+    def _path_from_proc(self, pid: int) -> Optional[str]:
+        # the tracepoint-only path (no task pointer): the victim may still be exiting
+        if not self.hierarchy:
+            return None
+        want = "memory" if self.hierarchy.version == 1 else ""
+        found = None
+        try:
+            with open(f"{self.proc_root}/{pid}/cgroup") as f:
+                for line in f:
+                    _, controllers, path = line.rstrip("\n").split(":", 2)
+                    if (want and want in controllers.split(",")) or (not want and controllers == ""):
+                        found = path
+                        break
+        except (OSError, ValueError):
+            return None
+        if found is None:
+            return None
+        if want:
+            # v1 shows every exiting task in the root cgroup: "/" is only believed of a live task
+            if found == "/" and self._exiting(pid):
+                return None
+        elif found.endswith(" (deleted)"):
+            found = found[: -len(" (deleted)")]  # v2: the cgroup was removed before the task was reaped
+        return found
+
+    def _exiting(self, pid: int) -> bool:
+        """True when the task is exiting (PF_EXITING) or already gone."""
+        try:
+            with open(f"{self.proc_root}/{pid}/stat") as f:
+                stat = f.read()
+            return bool(int(stat.rsplit(")", 1)[1].split()[6]) & 0x4)
+        except (OSError, ValueError, IndexError):
+            return True
+
+    def oom_group(self, path: Optional[str], oom_memcg: Optional[str]) -> Optional[str]:
+        """The cgroup whose memory.oom.group made this a group kill (cgroup v2), walking up from the
+        victim to the OOM domain as the kernel does and keeping the highest one set; None otherwise.
+        Read right after the kill; a cgroup already removed reads as not grouped."""
+        if not path or not self.hierarchy or self.hierarchy.version != 2:
+            return None
+        group, current = None, path
+        while current not in ("", "/"):
+            try:
+                with open(f"{self.hierarchy.mount}{current}/memory.oom.group") as f:
+                    if f.read().strip() == "1":
+                        group = current
+            except OSError:
+                pass
+            if current == oom_memcg:
+                break
+            current = current.rsplit("/", 1)[0]
+        return group
+
+    def _tgid_from_proc(self, pid: int) -> Optional[int]:
+        try:
+            with open(f"{self.proc_root}/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("Tgid:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def _same_group_kill(self, ev: OomEvent) -> Optional[int]:
+        """A memory.oom.group member killed right after the chosen victim, by the same trigger, in
+        the memcg derived for it: the members exiting meanwhile may have brought usage below the
+        at-limit test, but it is the same decision."""
+        if self._last_derived is None:
+            return None
+        trigger, ts, memcg_id = self._last_derived
+        if trigger != ev.trigger_tgid or not 0 <= ev.timestamp_ns - ts <= _GROUP_GAP_NS:
+            return None
+        ids = [lvl.id for lvl in ev.victim_memcgs]
+        if memcg_id in ids and memcg_id in ev.trigger_memcg_ids:
+            return ids.index(memcg_id)
+        return None
+
+    def enrich(self, ev: OomEvent) -> OomKill:
+        path = self.victim_path(ev)
+        workload = parse_cgroup_path(path) if path else None
+        tgid = ev.victim_tgid or self._tgid_from_proc(ev.victim_pid) or ev.victim_pid
+
+        constraint, constraint_source = "unknown", SOURCE_NONE
+        memcg_path = memcg_limit = memcg_usage = None
+        memcg_source = SOURCE_NONE
+        paths = memcg_paths(ev.victim_memcgs, path) if path and ev.victim_memcgs else []
+        if ev.context:
+            constraint, constraint_source = ev.constraint, SOURCE_KERNEL
+            if ev.memcg_id:
+                memcg_limit, memcg_usage, memcg_source = ev.memcg_limit_bytes, ev.memcg_usage_bytes, SOURCE_KERNEL
+                ids = [lvl.id for lvl in ev.victim_memcgs]
+                if ev.memcg_id in ids and paths:
+                    memcg_path = paths[ids.index(ev.memcg_id)]
+                elif self.resolver:
+                    memcg_path = self.resolver.path_for_id(ev.memcg_id)
+        else:
+            idx = derive_oom_memcg(ev)
+            if idx is None:
+                idx = self._same_group_kill(ev)
+            if idx is not None:
+                self._last_derived = (ev.trigger_tgid, ev.timestamp_ns, ev.victim_memcgs[idx].id)
+                level = ev.victim_memcgs[idx]
+                constraint, constraint_source = "memcg", SOURCE_DERIVED
+                memcg_limit, memcg_usage, memcg_source = level.limit_bytes, level.usage_bytes, SOURCE_DERIVED
+                memcg_path = paths[idx] if paths else None
+
+        return dataclasses.replace(
+            bare_kill(ev, self.boot_id),
+            victim_pid=tgid,
+            cgroup_path=path,
+            cgroup_line=cgroup_line(self.hierarchy, path) if (path and self.hierarchy) else None,
+            container_runtime=workload.runtime if workload else None,
+            container_id=workload.container_id if workload else None,
+            pod_uid=workload.pod_uid if workload else None,
+            pod_qos_class=workload.qos_class if workload else None,
+            constraint=constraint,
+            constraint_source=constraint_source,
+            memcg_path=memcg_path,
+            memcg_limit_bytes=memcg_limit,
+            memcg_usage_bytes=memcg_usage,
+            memcg_source=memcg_source,
+            oom_group_path=self.oom_group(path, memcg_path),
+        )
+
+
+def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:
+    """The kill with only what the kernel reported: no cgroup, container, pod or derived memcg.
+
+    What the agent delivers when attribution fails for an event (the failure is counted): it shares
+    no code with the attribution above, so the same fault cannot strike twice.
+    """
+    return OomKill(
+        event_id=clock.event_id(boot_id, ev.timestamp_ns, ev.victim_pid),
+        time_unix_nano=clock.to_wall_ns(ev.timestamp_ns, ev.boot_clock),
+        boot_time_ns=ev.timestamp_ns if ev.boot_clock else 0,
+        hook=ev.hook,
+        context_hook=ev.context_hook,
+        recovered=False,
+        victim_pid=ev.victim_tgid or ev.victim_pid,
+        victim_tid=ev.victim_pid,
+        victim_comm=ev.victim_comm,
+        victim_ppid=ev.victim_ppid,
+        victim_uid=ev.victim_uid,
+        oom_score_adj=ev.oom_score_adj,
+        total_vm_bytes=ev.total_vm_bytes,
+        anon_rss_bytes=ev.anon_rss_bytes,
+        file_rss_bytes=ev.file_rss_bytes,
+        shmem_rss_bytes=ev.shmem_rss_bytes,
+        pgtables_bytes=ev.pgtables_bytes,
+        trigger_pid=ev.trigger_tgid,
+        trigger_tid=ev.trigger_pid,
+        trigger_comm=ev.trigger_comm,
+        constraint=ev.constraint if ev.context else "unknown",
+        constraint_source=SOURCE_KERNEL if ev.context else SOURCE_NONE,
+        domain_bytes=ev.domain_bytes,
+        badness_points=ev.badness_points,
+        gfp_mask=ev.gfp_mask,
+        order=ev.order,
+        decision_id=f"{boot_id}:{ev.decision_ns}:{ev.trigger_tgid}" if ev.context else None,
+    )

@@ -1,0 +1,133 @@
+"""Where handled OOM events wait for the collector: the on-disk spool, or memory.
+
+`DeliveryStore` puts events in the spool and, only if the spool cannot write (disk full, I/O
+error), keeps them in a bounded memory queue instead, so a broken disk degrades durability
+without losing the kill. Both share the spool's interface: append / pending / ack.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, deque
+from typing import Mapping, Protocol
+
+from ..config import RunConfig
+from ..errors import AgentError
+from .spool import Spool, SpoolError
+
+log = logging.getLogger("otel_oom.store")
+
+MEMORY_MAX_EVENTS = 10000
+
+
+class Store(Protocol):
+    """What the pipeline (append) and the sender (pending, ack) need; `dropped` counts by reason."""
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+    def append(self, payload: bytes) -> int: ...
+    def pending(self, limit: int = 100) -> list[tuple[int, bytes]]: ...
+    def ack(self, upto_seq: int) -> None: ...
+    def in_memory(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Spool-shaped queue in memory: lost on restart, bounded, drops counted as `memory_full`."""
+
+    def __init__(self, max_events: int = MEMORY_MAX_EVENTS) -> None:
+        self._items: deque[tuple[int, bytes]] = deque()
+        self._next = 1
+        self._max = max_events
+        self._lock = threading.Lock()
+        self._dropped: Counter[str] = Counter()
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        return self._dropped
+
+    def append(self, payload: bytes) -> int:
+        with self._lock:
+            if len(self._items) >= self._max:
+                self._items.popleft()
+                self._dropped["memory_full"] += 1
+                log.error("in-memory event queue full: dropped the oldest OOM event (%d so far)",
+                          self._dropped["memory_full"])
+            seq, self._next = self._next, self._next + 1
+            self._items.append((seq, payload))
+            return seq
+
+    def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
+        with self._lock:
+            return list(self._items)[:limit]
+
+    def ack(self, upto_seq: int) -> None:
+        with self._lock:
+            while self._items and self._items[0][0] <= upto_seq:
+                self._items.popleft()
+
+    def in_memory(self) -> int:
+        """Events held here that a stop would lose."""
+        with self._lock:
+            return len(self._items)
+
+    def close(self) -> None:
+        pass
+
+
+class DeliveryStore:
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.memory = MemoryStore()
+        self._source: Spool | MemoryStore = spool
+        self.spool_write_errors = 0
+
+    @property
+    def dropped(self) -> Mapping[str, int]:
+        counts = Counter(self.spool.dropped)
+        counts.update(self.memory.dropped)
+        return dict(counts)
+
+    def in_memory(self) -> int:
+        return self.memory.in_memory()
+
+    def append(self, payload: bytes) -> int:
+        try:
+            return self.spool.append(payload)
+        except SpoolError as e:
+            self.spool_write_errors += 1
+            log.error("%s; keeping the event in memory until the collector accepts it", e)
+            return self.memory.append(payload)
+
+    def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
+        try:
+            batch = self.spool.pending(limit)
+        except SpoolError as e:
+            log.error("%s", e)
+            batch = []
+        self._source = self.spool if batch else self.memory
+        return batch or self.memory.pending(limit)
+
+    def ack(self, upto_seq: int) -> None:
+        try:
+            self._source.ack(upto_seq)
+        except SpoolError as e:
+            # a lost acknowledgement means a duplicate at the next start (same event id), never a loss
+            log.warning("%s; events the collector accepted may be sent again at the next start", e)
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+def open_store(cfg: RunConfig) -> Store:
+    if not cfg.spool_dir:
+        log.warning("no spool: OOM events wait for the collector in memory only and are lost if the agent stops")
+        return MemoryStore()
+    try:
+        spool = Spool(cfg.spool_dir, max_bytes=cfg.spool_max_bytes, max_age_seconds=cfg.spool_max_age)
+    except SpoolError as e:
+        raise AgentError(f"{e} (choose another directory with --spool-dir or {'OTEL_OOM_SPOOL_DIR'})") from None
+    except OSError as e:
+        raise AgentError(f"cannot use spool directory {cfg.spool_dir}: {e.strerror}; create it or choose "
+                         "another with --spool-dir / OTEL_OOM_SPOOL_DIR") from None
+    return DeliveryStore(spool)

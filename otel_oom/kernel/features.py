@@ -1,0 +1,158 @@
+"""What the running kernel offers: BTF, the mark_victim layout, tracefs, kprobes, privileges.
+
+Facts only, each with the reason when a hook is not offered; `candidate_plans` turns them into the
+hook plans `probe.open_probe` tries, in order of preference. Reading BTF goes through libbpf
+(`btf.KernelBtf`); everything else is files under /proc and /sys.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .btf import KernelBtf
+from .source import HookPlan
+
+log = logging.getLogger("otel_oom.kernel")
+
+VICTIM_HOOKS = ("tp_btf", "tracepoint")
+CONTEXT_HOOKS = ("fentry", "kprobe", "none")
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+PRIVILEGE_HINT = "run as root, or with CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8)"
+
+
+@dataclass
+class KernelFeatures:
+    """What the running kernel offers, each with the reason when it does not."""
+
+    btf: bool
+    tp_btf: bool
+    tracepoint: bool
+    fentry: bool
+    kprobe_symbol: Optional[str]
+    kprobe_pmu: bool
+    mark_victim_args: Optional[list[str]]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def available(self, hook: str) -> bool:
+        return {
+            "tp_btf": self.tp_btf,
+            "tracepoint": self.tracepoint,
+            "fentry": self.fentry,
+            "kprobe": bool(self.kprobe_symbol) and self.kprobe_pmu,
+            "none": True,
+        }[hook]
+
+
+def find_tracefs(mount_if_missing: bool = True) -> Optional[str]:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    if mount_if_missing:
+        # libbpf resolves classic tracepoints through tracefs; mount it where the kernel expects it
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.mount(b"nodev", TRACEFS_CANDIDATES[0].encode(), b"tracefs", 0, None) == 0:
+                log.info("mounted tracefs at %s", TRACEFS_CANDIDATES[0])
+                return TRACEFS_CANDIDATES[0]
+        except OSError:
+            pass
+    return None
+
+
+def find_kprobe_symbol(kallsyms: str = "/proc/kallsyms", name: str = "oom_kill_process") -> Optional[str]:
+    """The symbol kprobes can attach to: `name` itself, or a compiler clone such as
+    `name.constprop.0` / `name.isra.0` (never the `.cold` split-off part)."""
+    clones = []
+    try:
+        with open(kallsyms) as f:
+            for line in f:
+                sym = line.split()[2] if line.count(" ") >= 2 else ""
+                if sym == name:
+                    return name
+                if sym.startswith(name + ".") and not sym.endswith(".cold"):
+                    clones.append(sym)
+    except OSError:
+        return None
+    return clones[0] if clones else None
+
+
+def tp_btf_gets_the_task(mark_victim_args: Optional[list[str]]) -> bool:
+    """tp_btf/mark_victim is only useful where the tracepoint passes the victim's task (6.9+, and the
+    2025 stable backports); before, it passes a pid (`int`) and the classic tracepoint is as good."""
+    return bool(mark_victim_args) and mark_victim_args is not None and mark_victim_args[0] == "struct task_struct *"
+
+
+def detect_features(kallsyms: str = "/proc/kallsyms", mount_tracefs: bool = True) -> KernelFeatures:
+    reasons: dict[str, str] = {}
+    btf_ok = os.path.exists(VMLINUX_BTF)
+    args = None
+    fentry = False
+    if btf_ok:
+        try:
+            with KernelBtf() as kbtf:
+                args = kbtf.mark_victim_args()
+                fentry = kbtf.has_func("oom_kill_process")
+        except OSError as e:
+            btf_ok = False
+            reasons["btf"] = f"cannot read /sys/kernel/btf/vmlinux: {e.strerror}"
+    else:
+        reasons["btf"] = "no /sys/kernel/btf/vmlinux (kernel built without CONFIG_DEBUG_INFO_BTF)"
+    tp_btf = tp_btf_gets_the_task(args)
+    if not btf_ok:
+        reasons["tp_btf"] = reasons["fentry"] = "needs kernel BTF"
+    elif args is None:
+        reasons["tp_btf"] = "the kernel has no mark_victim tracepoint"
+    elif not tp_btf:
+        reasons["tp_btf"] = f"mark_victim passes ({', '.join(args)}), not the task (kernel before 6.9)"
+    if btf_ok and not fentry:
+        reasons["fentry"] = "oom_kill_process is not a BTF function (inlined or renamed by the compiler)"
+    tracefs = find_tracefs(mount_tracefs)
+    tracepoint = bool(tracefs) and os.path.isdir(f"{tracefs}/events/oom/mark_victim")
+    if not tracefs:
+        reasons["tracepoint"] = "tracefs is not mounted at /sys/kernel/tracing and could not be mounted"
+    elif not tracepoint:
+        reasons["tracepoint"] = "no oom/mark_victim tracepoint in tracefs"
+    symbol = find_kprobe_symbol(kallsyms)
+    pmu = os.path.isdir("/sys/bus/event_source/devices/kprobe")
+    if not symbol:
+        reasons["kprobe"] = "oom_kill_process not in /proc/kallsyms"
+    elif not pmu:
+        reasons["kprobe"] = "the kernel has no kprobes (CONFIG_KPROBES off)"
+    return KernelFeatures(btf_ok, tp_btf, tracepoint, fentry, symbol, pmu, args, reasons)
+
+
+def candidate_plans(features: KernelFeatures, victim: str = "auto", context: str = "auto") -> list[HookPlan]:
+    """Hook plans in order of preference, restricted to what the kernel offers and the user asked."""
+    victims = VICTIM_HOOKS if victim == "auto" else (victim,)
+    contexts = CONTEXT_HOOKS if context == "auto" else (context,)
+    plans = []
+    for v in victims:
+        if not features.available(v):
+            continue
+        for c in contexts:
+            if features.available(c):
+                plans.append(HookPlan(v, c, features.kprobe_symbol if c == "kprobe" else None))
+    return plans
+
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def effective_capabilities(status: str = "/proc/self/status") -> int:
+    with open(status) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def missing_capabilities(status: str = "/proc/self/status") -> list[str]:
+    """The capabilities loading and attaching need that this process lacks (empty: enough)."""
+    caps = effective_capabilities(status)
+    if caps & (1 << CAP_SYS_ADMIN):
+        return []
+    return [name for bit, name in ((CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")) if not caps & (1 << bit)]

@@ -1,0 +1,136 @@
+"""The agent's metrics: OOM kills and victims' RSS, and the agent's own health, over OTLP and Prometheus.
+
+Metric attributes are bounded (`mapping.kill_metric_attributes`): never a pid or an event id.
+The observable instruments read the agent's counters through cheap callables at each collection.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
+
+from .. import __version__
+from ..model import OomKill
+from .env import OtlpSettings
+from .exporters import metric_exporter
+from .mapping import RSS_BUCKETS, SCOPE_NAME, kill_metric_attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+
+log = logging.getLogger("otel_oom.otlp")
+
+
+def _counting_exporter(inner: Any, on_failure: Callable[[], None]) -> Any:
+    """Wrap a MetricExporter so a failed export is counted (the SDK reader only logs it)."""
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class CountingMetricExporter(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__(preferred_temporality=inner._preferred_temporality,
+                             preferred_aggregation=inner._preferred_aggregation)
+
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            result = inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            if result is not MetricExportResult.SUCCESS:
+                on_failure()
+            return result
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return inner.force_flush(timeout_millis=timeout_millis)
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    return CountingMetricExporter()
+
+
+class Metrics:
+    """The agent's metrics over OTLP (periodic) and, optionally, a Prometheus registry to serve.
+
+    The callables feed the observable instruments at each collection and must be cheap:
+    drop_counts() -> {reason: total}, fault_counts() -> {stage: total},
+    hooks() -> [(hook, "victim" | "context")], unobserved() -> int.
+    """
+
+    def __init__(self, resource: "Resource", otlp: Optional[OtlpSettings], prometheus: bool = False, *,
+                 drop_counts: Optional[Callable[[], Mapping[str, int]]] = None,
+                 fault_counts: Optional[Callable[[], Mapping[str, int]]] = None,
+                 hooks: Optional[Callable[[], Iterable[tuple[str, str]]]] = None,
+                 unobserved: Optional[Callable[[], int]] = None) -> None:
+        from opentelemetry.metrics import Observation
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        self._drop_counts = drop_counts or (lambda: {})
+        self._fault_counts = fault_counts or (lambda: {})
+        self._hooks = hooks or (lambda: [])
+        self._unobserved = unobserved or (lambda: 0)
+        self.prometheus_registry = None
+        readers: list[Any] = []
+        if otlp is not None:
+            self.export_interval_millis = otlp.metric_export_interval_ms
+            exporter = _counting_exporter(metric_exporter(otlp.metrics),
+                                          lambda: self.record_export_failure("metrics"))
+            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=self.export_interval_millis))
+        if prometheus:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import CollectorRegistry
+
+            # a registry of our own: the global one would mix in whatever else the process registers
+            self.prometheus_registry = CollectorRegistry()
+            readers.append(PrometheusMetricReader(registry=self.prometheus_registry))
+        self._provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
+        meter = self._provider.get_meter(SCOPE_NAME, __version__)
+
+        def guarded(name: str, fn: Callable[[], list[Any]]) -> Callable[[Any], list[Any]]:
+            def callback(_options: Any) -> list[Any]:
+                try:
+                    return fn()
+                except Exception:  # noqa: BLE001 - a broken stats source must not stop the export
+                    log.exception("metric callback for %s failed", name)
+                    return []
+            return callback
+
+        self._kills = meter.create_counter(
+            "oom.kills", unit="{kill}", description="OOM kills reported, by constraint, container and pod")
+        self._rss = meter.create_histogram(
+            "oom.victim.rss", unit="By", description="Resident memory of the OOM victim when it was killed",
+            explicit_bucket_boundaries_advisory=RSS_BUCKETS)
+        self._export_failures = meter.create_counter(
+            "otel_oom.export.failures", unit="{export}", description="OTLP exports the collector did not accept")
+        for signal in ("logs", "metrics"):
+            # the series exist from the start, so rate() and increase() see the first failure
+            self._export_failures.add(0, {"signal": signal})
+        meter.create_observable_counter(
+            "otel_oom.events.dropped", unit="{event}", description="Events otel-oom lost, by reason",
+            callbacks=[guarded("otel_oom.events.dropped", lambda: [
+                Observation(int(n), {"reason": str(reason)}) for reason, n in sorted(self._drop_counts().items())])])
+        meter.create_observable_counter(
+            "otel_oom.faults", unit="{event}",
+            description="Events delivered despite a fault on the way (e.g. without attribution), by stage",
+            callbacks=[guarded("otel_oom.faults", lambda: [
+                Observation(int(n), {"stage": str(stage)}) for stage, n in sorted(self._fault_counts().items())])])
+        meter.create_observable_gauge(
+            "otel_oom.hooks.attached", unit="{hook}", description="Kernel hooks attached (1 per hook)",
+            callbacks=[guarded("otel_oom.hooks.attached", lambda: [
+                Observation(1, {"oom.hook": hook, "oom.hook.role": role}) for hook, role in self._hooks()])])
+        meter.create_observable_gauge(
+            "oom.kills.unobserved", unit="{kill}",
+            description="OOM kills the kernel counted that otel-oom did not observe",
+            callbacks=[guarded("oom.kills.unobserved", lambda: [Observation(int(self._unobserved()))])])
+
+    def record_kill(self, kill: OomKill) -> None:
+        self._kills.add(1, kill_metric_attributes(kill))
+        rss = kill.rss_bytes
+        if rss is not None:
+            self._rss.record(rss, {"oom.constraint": kill.constraint})
+
+    def record_export_failure(self, signal: str) -> None:
+        """Count an export the collector did not accept; signal is "logs" or "metrics"."""
+        self._export_failures.add(1, {"signal": signal})
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._provider.force_flush(timeout_millis=timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 5_000) -> None:
+        self._provider.shutdown(timeout_millis=timeout_millis)

@@ -1,0 +1,1 @@
+"""Outputs for people: console.py (--console, --json) and webhook.py (chat notifications)."""

@@ -1,0 +1,126 @@
+"""Human and JSON renderings of an OomKill for stdout (`--console`, `--json`), both terminal-safe.
+
+Process names and cgroup paths come from the kernel as arbitrary bytes: every untrusted string
+goes through `text.for_terminal` (console) or the JSON encoder plus `text.for_json_line` (JSON
+lines). The JSON line carries the same attributes as the OTLP record (`otlp.mapping`, which is pure:
+a console-only agent never imports the OpenTelemetry SDK).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Optional
+
+from ..model import OomKill
+from ..otlp.mapping import EVENT_NAME, log_attributes, log_body
+from ..text import for_json_line, for_terminal
+
+
+def format_size(n: Optional[int]) -> str:
+    """Binary units with one decimal, as people read memory limits: 0 B, 512 B, 1.2 MiB, 4.0 GiB."""
+    if n is None:
+        return "?"
+    if abs(n) < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024.0
+        if abs(value) < 1024.0 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_time(time_unix_nano: int, sep: str = " ", digits: int = 3) -> str:
+    """UTC wall-clock time with `digits` fractional digits (nanoseconds kept exactly, no float)."""
+    seconds, nanos = divmod(time_unix_nano, 10**9)
+    base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if digits <= 0:
+        return base
+    return f"{base}.{nanos:09d}"[: len(base) + 1 + digits]
+
+
+def rfc3339(time_unix_nano: int) -> str:
+    """RFC 3339 UTC timestamp with nanosecond precision, e.g. 2026-11-25T10:31:07.123456789Z."""
+    return format_time(time_unix_nano, sep="T", digits=9) + "Z"
+
+
+def _who(pid: Optional[int], tid: Optional[int], comm: Optional[str]) -> str:
+    parts = [f"pid={pid if pid is not None else '?'}"]
+    if tid is not None and tid != pid:
+        parts.append(f"tid={tid}")
+    parts.append(f"comm={for_terminal(comm) if comm is not None else '?'}")
+    return " ".join(parts)
+
+
+def format_console(kill: OomKill) -> str:
+    """One readable block per kill, ending with a newline; unknown fields are left out or shown as "?"."""
+    k = kill
+    header = f"[{format_time(k.time_unix_nano)} UTC] OOM KILL ({k.constraint}"
+    header += ", recovered from the kernel log)" if k.recovered else ")"
+    lines = [header]
+
+    victim = [_who(k.victim_pid, k.victim_tid, k.victim_comm)]
+    if k.victim_ppid is not None:
+        victim.append(f"ppid={k.victim_ppid}")
+    if k.victim_uid is not None:
+        victim.append(f"uid={k.victim_uid}")
+    if k.rss_bytes is not None:
+        victim.append(f"rss={format_size(k.rss_bytes)} (anon {format_size(k.anon_rss_bytes)}, "
+                      f"file {format_size(k.file_rss_bytes)}, shmem {format_size(k.shmem_rss_bytes)})")
+    elif k.anon_rss_bytes is not None:
+        victim.append(f"anon-rss={format_size(k.anon_rss_bytes)}")
+    if k.total_vm_bytes is not None:
+        victim.append(f"vm={format_size(k.total_vm_bytes)}")
+    if k.oom_score_adj is not None:
+        victim.append(f"oom_score_adj={k.oom_score_adj}")
+    lines.append("  Victim:  " + " ".join(victim))
+
+    if k.trigger_pid is not None or k.trigger_comm is not None:
+        lines.append("  Trigger: " + _who(k.trigger_pid, k.trigger_tid, k.trigger_comm))
+    else:
+        lines.append("  Trigger: ?")
+
+    if k.cgroup_path is not None or k.container_id or k.pod_uid:
+        cg = [for_terminal(k.cgroup_path) if k.cgroup_path is not None else "?"]
+        if k.container_id:
+            runtime = f"{for_terminal(k.container_runtime)}://" if k.container_runtime else ""
+            cg.append(f" container={runtime}{for_terminal(k.container_id[:12])}")
+        if k.pod_uid:
+            qos = f" ({for_terminal(k.pod_qos_class)})" if k.pod_qos_class else ""
+            cg.append(f" pod={for_terminal(k.pod_uid)}{qos}")
+        lines.append("  Cgroup:  " + " ".join(cg))
+
+    if k.memcg_path is not None or k.memcg_limit_bytes is not None:
+        memcg = [for_terminal(k.memcg_path) if k.memcg_path is not None else "?"]
+        if k.memcg_limit_bytes is not None:
+            memcg.append(f"limit={format_size(k.memcg_limit_bytes)}")
+        if k.memcg_usage_bytes is not None:
+            memcg.append(f"usage={format_size(k.memcg_usage_bytes)}")
+        memcg.append(f"({k.memcg_source})")
+        lines.append("  OOM memcg: " + " ".join(memcg))
+
+    why = [f"constraint={k.constraint} ({k.constraint_source})"]
+    if k.domain_bytes is not None:
+        why.append(f"domain={format_size(k.domain_bytes)}")
+    if k.badness_points is not None:
+        why.append(f"badness={k.badness_points}")
+    if k.gfp_mask is not None:
+        why.append(f"gfp_mask={k.gfp_mask:#x}")
+    if k.order is not None:
+        why.append(f"order={k.order}")
+    lines.append("  Why:     " + " ".join(why))
+
+    hook = f"  Hook:    {for_terminal(k.hook)} (context: {for_terminal(k.context_hook)})"
+    hook += f"   event={for_terminal(k.event_id)}"
+    if k.decision_id:
+        hook += f" decision={for_terminal(k.decision_id)}"
+    lines.append(hook)
+    return "\n".join(lines) + "\n"
+
+
+def format_json(kill: OomKill) -> str:
+    """One JSON object on one line: `time` (RFC 3339), `event_name`, `body`, then the OTLP attributes."""
+    doc = {"time": rfc3339(kill.time_unix_nano), "event_name": EVENT_NAME, "body": log_body(kill)}
+    doc.update(log_attributes(kill))
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return for_json_line(text)

@@ -1,0 +1,74 @@
+"""The one place where a URL the user gave (OTLP endpoints, the webhook) is parsed and validated.
+
+Every URL is parsed once, at start-up, into an `Url`; the rest of the agent uses its fields and its
+`redacted` form and never parses the text again, so a malformed value fails with one line naming
+the setting, and a credential in it (`user:secret@host`) never reaches a log line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+from .errors import UsageError
+
+
+class UrlError(UsageError, ValueError):
+    """A URL setting that cannot be used; the message names the setting, never its credentials."""
+
+
+@dataclass(frozen=True)
+class Url:
+    text: str          # as given (stripped); may hold credentials: never log it
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+
+    @property
+    def redacted(self) -> str:
+        """The URL for messages: user:password@ replaced by ***@."""
+        return redact(self.text)
+
+    @property
+    def has_credentials(self) -> bool:
+        return "@" in urlsplit(self.text).netloc
+
+
+def _redacted_netloc(parts: SplitResult) -> str:
+    netloc = parts.netloc
+    return "***@" + netloc.rpartition("@")[2] if "@" in netloc else netloc
+
+
+def redact(text: str) -> str:
+    """`text` with anything before an @ in its authority replaced, even when it does not parse."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        # unparseable (e.g. an unclosed IPv6 bracket): cut what may be a user:password@ by hand
+        scheme, sep, rest = text.partition("://")
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            authority = "***@" + authority.rpartition("@")[2]
+        return f"{scheme}{sep}{authority}{slash}{tail}" if sep else ("***" if "@" in text else text)
+    return parts._replace(netloc=_redacted_netloc(parts)).geturl()
+
+
+def parse_url(setting: str, value: str, example: str, schemes: tuple[str, ...] = ("http", "https"),
+              hint: str = "") -> Url:
+    """Parse `value` of `setting` (a flag or variable name) or raise UrlError saying what to write."""
+    text = value.strip()
+    shown = redact(text)
+    want = f"use a URL such as {example}" + (f"; {hint}" if hint else "")
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+        host = parts.hostname
+    except ValueError as e:
+        what = "an invalid port" if "port" in str(e).lower() else "a malformed address"
+        raise UrlError(f"{setting} has {what}: {shown!r}; {want}") from None
+    if parts.scheme not in schemes or not host:
+        raise UrlError(f"{setting} must be a URL such as {example}, got {shown!r}"
+                       f" (a {' or '.join(s + '://' for s in schemes)} URL with a host)" + (f"; {hint}" if hint else ""))
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise UrlError(f"{setting} contains whitespace or control characters: {shown!r}; {want}")
+    return Url(text=text, scheme=parts.scheme, host=host, port=port, path=parts.path)

@@ -1,0 +1,208 @@
+"""The agent's wiring, supervision and shutdown, in-process: the real pipeline, spool, sender and
+OTLP exporter into a real OTLP gRPC receiver, fed by `testing.events.ScriptedSource` (a test double
+of the kernel side) instead of BPF, so faults can be placed exactly."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pytest
+
+from otel_oom.agent import Agent
+from otel_oom.attribution import enrich as enrich_module
+from otel_oom.config import resolve
+from otel_oom.delivery import spool as spool_module
+from testing.events import ScriptedSource, raw_event
+from testing.otlp_receiver import OtlpGrpcReceiver, free_port
+
+CHAIN = [(50, b"test-leaf", 100, 8192), (1, b"", 200, (1 << 63) // 4096)]
+
+
+def sample(pid: int, comm: bytes = b"leaky") -> bytes:
+    return raw_event(CHAIN, [50, 1], victim_pid=pid, victim_tgid=pid, trigger_pid=pid, trigger_tgid=pid,
+                     victim_comm=comm, timestamp_ns=1_000_000 + pid)
+
+
+class Harness:
+    """An Agent built from real flags and environment, its source the scripted double."""
+
+    def __init__(self, tmp_path, endpoint: str | None, *flags: str, **env: str) -> None:
+        from otel_oom.cli import build_parser
+
+        args = build_parser().parse_args(["run", "--oom-score-adj=keep", "--shutdown-timeout=2", *flags])
+        flag_map = {k: v for k, v in vars(args).items() if k != "command"}
+        if not any(f.startswith("--spool-dir") or f == "--no-spool" for f in flags):
+            flag_map["spool_dir"] = str(tmp_path / "spool")
+        environ = {"OTEL_METRIC_EXPORT_INTERVAL": "200", **env}
+        if endpoint:
+            environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        self.cfg = resolve(flag_map, environ)
+        self.out = io.StringIO()
+        self.source: ScriptedSource | None = None
+
+        def factory(on_sample):
+            self.source = ScriptedSource(on_sample)
+            return self.source
+
+        self.agent = Agent(self.cfg, environ, self.out, source_factory=factory)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "Harness":
+        self.agent.start()
+        # the main loop (normally run()) on a thread: signal handlers are not needed here
+        self.thread = threading.Thread(target=self.agent._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def push(self, *samples: bytes) -> None:
+        assert self.source is not None
+        self.source.push(samples)
+
+    def stop(self) -> None:
+        self.agent.stopping.set()
+        if self.thread:
+            self.thread.join(5)
+        self.agent.close()
+
+
+def wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_samples_flow_to_the_collector_in_order_and_the_spool_drains(tmp_path):
+    with OtlpGrpcReceiver() as rcv:
+        h = Harness(tmp_path, rcv.endpoint, "--json").start()
+        try:
+            h.push(sample(101), sample(102), sample(103))
+            rcv.wait_for_logs(3)
+            pids = [r["attributes"]["process.pid"] for r in rcv.log_records()]
+            assert pids == [101, 102, 103]
+            assert all(r["event_name"] == "oom.kill" for r in rcv.log_records())
+            assert rcv.log_records()[0]["attributes"]["oom.victim.cgroup.path"] == "/test-leaf"
+            assert wait(lambda: not h.agent.store.pending(1))
+            assert h.out.getvalue().count('"event_name":"oom.kill"') == 3
+        finally:
+            h.stop()
+    assert h.source.closed == 1
+    h.agent.close()  # a second close is harmless
+    assert h.source.closed == 1
+
+
+def test_an_undecodable_sample_is_counted_and_the_next_one_still_arrives(tmp_path):
+    with OtlpGrpcReceiver() as rcv:
+        h = Harness(tmp_path, rcv.endpoint).start()
+        try:
+            h.push(b"\x00" * 10, sample(201))
+            rcv.wait_for_logs(1)
+            assert rcv.log_records()[0]["attributes"]["process.pid"] == 201
+            assert h.agent.drop_counts()["decode_error"] == 1
+            rcv.wait_for_metric("otel_oom.events.dropped",
+                                lambda pts: any(p["attributes"] == {"reason": "decode_error"} and p["value"] == 1
+                                                for p in pts))
+        finally:
+            h.stop()
+
+
+def test_a_fault_attributing_one_kill_is_counted_and_the_kill_still_goes_out(tmp_path, monkeypatch, caplog):
+    real = enrich_module.Enricher.enrich
+
+    def flaky(self, ev):
+        if ev.victim_pid == 302:
+            raise RuntimeError("attribution bug")
+        return real(self, ev)
+
+    monkeypatch.setattr(enrich_module.Enricher, "enrich", flaky)
+    with OtlpGrpcReceiver() as rcv:
+        h = Harness(tmp_path, rcv.endpoint).start()
+        try:
+            h.push(sample(301), sample(302, b"broken"), sample(303))
+            rcv.wait_for_logs(3)
+            by_pid = {r["attributes"]["process.pid"]: r["attributes"] for r in rcv.log_records()}
+            assert sorted(by_pid) == [301, 302, 303]
+            # delivered with what the kernel reported, without attribution
+            assert by_pid[302]["process.executable.name"] == "broken"
+            assert by_pid[302]["oom.victim.memory.anon_rss"] == 7000 * 4096
+            assert "oom.victim.cgroup.path" not in by_pid[302]
+            assert by_pid[303]["oom.victim.cgroup.path"] == "/test-leaf"
+            assert h.agent.fault_counts() == {"enrich": 1}
+            assert h.agent.readiness() == (True, "ok")
+            assert any(by_pid[302]["oom.event.id"] in r.getMessage() for r in caplog.records)
+        finally:
+            h.stop()
+
+
+def test_a_dead_sender_thread_fails_readiness_and_stops_the_agent_with_exit_1(tmp_path, monkeypatch):
+    with OtlpGrpcReceiver() as rcv:
+        h = Harness(tmp_path, rcv.endpoint)
+        h.agent.start()
+        store = h.agent.store
+        monkeypatch.setattr(type(store), "pending", lambda self, limit=100: (_ for _ in ()).throw(MemoryError("boom")))
+        h.agent.sender.wake()
+        assert wait(lambda: not h.agent.readiness()[0])
+        ok, why = h.agent.readiness()
+        assert "thread otel-oom-sender died: MemoryError: boom" in why
+        monkeypatch.undo()
+        h.agent._loop()  # returns: the dead thread set the stop flag
+        h.agent.close()
+        assert h.agent.exit_code == 1
+
+
+def test_run_tears_down_when_polling_raises(tmp_path):
+    with OtlpGrpcReceiver() as rcv:
+        h = Harness(tmp_path, rcv.endpoint)
+
+        class Broken(ScriptedSource):
+            def poll(self, timeout_ms: int) -> int:
+                if timeout_ms:
+                    raise OSError("ring buffer gone")
+                return super().poll(0)
+
+        def factory(on_sample):
+            h.source = Broken(on_sample)
+            return h.source
+
+        h.agent._source_factory = factory
+        with pytest.raises(OSError, match="ring buffer gone"):
+            h.agent.run()
+        assert h.source.closed == 1 and h.agent._closed
+
+
+def test_kills_held_in_memory_at_shutdown_are_counted_as_lost(tmp_path):
+    port = free_port()  # nobody listens: every export fails
+    h = Harness(tmp_path, f"http://127.0.0.1:{port}", "--no-spool").start()
+    h.push(sample(401), sample(402))
+    assert wait(lambda: h.agent.pipeline.kills_seen == 2)
+    h.stop()
+    assert h.agent.drops["shutdown_in_memory"] == 2
+
+
+def test_counts_exported_after_close_do_not_go_back(tmp_path):
+    h = Harness(tmp_path, None, "--no-otlp", "--console").start()
+    h.source.ringbuf_full = 7
+    h.push(sample(501))
+    assert wait(lambda: "pid=501" in h.out.getvalue())
+    h.stop()
+    assert h.agent.drop_counts()["ringbuf_full"] == 7
+    assert h.agent.hooks_attached() == []
+
+
+def test_spool_write_failure_keeps_the_kill_in_memory_and_delivers_it(tmp_path, monkeypatch):
+    def failing_append(self, payload):
+        raise spool_module.SpoolError("disk full")
+
+    with OtlpGrpcReceiver() as rcv:
+        h = Harness(tmp_path, rcv.endpoint).start()
+        try:
+            monkeypatch.setattr(spool_module.Spool, "append", failing_append)
+            h.push(sample(601))
+            rcv.wait_for_logs(1)
+            assert rcv.log_records()[0]["attributes"]["process.pid"] == 601
+        finally:
+            h.stop()
+
