@@ -537,10 +537,9 @@ def test_event_ids_are_unique_across_the_guest(matrix, kernel, cgroup):
 def test_host_tracepoint_fields_when_the_victim_is_not_the_trigger(start_agent):
     """The rich mark_victim layout on the host's own kernel (6.18), without a context hook: the
     bystander's record is built from the tracepoint's fields alone, the allocator's from its task."""
-    from testing.otlp_receiver import OtlpGrpcReceiver
-
     from otel_oom.attribution.cgroups import detect_memory_hierarchy
     from otel_oom.reconcile.kmsg import read_kmsg
+    from testing.otlp_receiver import OtlpGrpcReceiver
     from tests.qemu.guest_cases import bystander_case
 
     require_root_bpf()

@@ -441,9 +441,8 @@ def _settle(seconds: float = 0.5) -> None:
 
 
 def run(out_path: str, cases: list[str], plans: Optional[list[tuple[str, str]]], copy_btf: bool) -> dict:
-    from testing.otlp_receiver import OtlpGrpcReceiver
-
     from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS
+    from testing.otlp_receiver import OtlpGrpcReceiver
 
     t_start = time.monotonic()
     doc: dict = {"started_uptime_s": float(_read("/proc/uptime").split()[0]), "runner_pid": os.getpid()}
