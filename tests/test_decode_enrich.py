@@ -129,3 +129,18 @@ def test_a_chain_deeper_than_captured_is_marked_partial():
 
 def test_raw_event_size_is_the_contract():
     assert ctypes.sizeof(RawEvent) == 1472
+
+
+def test_a_group_member_without_a_chain_names_its_oom_memcg_from_the_chosen_victims_event():
+    # the chosen victim's event carries the chain with names; a later member, reported from the
+    # tracepoint's fields only, names the OOMing memcg by id — in a cgroup newer than any inode scan
+    group = [(60, b"kmx-group", 8192, 8192), (1, b"", 9000, UNLIMITED)]
+    ctx = dict(flags=E.F_VICTIM_TASK | E.F_MM_SIZES | E.F_BOOT_CLOCK | E.F_CONTEXT, ctx_memcg_id=60,
+               ctx_constraint=4, ctx_memcg_usage_pages=8192, ctx_memcg_limit_pages=8192, context_hook=2)
+    enricher = Enricher(V1, BOOT, proc_root="/nonexistent")
+    chosen = enricher.enrich(decode(raw_event(group, [60, 1], **ctx), PAGE))
+    member = enricher.enrich(decode(raw_event([], [60, 1], victim_pid=4250, victim_tgid=0,
+                                              **{**ctx, "flags": E.F_TP_FIELDS | E.F_MM_SIZES | E.F_CONTEXT}),
+                                    PAGE))
+    assert chosen.memcg_path == "/kmx-group"
+    assert member.cgroup_path is None and member.memcg_path == "/kmx-group"

@@ -55,6 +55,7 @@ def derive_oom_memcg(ev: OomEvent) -> Optional[int]:
 # memory.oom.group: the kernel kills every member inside one oom_kill_process call, printing a line
 # to the console per member; members follow each other by well under this
 _GROUP_GAP_NS = 1_000_000_000
+_LEARNED_MAX = 4096  # cgroup paths remembered from captured chains (ids are never reused within a boot)
 
 
 class Enricher:
@@ -66,12 +67,29 @@ class Enricher:
         self.proc_root = proc_root
         # (trigger tgid, kernel timestamp, memcg id) of the last derived memcg OOM (no context hook)
         self._last_derived: Optional[tuple[int, int, int]] = None
+        # cgroup id -> path, learned from the chains the kernel captured with names: a later victim
+        # of the same decision (a group member reported by the pid-only or tracepoint path) names its
+        # OOMing memcg by id only, and that cgroup may be newer than the resolver's last scan
+        self._learned: dict[int, str] = {}
+
+    def _learn(self, levels: tuple[MemcgLevel, ...], paths: list[str]) -> None:
+        for level, path in zip(levels, paths, strict=True):
+            self._learned[level.id] = path
+        while len(self._learned) > _LEARNED_MAX:
+            del self._learned[next(iter(self._learned))]  # oldest first
+
+    def path_for_id(self, cgroup_id: int) -> Optional[str]:
+        """A memory cgroup's path from its id: learned from an earlier event, else the inode scan."""
+        path = self._learned.get(cgroup_id)
+        if path is None and self.resolver:
+            path = self.resolver.path_for_id(cgroup_id)
+        return path
 
     def victim_path(self, ev: OomEvent) -> Optional[str]:
         if ev.victim_memcgs and ev.victim_memcgs_complete:
             return path_from_names([lvl.name for lvl in ev.victim_memcgs])
-        if ev.victim_memcgs and self.resolver:
-            path = self.resolver.path_for_id(ev.victim_memcgs[0].id)
+        if ev.victim_memcgs:
+            path = self.path_for_id(ev.victim_memcgs[0].id)
             if path:
                 return path
         if ev.victim_memcgs:
@@ -165,6 +183,8 @@ class Enricher:
         memcg_path = memcg_limit = memcg_usage = None
         memcg_source = SOURCE_NONE
         paths = memcg_paths(ev.victim_memcgs, path) if path and ev.victim_memcgs else []
+        if paths and path and not path.startswith("/..."):  # never learn from a partial (deeper than captured) path
+            self._learn(ev.victim_memcgs, paths)
         if ev.context:
             constraint, constraint_source = ev.constraint, SOURCE_KERNEL
             if ev.memcg_id:
@@ -172,8 +192,8 @@ class Enricher:
                 ids = [lvl.id for lvl in ev.victim_memcgs]
                 if ev.memcg_id in ids and paths:
                     memcg_path = paths[ids.index(ev.memcg_id)]
-                elif self.resolver:
-                    memcg_path = self.resolver.path_for_id(ev.memcg_id)
+                else:
+                    memcg_path = self.path_for_id(ev.memcg_id)
         else:
             idx = derive_oom_memcg(ev)
             if idx is None:
