@@ -11,6 +11,7 @@ orchestrator restarts it; what was stored stays in the spool for the next start.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO
 from .attribution import clock
 from .attribution.cgroups import CgroupResolver, detect_memory_hierarchy
 from .attribution.enrich import Enricher
+from .attribution.runtime.settings import build_names
 from .config import RunConfig
 from .delivery.sender import RETRY_MAX_S, SpoolSender
 from .delivery.store import MemoryStore, Store, open_store
@@ -75,7 +77,11 @@ class Agent:
         hierarchy = detect_memory_hierarchy()
         if hierarchy is None:
             log.warning("no memory cgroup hierarchy found: kills are reported without cgroup attribution")
-        enricher = Enricher(hierarchy, clock.boot_id(), CgroupResolver(hierarchy.mount) if hierarchy else None)
+        names = build_names(cfg.runtimes, self.faults)  # container names: watchers start below
+        if names is not None:
+            self._cleanup.append(names.close)
+        enricher = Enricher(hierarchy, clock.boot_id(), CgroupResolver(hierarchy.mount) if hierarchy else None,
+                            names=names)
 
         log_sender = None
         if cfg.otlp or cfg.prometheus:
@@ -122,6 +128,8 @@ class Agent:
             health = HealthServer(cfg.listen, self.readiness, registry)
             self._cleanup.append(health.close)
 
+        for i, watcher in enumerate(names.watchers if names else []):
+            self._spawn(f"otel-oom-runtime-{watcher.client.kind}-{i}", functools.partial(watcher.run, self.stopping))
         self._spawn("otel-oom-worker", self._work)
         if self.sender:
             self._spawn("otel-oom-sender", self.sender.run)

@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     krn.add_argument("--context-hook", choices=("auto", "fentry", "kprobe", "none"), help="default auto")
     krn.add_argument("--ring-buffer-bytes", type=str, metavar="N", help="power of two (default 4 MiB)")
     krn.add_argument("--oom-score-adj", type=str, metavar="N|keep", help="the agent's own oom_score_adj (default -900)")
+    rt = run.add_argument_group("container names (from the runtime's API socket)")
+    rt.add_argument("--cri-socket", metavar="auto|none|PATH[,PATH]",
+                    help="containerd/CRI-O CRI socket (env OTEL_OOM_CRI_SOCKET, default auto)")
+    rt.add_argument("--docker-socket", metavar="auto|none|PATH[,PATH]",
+                    help="docker API socket (env OTEL_OOM_DOCKER_SOCKET, default auto)")
+    rt.add_argument("--podman-socket", metavar="auto|none|PATH[,PATH]",
+                    help="podman API socket (env OTEL_OOM_PODMAN_SOCKET, default auto)")
+    rt.add_argument("--runtime-refresh", metavar="SECONDS", help="full list interval (default 1)")
+    rt.add_argument("--runtime-lookup-wait-ms", metavar="MS",
+                    help="longest wait for a name the cache lacks at a kill (default 50)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
     chk = sub.add_parser("check", help="preflight: can `run` work here, and with which hooks")

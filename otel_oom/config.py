@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+from .attribution.runtime.settings import RuntimeSettings, resolve_runtimes
 from .errors import UsageError
 from .urls import Url, parse_url
 
@@ -56,6 +57,7 @@ class RunConfig:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
     otlp_settings: Optional["OtlpSettings"] = None  # resolved when OTLP export is on
+    runtimes: RuntimeSettings = RuntimeSettings()    # container runtime sockets for names (auto-detected)
 
 
 def _pick(flag: Any, environ: Mapping[str, str], env: str, default: Any) -> Any:
@@ -137,4 +139,5 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
         log_level=_choice(str(_pick(flags.get("log_level"), environ, ENV_LOG_LEVEL, "info")).lower(),
                           "--log-level", ("debug", "info", "warning", "error")),
         otlp_settings=otlp_settings,
+        runtimes=resolve_runtimes(flags, environ),
     )

@@ -18,6 +18,12 @@ SOURCE_KERNEL = "kernel"    # read by the context hook inside oom_kill_process
 SOURCE_DERIVED = "derived"  # inferred from the cgroups captured at mark_victim
 SOURCE_KMSG = "kmsg"        # parsed from the kernel log (recovered kills)
 SOURCE_NONE = "none"        # not known
+# how the container and pod names were obtained (oom.names.source); absent when no runtime was asked
+NAMES_CACHE = "cache"              # known to the agent's runtime cache before the kill
+NAMES_LOOKUP = "lookup"            # asked of the runtime at the kill, answered within the bound
+NAMES_TIMEOUT = "timeout"          # the runtime did not answer within the bound: sent without names
+NAMES_NOT_FOUND = "not_found"      # every runtime asked answered that it does not know the container
+NAMES_UNAVAILABLE = "unavailable"  # no runtime socket answering: sent without names
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,16 @@ class OomKill:
     container_id: Optional[str] = None
     pod_uid: Optional[str] = None
     pod_qos_class: Optional[str] = None      # "guaranteed" | "burstable" | "besteffort"
+    # names from the container runtime's API (untrusted: set by whoever created the container)
+    container_name: Optional[str] = None
+    container_image: Optional[str] = None    # image name without tag or digest, e.g. "docker.io/x/y"
+    container_image_tag: Optional[str] = None  # e.g. "1.2"
+    container_image_id: Optional[str] = None
+    pod_name: Optional[str] = None
+    pod_namespace: Optional[str] = None
+    k8s_container_name: Optional[str] = None
+    restart_count: Optional[int] = None
+    names_source: Optional[str] = None       # NAMES_* above; None: no runtime was asked
     # trigger (the task whose allocation failed; a kworker for sysrq-f)
     trigger_pid: Optional[int] = None
     trigger_tid: Optional[int] = None

@@ -6,18 +6,23 @@ when the path was deeper than captured; the path then names the container and th
 The OOMing memory cgroup comes from the context hook when one ran; without it, it is derived:
 the lowest ancestor of the victim that the trigger shares and whose usage sits at its limit
 (for the members of a memory.oom.group kill after the first, the memcg derived for the first).
+Last, the container runtime's names for that container and pod (`runtime.cache`), within a
+bounded wait.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..kernel.wire import MemcgLevel, OomEvent
 from ..model import SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
 from . import clock
 from .cgroups import CgroupResolver, MemoryHierarchy, cgroup_line, path_from_names
 from .containers import parse_cgroup_path
+
+if TYPE_CHECKING:
+    from .runtime.cache import RuntimeNames
 
 log = logging.getLogger("otel_oom.enrich")
 
@@ -60,8 +65,10 @@ _LEARNED_MAX = 4096  # cgroup paths remembered from captured chains (ids are nev
 
 class Enricher:
     def __init__(self, hierarchy: Optional[MemoryHierarchy], boot_id: str,
-                 resolver: Optional[CgroupResolver] = None, proc_root: str = "/proc") -> None:
+                 resolver: Optional[CgroupResolver] = None, proc_root: str = "/proc",
+                 names: Optional["RuntimeNames"] = None) -> None:
         self.hierarchy = hierarchy
+        self.names = names  # container and pod names from the runtimes, when any socket is configured
         self.boot_id = boot_id
         self.resolver = resolver
         self.proc_root = proc_root
@@ -205,7 +212,7 @@ class Enricher:
                 memcg_limit, memcg_usage, memcg_source = level.limit_bytes, level.usage_bytes, SOURCE_DERIVED
                 memcg_path = paths[idx] if paths else None
 
-        return dataclasses.replace(
+        kill = dataclasses.replace(
             bare_kill(ev, self.boot_id),
             victim_pid=tgid,
             cgroup_path=path,
@@ -222,6 +229,8 @@ class Enricher:
             memcg_source=memcg_source,
             oom_group_path=self.oom_group(path, memcg_path),
         )
+        # last: a bounded wait at most (the cache is warm before the kill), never an exception
+        return self.names.annotate(kill) if self.names is not None else kill
 
 
 def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:

@@ -31,7 +31,16 @@ def log_attributes(kill: OomKill) -> dict[str, Any]:
         "process.linux.cgroup": k.cgroup_line,
         "container.id": k.container_id,
         "container.runtime.name": k.container_runtime,
+        "container.name": k.container_name,
+        "container.image.name": k.container_image,
+        "container.image.tags": [k.container_image_tag] if k.container_image_tag else None,
+        "container.image.id": k.container_image_id,
         "k8s.pod.uid": k.pod_uid,
+        "k8s.pod.name": k.pod_name,
+        "k8s.namespace.name": k.pod_namespace,
+        "k8s.container.name": k.k8s_container_name,
+        "k8s.container.restart_count": k.restart_count,
+        "oom.names.source": k.names_source,
         "oom.victim.tid": k.victim_tid,
         "oom.victim.cgroup.path": k.cgroup_path,
         "oom.victim.pod.qos_class": k.pod_qos_class,
@@ -65,7 +74,15 @@ def log_attributes(kill: OomKill) -> dict[str, Any]:
         "oom.context_hook": k.context_hook,
         "oom.recovered": bool(k.recovered),
     }
-    return {key: (for_otlp(v) if isinstance(v, str) else v) for key, v in attrs.items() if v is not None}
+    return {key: _otlp_value(v) for key, v in attrs.items() if v is not None}
+
+
+def _otlp_value(v: Any) -> Any:
+    if isinstance(v, str):
+        return for_otlp(v)
+    if isinstance(v, list):
+        return [for_otlp(x) if isinstance(x, str) else x for x in v]
+    return v
 
 
 def _kb(n: int) -> str:

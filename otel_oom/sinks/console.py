@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 from ..model import OomKill
 from ..otlp.mapping import EVENT_NAME, log_attributes, log_body
@@ -52,6 +52,26 @@ def _who(pid: Optional[int], tid: Optional[int], comm: Optional[str]) -> str:
     return " ".join(parts)
 
 
+def workload_summary(kill: OomKill, escape: Callable[[str], str]) -> str:
+    """"pod=shop/checkout-7d9f container=api restarts=2 image=app:1.2 (names: cache)", each name
+    through `escape`; "" when no runtime was asked."""
+    k = kill
+    parts = []
+    if k.pod_name:
+        parts.append(f"pod={escape(k.pod_namespace or '?')}/{escape(k.pod_name)}")
+    container = k.k8s_container_name or k.container_name
+    if container:
+        parts.append(f"container={escape(container)}")
+    if k.restart_count:
+        parts.append(f"restarts={k.restart_count}")
+    if k.container_image:
+        tag = f":{k.container_image_tag}" if k.container_image_tag else ""
+        parts.append(f"image={escape(k.container_image + tag)}")
+    if k.names_source:
+        parts.append(f"(names: {escape(k.names_source)})")
+    return " ".join(parts)
+
+
 def format_console(kill: OomKill) -> str:
     """One readable block per kill, ending with a newline; unknown fields are left out or shown as "?"."""
     k = kill
@@ -89,6 +109,10 @@ def format_console(kill: OomKill) -> str:
             qos = f" ({for_terminal(k.pod_qos_class)})" if k.pod_qos_class else ""
             cg.append(f" pod={for_terminal(k.pod_uid)}{qos}")
         lines.append("  Cgroup:  " + " ".join(cg))
+
+    workload = workload_summary(k, for_terminal)
+    if workload:
+        lines.append("  Names:   " + workload)
 
     if k.memcg_path is not None or k.memcg_limit_bytes is not None:
         memcg = [for_terminal(k.memcg_path) if k.memcg_path is not None else "?"]

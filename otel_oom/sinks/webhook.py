@@ -4,7 +4,8 @@ The caller (the agent's worker thread) must never wait on a slow or dead webhook
 only enqueues into a bounded queue, an overflow is counted and dropped, and delivery retries
 with backoff happen on the sender thread. The message is Slack-compatible (`text`) and carries
 the kill's full record (`oom`) for other receivers. Names in the kill come from the kernel and
-are untrusted, so the one-line `text` goes through `text.for_chat`. The URL was validated at start-up
+are untrusted, so the one-line `text` (the kernel's wording, then the pod and container names when
+the runtime gave them) goes through `text.for_chat`. The URL was validated at start-up
 (`config.resolve`).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .. import __version__
 from ..model import OomKill
 from ..text import CHAT_TEXT_MAX, for_chat
 from ..urls import Url
+from .console import workload_summary
 
 log = logging.getLogger("otel_oom.webhook")
 
@@ -34,6 +36,9 @@ def build_message(kill: OomKill, summary: str) -> bytes:
     """The POST body: {"text": one escaped line, "oom": the kill's own JSON fields}."""
     record = json.loads(kill.to_json())
     record["rss_bytes"] = kill.rss_bytes
+    workload = workload_summary(kill, str)  # escaped with the whole line below
+    if workload:
+        summary = f"{summary} [{workload}]"
     # ensure_ascii: lone surrogates in the record stay as \\udcNN escapes, lossless for the
     # receiver that wants the raw bytes, and the body stays plain ASCII
     return json.dumps({"text": for_chat(summary), "oom": record}, ensure_ascii=True,
