@@ -28,8 +28,9 @@ NAMESPACE_MODE_NODE = 2  # CRI NamespaceMode NODE: the host's network namespace
 
 
 class Containerd:
-    def __init__(self, workdir: Path, systemd_cgroup: bool = False) -> None:
+    def __init__(self, workdir: Path, systemd_cgroup: bool = False, launcher: tuple[str, ...] = ()) -> None:
         self.dir = workdir
+        self.launcher = launcher  # e.g. nsenter into the namespace of a systemd that owns the cgroups
         self.socket = str(workdir / "containerd.sock")
         self.systemd_cgroup = systemd_cgroup
         self._proc: Optional[subprocess.Popen] = None
@@ -79,7 +80,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         conf = self.dir / "config.toml"
         conf.write_text(self._config())
         self._log = open(self.dir / "containerd.log", "wb")
-        self._proc = subprocess.Popen(["containerd", "--config", str(conf)], stdout=self._log, stderr=self._log)
+        self._proc = subprocess.Popen([*self.launcher, "containerd", "--config", str(conf)], stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket) or self.crictl("version", check=False).returncode != 0:
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -154,7 +155,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     self.remove_pod(pod_id)
         finally:
             if self._proc is not None and self._proc.poll() is None:
-                self._proc.terminate()
+                # with a launcher (nsenter) the daemon is its child: signal the daemon itself
+                for pid in self._own(b"containerd", str(self.dir / "config.toml")) or [self._proc.pid]:
+                    _signal(pid, 15)
                 try:
                     self._proc.wait(15)
                 except subprocess.TimeoutExpired:
@@ -162,18 +165,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     self._proc.wait()
             if self._log is not None:
                 self._log.close()
-            for pid in self._own_shims():  # shims outlive containerd by design
-                try:
-                    os.kill(pid, 15)
-                except OSError:
-                    pass
+            for pid in self._own(b"containerd-shim-runc-v2", self.socket):  # shims outlive containerd by design
+                _signal(pid, 15)
             for parent in self.cgroup_dirs:
                 remove_cgroup_chain(parent)
             remove_tree(self.dir)
 
 
-    def _own_shims(self) -> list[int]:
-        """Pids of the shims this containerd started: their command line names its socket."""
+    @staticmethod
+    def _own(program: bytes, marker: str) -> list[int]:
+        """Pids of `program` whose command line holds `marker` (this instance's config or socket path)."""
         pids = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -183,9 +184,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and self.socket.encode() in argv:
+            if argv and argv[0].endswith(program) and marker.encode() in argv:
                 pids.append(int(entry))
         return pids
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
 
 
 def remove_cgroup_chain(path: str) -> None:
