@@ -130,6 +130,9 @@ class Agent:
 
         for i, watcher in enumerate(names.watchers if names else []):
             self._spawn(f"otel-oom-runtime-{watcher.client.kind}-{i}", functools.partial(watcher.run, self.stopping))
+            if hasattr(watcher.client, "events"):
+                self._spawn(f"otel-oom-runtime-{watcher.client.kind}-{i}-events",
+                            functools.partial(watcher.follow, self.stopping))
         self._spawn("otel-oom-worker", self._work)
         if self.sender:
             self._spawn("otel-oom-sender", self.sender.run)

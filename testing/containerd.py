@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 from .images import build_rootfs, oci_archive, remove_tree, rootfs_tar
 
@@ -34,7 +34,7 @@ class Containerd:
         self.socket = str(workdir / "containerd.sock")
         self.systemd_cgroup = systemd_cgroup
         self._proc: Optional[subprocess.Popen] = None
-        self._log = None
+        self._log: Optional[BinaryIO] = None
         self.pods: dict[str, Path] = {}   # pod sandbox id -> its config (crictl create needs it)
         self.cgroup_dirs: list[str] = []  # pod-level cgroups made for cgroupfs pods, removed at close
 
@@ -80,7 +80,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         conf = self.dir / "config.toml"
         conf.write_text(self._config())
         self._log = open(self.dir / "containerd.log", "wb")
-        self._proc = subprocess.Popen([*self.launcher, "containerd", "--config", str(conf)], stdout=self._log, stderr=self._log)
+        self._proc = subprocess.Popen([*self.launcher, "containerd", "--config", str(conf)],
+                                      stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket) or self.crictl("version", check=False).returncode != 0:
             if self._proc.poll() is not None or time.monotonic() > deadline:

@@ -83,19 +83,52 @@ def test_a_killed_podman_container_is_named_even_when_removed_right_after(podman
     assert agent.stop() == 0
 
 
-def test_names_the_cache_lacks_are_asked_at_the_kill(podman, receiver, start_agent):
-    # a long refresh: the container is not listed before its kill, the lookup at the kill names it
-    start_agent([f"--podman-socket={podman.socket}", "--runtime-refresh=600", "--runtime-lookup-wait-ms=500",
-                 *NO_OTHER_RUNTIMES], receiver.endpoint)
+def test_podman_events_warm_the_cache_between_lists(podman, receiver, start_agent):
+    # lists 600 s apart: only the event stream can tell the agent about the new container
+    agent = start_agent([f"--podman-socket={podman.socket}", "--runtime-refresh=600", *NO_OTHER_RUNTIMES],
+                        receiver.endpoint)
     name = podman.unique_name("late")
     time.sleep(1.0)  # the watcher's first (and, here, only) list has run
-    cid = _run_victim(podman, name, 0)
+    cid = _run_victim(podman, name, 1000)
     try:
         a = _record_for_container(receiver, cid)["attributes"]
-        assert a["oom.names.source"] == "lookup"
+        assert a["oom.names.source"] == "cache"
         assert a["container.name"] == name
         assert a["container.image.name"] == "localhost/otel-oom-wt12-victim"
+        assert agent.stop() == 0
     finally:
+        podman.run("rm", "--force", name, check=False)
+
+
+def test_without_events_a_container_is_asked_for_at_the_kill(podman):
+    """The lookup path against the real podman API: the client's by-id answer, cold cache."""
+    import threading
+    from collections import Counter
+
+    from otel_oom.attribution.runtime.cache import RuntimeNames, RuntimeWatcher
+    from otel_oom.attribution.runtime.engine_api import EngineApiClient
+    from otel_oom.model import OomKill
+
+    watcher = RuntimeWatcher(EngineApiClient("podman", podman.socket), Counter(), refresh_s=600)
+    stop = threading.Event()
+    t = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    t.start()
+    name = podman.unique_name("asked")
+    try:
+        deadline = time.monotonic() + 10
+        while not watcher.up:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        cid = podman.run("create", "--name", name, IMAGE, "/victim", "pause").stdout.strip()
+        kill = OomKill(event_id="b:1:1", time_unix_nano=0, boot_time_ns=0, hook="tp_btf", context_hook="none",
+                       recovered=False, victim_pid=1, victim_tid=1, victim_comm="x", container_id=cid,
+                       container_runtime="podman")
+        named = RuntimeNames([watcher], Counter(), lookup_wait_s=1.0).annotate(kill)
+        assert (named.names_source, named.container_name, named.container_image) == (
+            "lookup", name, "localhost/otel-oom-wt12-victim")
+    finally:
+        stop.set()
+        t.join(2)
         podman.run("rm", "--force", name, check=False)
 
 

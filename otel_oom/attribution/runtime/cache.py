@@ -34,6 +34,7 @@ RETAIN_S = 600.0          # keep a container's names this long after the runtime
 MAX_ENTRIES = 20000       # per runtime; the least recently listed go first
 NOT_FOUND_TTL_S = 30.0    # an id the runtime does not know is not asked again for this long
 BACKOFF_MAX_S = 30.0
+EVENTS_RESYNC_S = 30.0    # full list interval while the runtime's event stream is followed
 _WAKE_S = 0.2             # how often an idle watcher looks at the stop flag
 
 
@@ -74,6 +75,9 @@ class RuntimeWatcher:
         self._asks: list[_Ask] = []
         self._stop = False
         self._warned_missing = False
+        self.following = False            # the runtime's event stream is being followed
+        self._resync = False              # list now: an event stream just started
+        self._follow_fault_logged = False
 
     @property
     def name(self) -> str:
@@ -103,29 +107,76 @@ class RuntimeWatcher:
 
     # ---- the watcher thread -----------------------------------------------------------------
     def run(self, stopping: Optional[threading.Event] = None) -> None:
-        next_refresh = 0.0
-        backoff = self.refresh_s
+        """Thread body: list every `interval()` seconds (backing off while the runtime fails) and
+        answer asks as they come."""
+        last = -1e18       # when the last list was due
+        backoff = 0.0      # extra wait after failures
         while True:
             with self._lock:
-                while not self._stop and not self._asks and self.clock() < next_refresh:
-                    if stopping is not None and stopping.is_set():
-                        break
-                    self._lock.wait(min(_WAKE_S, max(0.0, next_refresh - self.clock())))
+                while (not self._stop and not self._asks and self.clock() < last + self.interval() + backoff
+                       and not self._resync and not (stopping is not None and stopping.is_set())):
+                    self._lock.wait(min(_WAKE_S, max(0.0, last + self.interval() + backoff - self.clock())))
                 if self._stop or (stopping is not None and stopping.is_set()):
                     return
                 asks, self._asks = self._asks, []
+                resync, self._resync = self._resync, False
             if not os.path.exists(self.client.path):
                 self._no_socket(asks)
-                next_refresh = self.clock() + max(self.refresh_s, 5.0)
+                last, backoff = self.clock(), max(0.0, 5.0 - self.interval())
                 continue
-            ok = self._answer(asks) and (self.clock() < next_refresh or self.refresh())
-            if ok:
-                backoff = self.refresh_s
-                if self.clock() >= next_refresh:
-                    next_refresh = self.clock() + self.refresh_s
-            else:
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-                next_refresh = self.clock() + backoff
+            due = resync or self.clock() >= last + self.interval() + backoff
+            ok = self._answer(asks) and (not due or self.refresh())
+            if due or not ok:
+                last = self.clock()
+            backoff = 0.0 if ok else min(BACKOFF_MAX_S, max(self.refresh_s, 2 * backoff))
+
+    def interval(self) -> float:
+        """Seconds between full lists: resynchronisation only while events keep the cache warm."""
+        return max(self.refresh_s, EVENTS_RESYNC_S) if self.following else self.refresh_s
+
+    def follow(self, stopping: Optional[threading.Event] = None) -> None:
+        """Thread body for runtimes with an event stream (docker, podman): every container that is
+        created or starts is fetched by id at once, so the cache is warm long before a kill."""
+        events = getattr(self.client, "events", None)
+        if events is None:
+            return
+
+        def should_stop() -> bool:
+            return self._stop or (stopping is not None and stopping.is_set())
+
+        def connected() -> None:
+            # subscribe, then list: a container that started before the stream is in the list
+            with self._lock:
+                self.following = self._resync = True
+                self._lock.notify_all()
+        while not should_stop():
+            backoff = _WAKE_S  # waiting for the runtime's first answer
+            if self.up:
+                try:
+                    events(self._prefetch, should_stop, connected)
+                    backoff = 1.0
+                except RuntimeUnavailable as e:
+                    log.debug("event stream of %s ended: %s", self.name, e)
+                    backoff = 5.0
+                except Exception:  # noqa: BLE001 - the periodic list still keeps the cache warm
+                    self.faults[self.stage] += 1
+                    if not self._follow_fault_logged:
+                        self._follow_fault_logged = True
+                        log.exception("following the events of %s failed; names come from its periodic list",
+                                      self.name)
+                    backoff = BACKOFF_MAX_S
+                finally:
+                    if self.following:
+                        self.following = False
+                        with self._lock:
+                            self._lock.notify_all()  # back to the short list interval
+            deadline = time.monotonic() + backoff
+            while not should_stop() and time.monotonic() < deadline:
+                time.sleep(_WAKE_S)
+
+    def _prefetch(self, container_id: str) -> None:
+        if self.cached(container_id) is None:
+            self.ask(container_id)  # nobody waits: the watcher thread fetches it and caches it
 
     def refresh(self) -> bool:
         """List the runtime once and merge the answer into the cache; False if it did not answer."""

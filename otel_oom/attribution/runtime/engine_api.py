@@ -7,6 +7,11 @@ read here (`Id`, `Names`, `Image`, `ImageID`, `Labels`; `Name`, `Config.Image`, 
 have been stable since API 1.18. Containers created through cri-dockerd carry the
 kubelet's labels, which give the pod.
 
+Besides the periodic list, `events` follows the daemon's event stream (`/events`, container create
+and start), so a new container is fetched by id the moment it starts instead of at the next list:
+a podman list costs tens of ms of the daemon's time (measured: bench/runtime_names.py), so with
+events the full list only resynchronises, every `EVENTS_RESYNC_S` (cache.py).
+
 Standard library only: `http.client` with a connection that dials the socket.
 """
 from __future__ import annotations
@@ -14,12 +19,14 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from .names import ContainerNames, RuntimeUnavailable, clip, k8s_from_labels
 
 RESPONSE_MAX = 64 << 20  # a node's whole container list is far smaller; a larger answer is refused
+_EVENT_MAX = 1 << 20
+_EVENTS_POLL_S = 0.25    # how often a quiet event stream looks at the stop flag
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -71,6 +78,52 @@ class EngineApiClient:
         except ValueError as e:
             raise RuntimeUnavailable(f"GET {url}: not JSON ({e})") from None
 
+    def events(self, on_container: Callable[[str], None], should_stop: Callable[[], bool],
+               on_connected: Callable[[], None] = lambda: None) -> None:
+        """Follow the daemon's container create/start events, calling `on_container(id)` for each,
+        until `should_stop()` or the stream ends (returns) or fails (RuntimeUnavailable).
+        `on_connected` runs once the daemon accepted the stream: what started before is not in it.
+
+        HTTP/1.0, so the daemon streams the body unchunked until it closes; a raw socket with a short
+        timeout lets the loop look at `should_stop` between reads.
+        """
+        filters = quote(json.dumps({"type": ["container"], "event": ["create", "start"]}), safe="")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            sock.sendall(f"GET /events?filters={filters} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            sock.settimeout(_EVENTS_POLL_S)
+            buf, headers_done = b"", False
+            while not should_stop():
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                buf += data
+                if not headers_done:
+                    if b"\r\n\r\n" not in buf:
+                        continue
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    status = head.split(b"\r\n", 1)[0]
+                    if b" 200 " not in status + b" ":
+                        raise RuntimeUnavailable(f"GET /events: {status.decode('latin-1')[:80]}")
+                    headers_done = True
+                    on_connected()
+                *lines, buf = buf.split(b"\n")
+                if len(buf) > _EVENT_MAX:
+                    raise RuntimeUnavailable("GET /events: an event larger than 1 MiB")
+                for line in lines:
+                    cid = _event_container(line)
+                    if cid:
+                        on_container(cid)
+        except OSError as e:
+            raise RuntimeUnavailable(f"GET /events: {e}") from None
+        finally:
+            sock.close()
+
     def list(self) -> list[ContainerNames]:
         _, items = self._get("/containers/json?all=1")
         if not isinstance(items, list):
@@ -101,6 +154,19 @@ class EngineApiClient:
                               pod_namespace=k8s.get("pod_namespace"), pod_uid=k8s.get("pod_uid"),
                               k8s_container_name=k8s.get("k8s_container_name"),
                               restart_count=k8s.get("restart_count"))  # only the kubelet's count: k8s.container.*
+
+
+def _event_container(line: bytes) -> Optional[str]:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    actor = doc.get("Actor")
+    cid = actor.get("ID") if isinstance(actor, dict) else None
+    cid = cid or doc.get("id")
+    return cid if isinstance(cid, str) and cid else None
 
 
 def _labels(value: Any) -> dict[str, str]:
