@@ -25,6 +25,7 @@ from otel_oom.attribution.runtime.cri import CriClient
 from otel_oom.attribution.runtime.engine_api import EngineApiClient
 from otel_oom.model import OomKill
 from testing.containerd import Containerd
+from testing.images import remove_tree
 from testing.podman import IMAGE, Podman
 
 
@@ -129,6 +130,7 @@ def main() -> None:
     finally:
         containerd.close()
         podman.close()
+        remove_tree(work)
 
 
 if __name__ == "__main__":

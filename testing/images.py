@@ -31,6 +31,8 @@ VICTIM_C = r"""
 #include <time.h>
 #include <unistd.h>
 
+static char *volatile chain;
+
 static void stop(int sig) { (void)sig; _exit(0); }
 
 int main(int argc, char **argv) {
@@ -53,12 +55,15 @@ int main(int argc, char **argv) {
         char *p = malloc(1 << 20);
         if (!p) continue;
         memset(p, 0x5a, 1 << 20);
+        /* chain the chunks through a volatile: the compiler may not drop an allocation it sees leak */
+        *(char *volatile *)p = (char *)chain;
+        chain = p;
     }
 }
 """
 
 
-def build_rootfs(root: Path, cc: str = "cc") -> Path:
+def build_rootfs(root: Path, cc: str = "clang") -> Path:
     """A minimal root filesystem: /victim (static) and /bin/busybox with sh and sleep."""
     (root / "bin").mkdir(parents=True, exist_ok=True)
     for d in ("proc", "sys", "dev", "etc", "tmp"):

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .images import remove_tree
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TARGET = "otel-oom-wt12.target"
 
@@ -129,3 +131,4 @@ class SystemdNamespace:
                     top.rmdir()
                 except OSError:
                     time.sleep(0.1)  # tasks still leaving
+        remove_tree(self.dir)

@@ -31,7 +31,7 @@ NAMESPACE = "otel-oom-wt12-shop"
 @pytest.fixture(scope="module")
 def containerd():
     require_root_bpf()
-    for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "cc"):
+    for tool in ("containerd", "ctr", "runc", "containerd-shim-runc-v2", "clang"):
         require_tool(tool)
     require(CRICTL.exists(), f"needs crictl {CRICTL} (make crictl)")
     c = Containerd(Path(tempfile.mkdtemp(prefix="otel-oom-wt12-containerd-")))

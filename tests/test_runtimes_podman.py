@@ -26,7 +26,7 @@ NO_OTHER_RUNTIMES = ["--cri-socket=none", "--docker-socket=none"]
 @pytest.fixture(scope="module")
 def podman():
     require_root_bpf()
-    for tool in ("podman", "runc", "conmon", "cc"):
+    for tool in ("podman", "runc", "conmon", "clang"):
         require_tool(tool)
     require(Path("/bin/busybox").exists(), "needs busybox-static")
     p = Podman(Path(tempfile.mkdtemp(prefix="otel-oom-wt12-podman-")))

@@ -27,7 +27,7 @@ NAMESPACE = "otel-oom-wt12-shop"
 @pytest.fixture(scope="module")
 def systemd_containerd():
     require_root_bpf()
-    for tool in ("containerd", "ctr", "runc", "nsenter", "unshare", "systemctl", "cc"):
+    for tool in ("containerd", "ctr", "runc", "nsenter", "unshare", "systemctl", "clang"):
         require_tool(tool)
     require(Path("/lib/systemd/systemd").exists(), "needs systemd (the binary; it need not be PID 1)")
     require(CRICTL.exists(), f"needs crictl {CRICTL} (make crictl)")
