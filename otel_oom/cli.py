@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="docker API socket (env OTEL_OOM_DOCKER_SOCKET, default auto)")
     rt.add_argument("--podman-socket", metavar="auto|none|PATH[,PATH]",
                     help="podman API socket (env OTEL_OOM_PODMAN_SOCKET, default auto)")
+    rt.add_argument("--runtime-root", metavar="DIR",
+                    help="auto-detect the sockets below DIR, where the host's / is mounted (env OTEL_OOM_RUNTIME_ROOT)")
     rt.add_argument("--runtime-refresh", metavar="SECONDS", help="full list interval (default 1)")
     rt.add_argument("--runtime-lookup-wait-ms", metavar="MS",
                     help="longest wait for a name the cache lacks at a kill (default 50)")

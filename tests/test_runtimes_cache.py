@@ -247,6 +247,14 @@ def test_sockets_are_auto_detected_by_default_and_deduplicated():
     assert (s.refresh_s, s.lookup_wait_s) == (1.0, 0.05)
 
 
+def test_auto_detection_below_a_runtime_root():
+    s = resolve_runtimes({}, {"OTEL_OOM_RUNTIME_ROOT": "/host", "OTEL_OOM_DOCKER_SOCKET": "none"})
+    assert [x.path for x in s.sockets] == ["/host/run/containerd/containerd.sock", "/host/run/crio/crio.sock",
+                                           "/host/run/k3s/containerd/containerd.sock", "/host/run/podman/podman.sock"]
+    with pytest.raises(UsageError, match="--runtime-root must be an absolute directory"):
+        resolve_runtimes({"runtime_root": "host"}, {})
+
+
 def test_flags_beat_the_environment_and_none_turns_a_runtime_off():
     env = {"OTEL_OOM_CRI_SOCKET": "/env/cri.sock", "OTEL_OOM_DOCKER_SOCKET": "none",
            "OTEL_OOM_PODMAN_SOCKET": "none", "OTEL_OOM_RUNTIME_LOOKUP_WAIT_MS": "20"}

@@ -1,8 +1,9 @@
 """Which runtime sockets to ask for names, and how: flags > OTEL_OOM_* environment > auto-detection.
 
 Each of `--cri-socket`, `--docker-socket`, `--podman-socket` takes `auto` (the default: the
-runtime's usual socket paths, watched for whenever they appear), `none`, or comma-separated
-absolute paths (a DaemonSet that mounts the host's /run elsewhere names them). Validated once, at
+runtime's usual socket paths, watched for whenever they appear; below `--runtime-root` when the
+host's /run is mounted elsewhere, as in deploy/daemonset.yaml), `none`, or comma-separated
+absolute paths. Validated once, at
 start-up, by `config.resolve`; `build_names` turns the settings into the running watchers.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ ENV_DOCKER_SOCKET = "OTEL_OOM_DOCKER_SOCKET"              # auto | none | PATH[,
 ENV_PODMAN_SOCKET = "OTEL_OOM_PODMAN_SOCKET"              # auto | none | PATH[,PATH]
 ENV_RUNTIME_REFRESH = "OTEL_OOM_RUNTIME_REFRESH"          # seconds between full lists, default 1
 ENV_RUNTIME_LOOKUP_WAIT = "OTEL_OOM_RUNTIME_LOOKUP_WAIT_MS"  # longest wait for a name at a kill, default 50
+ENV_RUNTIME_ROOT = "OTEL_OOM_RUNTIME_ROOT"                # where the host's / is: auto paths below it, default /
 
 # where the runtimes put their API sockets by default (/var/run is a link to /run on current systems)
 AUTO_SOCKETS = {
@@ -47,12 +49,12 @@ class RuntimeSettings:
     lookup_wait_s: float = DEFAULT_LOOKUP_WAIT_MS / 1000
 
 
-def _sockets(kind: str, value: str, what: str) -> list[RuntimeSocket]:
+def _sockets(kind: str, value: str, what: str, root: str) -> list[RuntimeSocket]:
     value = value.strip()
     if value == "none":
         return []
     if value == "auto":
-        return [RuntimeSocket(kind, p, False) for p in AUTO_SOCKETS[kind]]
+        return [RuntimeSocket(kind, os.path.join(root, p.lstrip("/")), False) for p in AUTO_SOCKETS[kind]]
     paths = [p.strip() for p in value.split(",") if p.strip()]
     if not paths:
         raise UsageError(f"{what} must be auto, none or socket paths, got {value!r}")
@@ -79,11 +81,14 @@ def resolve_runtimes(flags: Mapping[str, object], environ: Mapping[str, str]) ->
             value = environ.get(env) or None
         return default if value is None else value
 
+    root = str(pick("runtime_root", ENV_RUNTIME_ROOT, "/"))
+    if not os.path.isabs(root):
+        raise UsageError(f"--runtime-root must be an absolute directory, got {root!r}")
     sockets: list[RuntimeSocket] = []
     seen: set[str] = set()
     for kind, flag, env in (("cri", "cri_socket", ENV_CRI_SOCKET), ("docker", "docker_socket", ENV_DOCKER_SOCKET),
                             ("podman", "podman_socket", ENV_PODMAN_SOCKET)):
-        for s in _sockets(kind, str(pick(flag, env, "auto")), f"--{flag.replace('_', '-')}"):
+        for s in _sockets(kind, str(pick(flag, env, "auto")), f"--{flag.replace('_', '-')}", root):
             real = os.path.realpath(s.path)
             if real not in seen:  # /var/run/docker.sock and /run/docker.sock are one socket
                 seen.add(real)
