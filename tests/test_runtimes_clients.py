@@ -1,10 +1,11 @@
 """The runtime clients against recorded-shaped answers of runtimes that cannot run here.
 
-No CRI-O exists on this machine, and its docker is older than docker 27 (docs/runtimes.md): a real HTTP server on a unix
-socket answers with documents shaped like docker 27's (a cri-dockerd pod container among them),
-and a real gRPC server on a unix socket answers like a CRI-O or an old containerd that serves only
-`runtime.v1alpha2`, with kubelet-made containers whose spec holds the image id. Both are fixtures:
-the same clients run against real podman and containerd in the other test_runtimes_* files.
+No CRI-O exists on this machine and its docker is 20.10 (docs/runtimes.md): a real HTTP server on
+a unix socket answers with documents shaped like docker 27's (a cri-dockerd pod container among
+them), and a real gRPC server on a unix socket answers like a CRI-O or an old containerd that
+serves only `runtime.v1alpha2`, with kubelet-made containers whose spec holds the image id. Both
+are fixtures: the same clients run against real podman, docker and containerd in the other
+test_runtimes_* files.
 """
 from __future__ import annotations
 
