@@ -157,7 +157,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         finally:
             if self._proc is not None and self._proc.poll() is None:
                 # with a launcher (nsenter) the daemon is its child: signal the daemon itself
-                for pid in self._own(b"containerd", str(self.dir / "config.toml")) or [self._proc.pid]:
+                for pid in pids_of(b"containerd", str(self.dir / "config.toml")) or [self._proc.pid]:
                     _signal(pid, 15)
                 try:
                     self._proc.wait(15)
@@ -166,28 +166,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     self._proc.wait()
             if self._log is not None:
                 self._log.close()
-            for pid in self._own(b"containerd-shim-runc-v2", self.socket):  # shims outlive containerd by design
+            for pid in pids_of(b"containerd-shim-runc-v2", self.socket):  # shims outlive containerd by design
                 _signal(pid, 15)
             for parent in self.cgroup_dirs:
                 remove_cgroup_chain(parent)
             remove_tree(self.dir)
 
 
-    @staticmethod
-    def _own(program: bytes, marker: str) -> list[int]:
-        """Pids of `program` whose command line holds `marker` (this instance's config or socket path)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(program) and marker.encode() in argv:
-                pids.append(int(entry))
-        return pids
+def pids_of(program: bytes, marker: str) -> list[int]:
+    """Pids of `program` whose command line holds `marker` (an instance's own config or socket path):
+    the processes a test started, found by id, never by a broad name."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(program) and any(marker.encode() in a for a in argv):
+            pids.append(int(entry))
+    return pids
 
 
 def _signal(pid: int, sig: int) -> None:

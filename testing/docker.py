@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Optional
 
-from .containerd import remove_cgroup_chain
+from .containerd import pids_of, remove_cgroup_chain
 from .images import build_rootfs, remove_tree, rootfs_tar
 
 IMAGE = "localhost/otel-oom-wt12-victim:1"
@@ -29,9 +29,12 @@ def dockerd_root() -> Optional[Path]:
 
 
 class Docker:
-    def __init__(self, workdir: Path, root: Path) -> None:
+    def __init__(self, workdir: Path, root: Path, cgroup_driver: str = "cgroupfs",
+                 launcher: tuple[str, ...] = ()) -> None:
         self.dir = workdir
         self.root = root
+        self.cgroup_driver = cgroup_driver
+        self.launcher = launcher  # nsenter into a namespace whose systemd owns the cgroups (systemd_ns)
         self.socket = str(workdir / "docker.sock")
         self._proc: Optional[subprocess.Popen] = None
         self._log: Optional[BinaryIO] = None
@@ -48,10 +51,11 @@ class Docker:
         env = {**os.environ, "PATH": f"{self.root}/usr/bin:{self.root}/usr/sbin:{os.environ.get('PATH', '')}"}
         self._log = open(d / "dockerd.log", "wb")
         self._proc = subprocess.Popen(
-            [str(self.root / "usr/sbin/dockerd"), "--host", f"unix://{self.socket}", "--data-root", f"{d}/data",
-             "--exec-root", f"{d}/exec", "--pidfile", f"{d}/docker.pid", "--iptables=false", "--ip6tables=false",
-             "--ip-masq=false", "--ip-forward=false", "--bridge=none", "--exec-opt", "native.cgroupdriver=cgroupfs",
-             "--storage-driver=overlay2", "--log-level=warn"], env=env, stdout=self._log, stderr=self._log)
+            [*self.launcher, str(self.root / "usr/sbin/dockerd"), "--host", f"unix://{self.socket}",
+             "--data-root", f"{d}/data", "--exec-root", f"{d}/exec", "--pidfile", f"{d}/docker.pid",
+             "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none",
+             "--exec-opt", f"native.cgroupdriver={self.cgroup_driver}", "--storage-driver=overlay2",
+             "--log-level=warn"], env=env, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket) or self.cli("version", check=False).returncode != 0:
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -78,7 +82,10 @@ class Docker:
                     self.cli("rm", "-f", *ids, check=False)
         finally:
             if self._proc is not None and self._proc.poll() is None:
-                self._proc.terminate()  # dockerd stops the containerd it manages
+                # dockerd stops the containerd it manages; with a launcher (nsenter), dockerd is its
+                # child, and its pid file holds the namespace's pid: find it by its socket
+                for pid in pids_of(b"dockerd", self.socket) if self.launcher else [self._proc.pid]:
+                    os.kill(pid, 15)
                 try:
                     self._proc.wait(20)
                 except subprocess.TimeoutExpired:
@@ -88,3 +95,4 @@ class Docker:
                 self._log.close()
             remove_cgroup_chain("/docker")  # the cgroupfs driver's parent, once no container is left
             remove_tree(self.dir)
+

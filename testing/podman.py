@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .containerd import pids_of
 from .images import build_rootfs, remove_tree, rootfs_tar
 
 PREFIX = "otel-oom-wt12-"
@@ -22,8 +23,9 @@ IMAGE = "localhost/otel-oom-wt12-victim:1"
 
 
 class Podman:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cgroup_manager: str = "cgroupfs", launcher: tuple[str, ...] = ()) -> None:
         self.dir = workdir
+        self.launcher = launcher  # nsenter into a namespace whose systemd owns the cgroups (systemd_ns)
         self.socket = str(workdir / "podman.sock")
         self._service: Optional[subprocess.Popen] = None
         conf = workdir / "containers.conf"
@@ -33,7 +35,7 @@ pids_limit = 0
 log_driver = "k8s-file"
 [engine]
 runtime = "runc"
-cgroup_manager = "cgroupfs"
+cgroup_manager = "{cgroup_manager}"
 events_logger = "file"
 events_logfile_path = "{workdir}/events.log"
 tmp_dir = "{workdir}/tmp"
@@ -49,7 +51,7 @@ runroot = "{workdir}/run"
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        r = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run([*self.launcher, "podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
@@ -59,7 +61,7 @@ runroot = "{workdir}/run"
         tar = self.dir / "rootfs.tar"
         tar.write_bytes(rootfs_tar(root))
         self.run("import", "--change", 'CMD ["/victim", "pause"]', str(tar), IMAGE)
-        self._service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{self.socket}"],
+        self._service = subprocess.Popen([*self.launcher, "podman", "system", "service", "--time=0", f"unix://{self.socket}"],
                                          env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):
@@ -71,7 +73,9 @@ runroot = "{workdir}/run"
 
     def stop_service(self) -> None:
         if self._service is not None and self._service.poll() is None:
-            self._service.terminate()
+            # with a launcher (nsenter) the service is its child: signal the service itself
+            for pid in pids_of(b"podman", self.socket) if self.launcher else [self._service.pid]:
+                os.kill(pid, 15)
             try:
                 self._service.wait(10)
             except subprocess.TimeoutExpired:

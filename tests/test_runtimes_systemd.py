@@ -1,9 +1,10 @@
-"""containerd's systemd cgroup driver, for real: pods in kubepods.slice, containers in
-cri-containerd-<id>.scope, created by a real systemd and OOM-killed for real.
+"""The systemd cgroup driver, for real, with containerd (pods in kubepods.slice, containers in
+cri-containerd-<id>.scope), docker (system.slice/docker-<id>.scope) and podman
+(machine.slice/libpod-<id>.scope): scopes created by a real systemd, processes OOM-killed for real.
 
 systemd is not PID 1 here, so `testing.systemd_ns` boots one as PID 1 of a private namespace rooted
-at a throwaway cgroup, and containerd (SystemdCgroup = true) runs inside it; the agent runs on the
-host and sees the systemd driver's layout below that cgroup (as on a kind node). See docs/runtimes.md.
+at a throwaway cgroup, and the runtimes run inside it; the agent runs on the host and sees the
+systemd driver's layout below that cgroup (as on a kind node). See docs/runtimes.md.
 """
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ import pytest
 from conftest import require, require_root_bpf, require_tool
 
 from testing.containerd import CRICTL, Containerd
+from testing.docker import IMAGE as DOCKER_IMAGE
+from testing.docker import Docker, dockerd_root
 from testing.images import VICTIM_COMM
 from testing.otlp_receiver import OtlpGrpcReceiver
+from testing.podman import IMAGE as PODMAN_IMAGE
+from testing.podman import Podman
 from testing.systemd_ns import SystemdNamespace
 
 pytestmark = pytest.mark.root
@@ -25,23 +30,38 @@ NAMESPACE = "otel-oom-wt12-shop"
 
 
 @pytest.fixture(scope="module")
-def systemd_containerd():
+def systemd():
     require_root_bpf()
-    for tool in ("containerd", "ctr", "runc", "nsenter", "unshare", "systemctl", "clang"):
+    for tool in ("containerd", "runc", "nsenter", "unshare", "systemctl", "clang"):
         require_tool(tool)
     require(Path("/lib/systemd/systemd").exists(), "needs systemd (the binary; it need not be PID 1)")
-    require(CRICTL.exists(), f"needs crictl {CRICTL} (make crictl)")
-    workdir = Path(tempfile.mkdtemp(prefix="otel-oom-wt12-systemd-"))
-    ns = SystemdNamespace(workdir).start()
-    c = Containerd(workdir / "containerd", systemd_cgroup=True, launcher=ns.launcher)
-    c.dir.mkdir()
+    ns = SystemdNamespace(Path(tempfile.mkdtemp(prefix="otel-oom-wt12-systemd-"))).start()
     try:
-        yield ns, c.start()
+        yield ns
     finally:
-        try:
-            c.close()
-        finally:
-            ns.close()
+        ns.close()
+
+
+def _inside(ns: SystemdNamespace, what: str) -> Path:
+    d = ns.dir / what
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="module")
+def systemd_containerd(systemd):
+    require_tool("ctr")
+    require(CRICTL.exists(), f"needs crictl {CRICTL} (make crictl)")
+    c = Containerd(_inside(systemd, "containerd"), systemd_cgroup=True, launcher=systemd.launcher)
+    try:
+        yield systemd, c.start()
+    finally:
+        c.close()
+
+
+def _record_for_container(receiver, cid: str, timeout: float = 20.0) -> dict:
+    receiver.wait_for_logs(lambda recs: any(r["attributes"].get("container.id") == cid for r in recs), timeout)
+    return next(r for r in receiver.log_records() if r["attributes"].get("container.id") == cid)
 
 
 def test_a_pod_under_the_systemd_driver_is_named_from_the_cri(systemd_containerd, start_agent):
@@ -69,3 +89,47 @@ def test_a_pod_under_the_systemd_driver_is_named_from_the_cri(systemd_containerd
         assert a["oom.names.source"] == "cache"
         assert a["process.executable.name"] == VICTIM_COMM
         assert a["oom.memcg.limit"] == 32 * MiB  # the limit runc set through systemd's scope
+
+
+def test_docker_under_the_systemd_driver(systemd, start_agent):
+    root = dockerd_root()
+    require(root is not None, "needs dockerd unpacked by `make dockerd`")
+    docker = Docker(_inside(systemd, "docker"), root, cgroup_driver="systemd",  # type: ignore[arg-type]
+                    launcher=systemd.launcher)
+    try:
+        docker.start()
+        with OtlpGrpcReceiver() as receiver:
+            start_agent([f"--docker-socket={docker.socket}", "--cri-socket=none", "--podman-socket=none"],
+                        receiver.endpoint)
+            name = docker.unique_name("sd")
+            cid = docker.cli("run", "-d", "--rm", "--name", name, "--memory", "32m", "--memory-swap", "32m",
+                             "--network", "none", DOCKER_IMAGE, "/victim", "alloc", "2000").stdout.strip()
+            a = _record_for_container(receiver, cid)["attributes"]
+            assert a["oom.victim.cgroup.path"] == f"{systemd.cgroup_prefix()}/system.slice/docker-{cid}.scope"
+            assert (a["container.runtime.name"], a["container.name"]) == ("docker", name)
+            assert a["container.image.name"] == "localhost/otel-oom-wt12-victim"
+            assert a["oom.names.source"] == "cache"
+            assert a["oom.memcg.limit"] == 32 * MiB
+    finally:
+        docker.close()
+
+
+def test_podman_under_the_systemd_driver(systemd, start_agent):
+    require_tool("podman")
+    podman = Podman(_inside(systemd, "podman"), cgroup_manager="systemd", launcher=systemd.launcher)
+    try:
+        podman.start()
+        with OtlpGrpcReceiver() as receiver:
+            start_agent([f"--podman-socket={podman.socket}", "--cri-socket=none", "--docker-socket=none"],
+                        receiver.endpoint)
+            name = podman.unique_name("sd")
+            cid = podman.run("run", "-d", "--rm", "--name", name, "--memory", "32m", "--memory-swap", "32m",
+                             "--network", "none", PODMAN_IMAGE, "/victim", "alloc", "2000").stdout.strip()
+            a = _record_for_container(receiver, cid)["attributes"]
+            assert a["oom.victim.cgroup.path"] == f"{systemd.cgroup_prefix()}/machine.slice/libpod-{cid}.scope"
+            assert (a["container.runtime.name"], a["container.name"]) == ("podman", name)
+            assert a["container.image.name"] == "localhost/otel-oom-wt12-victim"
+            assert a["oom.names.source"] == "cache"
+            assert a["oom.memcg.limit"] == 32 * MiB
+    finally:
+        podman.close()
