@@ -134,6 +134,24 @@ def test_a_slow_runtime_never_holds_the_kill_past_the_wait(sock):
     t.join(2)
 
 
+def test_a_storm_meets_a_hung_runtime_s_wait_once(sock):
+    client = ScriptedRuntime(sock, known={C1: API}, get_delay=1.0)
+    w = RuntimeWatcher(client, Counter(), refresh_s=600)
+    stop, t = running(w)
+    wait_until(lambda: w.up)
+    names = RuntimeNames([w], Counter(), lookup_wait_s=0.05)
+    t0 = time.monotonic()
+    sources = [names.annotate(kill(cid)).names_source for cid in [C2] + [f"{i:064x}" for i in range(100)]]
+    assert time.monotonic() - t0 < 0.5  # 101 kills, one 50 ms wait
+    assert set(sources) == {"timeout"}
+    assert client.gets == [C2]  # the stalled runtime was not asked 100 more times
+    client.get_delay = 0.0
+    wait_until(lambda: w.answers >= 2, timeout=5)  # it answers again: waited for again
+    assert names.annotate(kill(C1)).names_source == "lookup"
+    stop.set()
+    t.join(3)
+
+
 def test_an_unknown_container_is_not_asked_again_for_a_while(sock):
     client = ScriptedRuntime(sock)
     w = RuntimeWatcher(client, Counter(), refresh_s=600)

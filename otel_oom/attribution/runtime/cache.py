@@ -67,6 +67,7 @@ class RuntimeWatcher:
         self.clock = clock
         self.stage = f"runtime_{client.kind}"
         self.up: Optional[bool] = None    # None: never answered yet (or no socket); then True/False
+        self.answers = 0                  # calls the runtime answered, ever
         self.listed_at: Optional[float] = None
         self.last_list_s: Optional[float] = None  # how long the last full list took
         self._names: OrderedDict[str, tuple[ContainerNames, float]] = OrderedDict()
@@ -258,6 +259,7 @@ class RuntimeWatcher:
         self.up = False
 
     def _answered(self) -> None:
+        self.answers += 1
         if self.up is False:
             log.info("container runtime %s answers again", self.name)
         elif self.up is None:
@@ -276,6 +278,9 @@ class RuntimeNames:
         self.lookup_wait_s = lookup_wait_s
         self.clock = clock
         self._not_found: dict[str, float] = {}
+        # watcher -> its answer count when an ask of ours went unanswered: not waited for again
+        # until it answers something, so a storm of kills meets a hung runtime's wait once
+        self._stalled: dict[int, int] = {}
         self._fault_logged = False
         self.last_lookup_s: Optional[float] = None  # duration of the last annotate's lookup
 
@@ -289,7 +294,7 @@ class RuntimeNames:
                 found = w.cached(container_id)
                 if found is not None:
                     return found, NAMES_CACHE
-        asked = self._ask(container_id, runtime) if container_id else []
+        asked, stalled = self._ask(container_id, runtime) if container_id else ([], False)
         if not asked:
             pod = self._pod(pod_uid)
             if pod is not None:
@@ -298,30 +303,36 @@ class RuntimeNames:
                 return None, None       # no runtime socket has ever answered: no names, no mark
             if container_id and container_id in self._not_found:
                 return None, NAMES_NOT_FOUND
+            if stalled:
+                return None, NAMES_TIMEOUT
             return None, (NAMES_UNAVAILABLE if container_id else NAMES_NOT_FOUND)
         deadline = self.clock() + self.lookup_wait_s
-        answered = 0
-        for ask in asked:
-            if ask.done.wait(max(0.0, deadline - self.clock())):
-                answered += 1
-                if ask.found is not None:
-                    return ask.found, NAMES_LOOKUP
+        unanswered = []
+        for w, ask in asked:
+            if not ask.done.wait(max(0.0, deadline - self.clock())):
+                unanswered.append(w)
+            elif ask.found is not None:
+                return ask.found, NAMES_LOOKUP
+        for w in unanswered:
+            self._stalled[id(w)] = w.answers
         pod = self._pod(pod_uid)
-        if answered == len(asked):
+        if not unanswered and not stalled:
             assert container_id is not None
             self._not_found[container_id] = self.clock()
             return pod, (NAMES_CACHE if pod else NAMES_NOT_FOUND)
-        return pod, NAMES_TIMEOUT
+        return pod, (NAMES_CACHE if pod else NAMES_TIMEOUT)
 
-    def _ask(self, container_id: str, runtime: Optional[str]) -> list[_Ask]:
+    def _ask(self, container_id: str, runtime: Optional[str]) -> tuple[list[tuple[RuntimeWatcher, _Ask]], bool]:
+        """Ask each live runtime that may hold the container; True too if one was skipped as stalled."""
         now = self.clock()
         for cid in [c for c, t in self._not_found.items() if now - t > NOT_FOUND_TTL_S]:
             del self._not_found[cid]
         if container_id in self._not_found:
-            return []
+            return [], False
         live = [w for w in self.watchers if w.up]
-        matching = [w for w in live if _may_hold(w, runtime)]
-        return [w.ask(container_id) for w in (matching or live)]
+        candidates = [w for w in live if _may_hold(w, runtime)] or live
+        ready = [w for w in candidates if self._stalled.get(id(w)) != w.answers]
+        return [(w, w.ask(container_id)) for w in ready], len(ready) < len(candidates)
 
     def _pod(self, pod_uid: Optional[str]) -> Optional[ContainerNames]:
         if not pod_uid:
