@@ -38,8 +38,11 @@ $(CRICTL):
 	mv $(dir $@).tmp/crictl $@ && rmdir $(dir $@).tmp
 
 dockerd:
-	@v=$$(apt-cache policy docker.io | awk '/Candidate:/ {print $$2}'); d=$(DOCKERD_CACHE)-$$v; \
+	@v=$$(apt-cache policy docker.io | awk '/Candidate:/ {print $$2}'); \
+	if [ -z "$$v" ] || [ "$$v" = "(none)" ]; then \
+	  apt-get update -qq && v=$$(apt-cache policy docker.io | awk '/Candidate:/ {print $$2}'); fi; \
 	if [ -z "$$v" ] || [ "$$v" = "(none)" ]; then echo "no docker.io package known to apt" >&2; exit 1; fi; \
+	d=$(DOCKERD_CACHE)-$$v; \
 	if [ ! -x $$d/usr/sbin/dockerd ]; then \
 	  echo "unpacking docker.io $$v into $$d"; t=$$(mktemp -d); rm -rf $$d.tmp; \
 	  (cd $$t && apt-get download -q=2 docker.io=$$v 2>/dev/null) && dpkg-deb -x $$t/docker.io_*.deb $$d.tmp && \
