@@ -311,6 +311,7 @@ def test_hostile_names_are_escaped_in_every_output_and_kept_intact_over_otlp():
     assert "[pod=shop/evil\\x1b]0;pwned\\x07 container=api\\x0ax restarts=2" in text
     attrs = log_attributes(k)
     assert attrs["k8s.pod.name"] == "evil\x1b]0;pwned\x07" and attrs["container.name"] == "<!channel>"
+    assert OomKill.from_json(k.to_json()) == k  # the spool keeps the names for every replay
     assert attrs["container.image.tags"] == ["1.4.2"] and attrs["k8s.container.restart_count"] == 2
 
 
