@@ -26,6 +26,7 @@ from collections import Counter, OrderedDict
 from typing import Callable, Optional, Protocol
 
 from ...model import NAMES_CACHE, NAMES_LOOKUP, NAMES_NOT_FOUND, NAMES_TIMEOUT, NAMES_UNAVAILABLE, OomKill
+from ...text import for_terminal
 from .names import ContainerNames, RuntimeUnavailable, split_image
 
 log = logging.getLogger("otel_oom.runtime")
@@ -82,7 +83,7 @@ class RuntimeWatcher:
 
     @property
     def name(self) -> str:
-        return f"{self.client.kind} at {self.client.path}"
+        return f"{self.client.kind} at {for_terminal(self.client.path)}"
 
     # ---- read side (any thread) -----------------------------------------------------------
     def cached(self, container_id: str) -> Optional[ContainerNames]:
@@ -157,7 +158,7 @@ class RuntimeWatcher:
                     events(self._prefetch, should_stop, connected)
                     backoff = 1.0
                 except RuntimeUnavailable as e:
-                    log.debug("event stream of %s ended: %s", self.name, e)
+                    log.debug("event stream of %s ended: %s", self.name, for_terminal(str(e)))
                     backoff = 5.0
                 except Exception:  # noqa: BLE001 - the periodic list still keeps the cache warm
                     self.faults[self.stage] += 1
@@ -254,7 +255,7 @@ class RuntimeWatcher:
         if self.up is not False:
             log.warning("container runtime %s %s (%s); kills are reported with the names cached "
                         "so far; counted in otel_oom.faults{stage=%s}, logged once", self.name,
-                        "stopped answering" if self.up else "does not answer", e, self.stage,
+                        "stopped answering" if self.up else "does not answer", for_terminal(str(e)), self.stage,
                         exc_info=unexpected)
         self.up = False
 
@@ -263,8 +264,8 @@ class RuntimeWatcher:
         if self.up is False:
             log.info("container runtime %s answers again", self.name)
         elif self.up is None:
-            log.info("container names from runtime %s%s", self.name,
-                     f" ({self.client.runtime_name})" if self.client.runtime_name else "")
+            log.info("container names from runtime %s%s", self.name,  # the runtime's own name is untrusted
+                     f" ({for_terminal(self.client.runtime_name)})" if self.client.runtime_name else "")
         self.up = True
 
 
