@@ -36,7 +36,8 @@ MAX_ENTRIES = 20000       # per runtime; the least recently listed go first
 NOT_FOUND_TTL_S = 30.0    # an id the runtime does not know is not asked again for this long
 BACKOFF_MAX_S = 30.0
 EVENTS_RESYNC_S = 30.0    # full list interval while the runtime's event stream is followed
-_WAKE_S = 0.2             # how often an idle watcher looks at the stop flag
+_WAKE_S = 0.2             # how often a live watcher waiting for asks looks at the stop flag
+_NO_SOCKET_RECHECK_S = 5.0
 
 
 class RuntimeClient(Protocol):
@@ -76,6 +77,7 @@ class RuntimeWatcher:
         self._lock = threading.Condition()
         self._asks: list[_Ask] = []
         self._stop = False
+        self._stopped = threading.Event()   # set by stop(): idle sleeps end at once
         self._warned_missing = False
         self.following = False            # the runtime's event stream is being followed
         self._resync = False              # list now: an event stream just started
@@ -106,6 +108,11 @@ class RuntimeWatcher:
         with self._lock:
             self._stop = True
             self._lock.notify_all()
+        self._stopped.set()
+
+    def _idle(self, seconds: float, stopping: Optional[threading.Event]) -> None:
+        """Sleep without polling (no socket, or between event streams); the agent's stop ends it."""
+        (stopping or self._stopped).wait(seconds)
 
     # ---- the watcher thread -----------------------------------------------------------------
     def run(self, stopping: Optional[threading.Event] = None) -> None:
@@ -124,7 +131,8 @@ class RuntimeWatcher:
                 resync, self._resync = self._resync, False
             if not os.path.exists(self.client.path):
                 self._no_socket(asks)
-                last, backoff = self.clock(), max(0.0, 5.0 - self.interval())
+                self._idle(_NO_SOCKET_RECHECK_S, stopping)  # an idle agent wakes rarely for it
+                last, backoff = -1e18, 0.0   # list as soon as the socket is there
                 continue
             due = resync or self.clock() >= last + self.interval() + backoff
             ok = self._answer(asks) and (not due or self.refresh())
@@ -152,7 +160,7 @@ class RuntimeWatcher:
                 self.following = self._resync = True
                 self._lock.notify_all()
         while not should_stop():
-            backoff = _WAKE_S  # waiting for the runtime's first answer
+            backoff = 1.0  # waiting for the runtime's first answer
             if self.up:
                 try:
                     events(self._prefetch, should_stop, connected)
@@ -172,9 +180,7 @@ class RuntimeWatcher:
                         self.following = False
                         with self._lock:
                             self._lock.notify_all()  # back to the short list interval
-            deadline = time.monotonic() + backoff
-            while not should_stop() and time.monotonic() < deadline:
-                time.sleep(_WAKE_S)
+            self._idle(backoff, stopping)
 
     def _prefetch(self, container_id: str) -> None:
         if self.cached(container_id) is None:
