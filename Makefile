@@ -5,7 +5,8 @@ VENV ?= .venv
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv openssl util-linux \
                 prometheus qemu-system-x86 busybox-static xz-utils zstd kmod
 # real container runtimes for tests/test_runtimes_* (the agent itself needs none of them)
-TEST_APT_PACKAGES := podman containerd runc conmon containernetworking-plugins libc6-dev libdevmapper1.02.1
+TEST_APT_PACKAGES := podman containerd runc conmon containernetworking-plugins libc6-dev libdevmapper1.02.1 \
+                     systemd
 PYTEST_ARGS ?=
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 # crictl (the kubelet's CRI client) creates the test pods; built once from the Go module proxy.

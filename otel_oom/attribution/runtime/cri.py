@@ -198,6 +198,8 @@ class CriClient:
         except RuntimeUnavailable:
             return  # names without the image are still worth having
         self._images = {i.id: (list(i.repo_tags) or list(i.repo_digests) or [i.id])[0] for i in images}
+        for gone in wanted - self._images.keys():
+            self._images[gone] = gone  # deleted under a running container: named by its id, not asked again
 
     def _image(self, c: Any) -> Optional[str]:
         spec = c.image
