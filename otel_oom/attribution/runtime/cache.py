@@ -2,8 +2,10 @@
 
 One `RuntimeWatcher` per runtime socket runs on its own supervised thread: it lists every container
 (and pod sandbox) every `refresh_s` seconds, the way the kubelet's PLEG relists its runtime every
-second, so the names of a container are known before it is OOM-killed and survive its removal right
-after (entries stay `RETAIN_S` after the runtime stops listing them). `RuntimeNames.annotate` runs on
+second; for runtimes with an event stream (docker, podman) a second thread (`follow`) fetches each
+container as it is created or started, and the full list only resynchronises every
+`EVENTS_RESYNC_S`. So the names of a container are known before it is OOM-killed and survive its
+removal right after (entries stay `RETAIN_S` after the runtime stops listing them). `RuntimeNames.annotate` runs on
 the pipeline's worker for each kill: a cache hit costs a dict lookup; a miss asks each runtime that
 may hold the container by id (on the watchers' threads) and waits at most `lookup_wait_s` for an
 answer. Whatever is known then goes out, and `names_source` says how it was obtained
@@ -13,7 +15,8 @@ No socket at an auto-detected path: the watcher idles, nothing is logged or coun
 as soon as the socket appears. A socket that stops answering is logged once (and once more when it
 answers again), every failed call is counted in `faults["runtime_<kind>"]` (exported as
 `otel_oom.faults{stage}`), and the watcher retries with backoff up to `BACKOFF_MAX_S`. While a runtime
-is down its cache is still used, and a miss is not waited for.
+is down its cache is still used, and a miss is not waited for; a runtime that let one ask go
+unanswered is not waited for again until it answers something, so a storm of kills meets one wait.
 """
 from __future__ import annotations
 
