@@ -51,7 +51,10 @@ runroot = "{workdir}/run"
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
 
     def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        r = subprocess.run([*self.launcher, "podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        # cwd: conmon drops an empty `oom` marker file in its working directory when a container is
+        # OOM-killed; keep it in the workdir, not the checkout
+        r = subprocess.run([*self.launcher, "podman", *args], env=self.env, capture_output=True, text=True,
+                           timeout=timeout, cwd=self.dir)
         if check and r.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
@@ -62,7 +65,7 @@ runroot = "{workdir}/run"
         tar.write_bytes(rootfs_tar(root))
         self.run("import", "--change", 'CMD ["/victim", "pause"]', str(tar), IMAGE)
         self._service = subprocess.Popen([*self.launcher, "podman", "system", "service", "--time=0", f"unix://{self.socket}"],
-                                         env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.dir)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):
             if self._service.poll() is not None or time.monotonic() > deadline:
