@@ -2,6 +2,8 @@
 
 It scrapes the given targets every second from a throwaway config and TSDB directory, and
 answers PromQL through its HTTP API, so tests check what a real Prometheus sees and parses.
+With `remote_write_receiver=True` it also accepts remote write at `remote_write_url`
+(`--web.enable-remote-write-receiver`, Prometheus >= 2.33), for a Collector to push to.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ class PrometheusServer:
     """`with PrometheusServer(["127.0.0.1:9464"]) as prom: prom.query("up")`."""
 
     def __init__(self, targets: Sequence[str] = (), binary: Optional[str] = None,
-                 scrape_interval: str = "1s", ready_timeout: float = 30.0) -> None:
+                 scrape_interval: str = "1s", ready_timeout: float = 30.0,
+                 remote_write_receiver: bool = False) -> None:
         found = binary or shutil.which("prometheus")
         if found is None:
             raise FileNotFoundError("the `prometheus` binary is not on PATH (Debian: apt-get install prometheus)")
@@ -45,6 +48,7 @@ class PrometheusServer:
         self.targets = list(targets)
         self.scrape_interval = scrape_interval
         self.ready_timeout = ready_timeout
+        self.remote_write_receiver = remote_write_receiver
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
@@ -52,6 +56,10 @@ class PrometheusServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def remote_write_url(self) -> str:
+        return f"{self.url}/api/v1/write"
 
     def start(self) -> "PrometheusServer":
         self._tmp = tempfile.TemporaryDirectory(prefix="otel-oom-prom-")
@@ -67,7 +75,8 @@ class PrometheusServer:
         self._log = open(root / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+             *(["--web.enable-remote-write-receiver"] if self.remote_write_receiver else [])],
             stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
