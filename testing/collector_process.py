@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
+
+from .otlp_receiver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "tools" / "collector" / "build.sh"
@@ -36,6 +37,25 @@ def collector_binary() -> Optional[str]:
 def override_args(overrides: Mapping[str, object]) -> list[str]:
     """`--config=yaml:a::b: <value as JSON>` (JSON is YAML flow syntax) for each key path."""
     return [f"--config=yaml:{path}: {json.dumps(value)}" for path, value in overrides.items()]
+
+
+def loopback_overrides(config: Mapping, scratch: Path) -> dict[str, object]:
+    """Overrides that move everything a config listens on to free loopback ports and every
+    file_storage directory under scratch, so several Collectors (and other test runs) can share
+    a machine. `config` is the parsed YAML."""
+    out: dict[str, object] = {}
+    for rid, rcfg in (config.get("receivers") or {}).items():
+        for proto in ((rcfg or {}).get("protocols") or {}):
+            out[f"receivers::{rid}::protocols::{proto}::endpoint"] = f"127.0.0.1:{free_port()}"
+    for eid, ecfg in (config.get("extensions") or {}).items():
+        if eid.split("/")[0] == "health_check":
+            out[f"extensions::{eid}::endpoint"] = f"127.0.0.1:{free_port()}"
+        if eid.split("/")[0] == "file_storage":
+            out[f"extensions::{eid}::directory"] = str(scratch / eid.replace("/", "-"))
+    # the Collector's own metrics: a free port instead of 8888
+    out["service::telemetry::metrics::readers"] = [
+        {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": free_port()}}}}]
+    return out
 
 
 def collector_env(**extra: str) -> dict[str, str]:
@@ -62,7 +82,6 @@ class CollectorProcess:
         self.ready_timeout = ready_timeout
         self.proc: Optional[subprocess.Popen] = None
         self.lines: list[str] = []
-        self._log_dir = tempfile.mkdtemp(prefix="otel-oom-wt11-otelcol-")
 
     def start(self) -> "CollectorProcess":
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -71,6 +90,9 @@ class CollectorProcess:
         if not ready.wait(self.ready_timeout) or not any(READY_LINE in line for line in self.lines):
             self.stop(9)
             raise RuntimeError(f"the Collector did not become ready:\n{self.log_text()}")
+        # otelcol installs its SIGTERM handler only after it logged that it is ready: a signal
+        # in that window kills it with the default action (exit status -15)
+        time.sleep(0.3)
         return self
 
     def _pump(self, proc: subprocess.Popen, ready: threading.Event) -> None:
@@ -80,6 +102,7 @@ class CollectorProcess:
             self.lines.append(line)
             if READY_LINE in line:
                 ready.set()
+        proc.stdout.close()
         ready.set()  # exited: wake the waiter, which finds no ready line
 
     def log_text(self) -> str:

@@ -1,61 +1,44 @@
-"""Collector configurations in collector-config/, checked for structure (no Collector binary here).
+"""Collector configurations in collector-config/, run by a real Collector (`make collector`).
 
-Every file must parse, every component a pipeline names must be defined, every defined
-component must be used, every extension a component references must be enabled, and every
-component type must exist in the targeted distribution, otelcol-contrib v0.159.0.
+Every file must pass the built Collector's `validate` and start (ready, health check answering,
+clean shutdown), with only its listen addresses and queue directories moved by `--config=yaml:`
+overrides. The structural checks below (every component used, the processor order, the durable
+queue) say what the files promise beyond "the Collector accepts them"; the end-to-end behaviour
+is in tests/test_collector_e2e.py.
 """
 from __future__ import annotations
 
+import re
+import signal
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require
+
+from testing.collector_process import (
+    CollectorProcess,
+    collector_binary,
+    collector_env,
+    http_ok,
+    loopback_overrides,
+    validate,
+)
+from testing.otlp_receiver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "collector-config"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
-
-# Component types of otelcol-contrib v0.159.0 that these configs may use, with their
-# deprecated aliases. The distribution's module list is
-# open-telemetry/opentelemetry-collector-releases distributions/otelcol-contrib/manifest.yaml at
-# v0.159.0 (every module below is in it); each type string is the `type:` (and
-# `deprecated_type:`) of the module's metadata.yaml: read at tag v0.159.0 for the modules of
-# open-telemetry/opentelemetry-collector, and from opentelemetry-collector-contrib's
-# metadata.yaml and rename pull requests (#45901 k8s_attributes, #48705 prometheus_remote_write)
-# for contrib. Extend this list only after checking a module's metadata.yaml the same way.
-CONTRIB_V0_159_TYPES = {
-    "receivers": {
-        "otlp",                        # go.opentelemetry.io/collector/receiver/otlpreceiver
-        "nop",                         # .../receiver/nopreceiver
-        "prometheus",                  # contrib receiver/prometheusreceiver
-    },
-    "processors": {
-        "batch",                       # go.opentelemetry.io/collector/processor/batchprocessor
-        "memory_limiter",              # .../processor/memorylimiterprocessor
-        "groupbyattrs",                # contrib processor/groupbyattrsprocessor
-        "k8s_attributes", "k8sattributes",  # contrib processor/k8sattributesprocessor (alias since v0.146)
-        "resource",                    # contrib processor/resourceprocessor
-        "attributes",                  # contrib processor/attributesprocessor
-    },
-    "exporters": {
-        "debug",                       # go.opentelemetry.io/collector/exporter/debugexporter
-        "nop",                         # .../exporter/nopexporter
-        "otlp_grpc", "otlp",           # .../exporter/otlpexporter (type otlp_grpc, deprecated_type otlp)
-        "otlp_http", "otlphttp",       # .../exporter/otlphttpexporter (type otlp_http, deprecated_type otlphttp)
-        "prometheus_remote_write", "prometheusremotewrite",  # contrib exporter/prometheusremotewriteexporter
-        "prometheus",                  # contrib exporter/prometheusexporter
-        "clickhouse",                  # contrib exporter/clickhouseexporter
-    },
-    "extensions": {
-        "health_check",                # contrib extension/healthcheckextension
-        "file_storage",                # contrib extension/storage/filestorage
-        "zpages",                      # go.opentelemetry.io/collector/extension/zpagesextension
-        "pprof",                       # contrib extension/pprofextension
-    },
-    "connectors": set(),
-}
-DEPRECATED_ALIASES = {"k8sattributes", "otlp" + "http", "prometheusremotewrite"}
+TOOLS = REPO / "tools" / "collector"
 KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
+# names a current Collector still accepts but logs as deprecated; the files use the new ones
+DEPRECATED_ALIASES = {"k8sattributes", "otlp" + "http", "prometheusremotewrite", "deltatocumulative"}
+# what each file reads from the environment (the deployments set these)
+CONFIG_ENV = {
+    "agent.yaml": {"K8S_NODE_NAME": "node-a"},
+    "clickhouse.yaml": {"CLICKHOUSE_USER": "otel", "CLICKHOUSE_PASSWORD": "secret"},
+    "debug.yaml": {},
+}
 
 
 def load(path: Path) -> dict:
@@ -66,96 +49,202 @@ def ctype(component_id: str) -> str:
     return component_id.split("/", 1)[0]
 
 
+def binary() -> str:
+    b = collector_binary()
+    require(b is not None, "needs the Collector build: make collector")
+    return b  # type: ignore[return-value]
+
+
 def test_the_expected_configs_exist():
     assert [p.name for p in CONFIGS] == ["agent.yaml", "clickhouse.yaml", "debug.yaml"]
+    assert set(CONFIG_ENV) == {p.name for p in CONFIGS}
 
+
+# ---- the real Collector -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_validate_accepts_every_config(path):
+    r = validate(binary(), [str(path)], env=collector_env(**CONFIG_ENV[path.name]))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_validate_really_rejects_mistakes(tmp_path):
+    """A misspelt key, an unknown component and a missing environment variable all fail."""
+    text = (CONFIG_DIR / "agent.yaml").read_text()
+    env = collector_env(**CONFIG_ENV["agent.yaml"])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace("max_elapsed_time: 0s", "max_elapsed_tme: 0s"))
+    r = validate(binary(), [str(typo)], env=env)
+    assert r.returncode != 0 and "max_elapsed_tme" in r.stderr, r.stderr
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(text.replace("  groupbyattrs:\n", "  groupbyattributes:\n").replace(
+        "[memory_limiter, groupbyattrs,", "[memory_limiter, groupbyattributes,"))
+    r = validate(binary(), [str(unknown)], env=env)
+    assert r.returncode != 0 and "groupbyattributes" in r.stderr, r.stderr
+    r = validate(binary(), [str(CONFIG_DIR / "agent.yaml")], env=collector_env())
+    assert r.returncode != 0 and "K8S_NODE_NAME" in r.stderr, r.stderr
+
+
+def start_overrides(path: Path, tmp_path: Path) -> dict:
+    ov = loopback_overrides(load(path), tmp_path)
+    if path.name == "agent.yaml":
+        # no API server here: k8s_attributes gets a kubeconfig naming a closed loopback port;
+        # its informer retries in the background and the Collector starts regardless
+        ov["processors::k8s_attributes::auth_type"] = "kubeConfig"
+    if path.name == "clickhouse.yaml":
+        # create_schema connects at start; there is no ClickHouse here (see the test below)
+        ov["exporters::clickhouse::create_schema"] = False
+        ov["exporters::clickhouse::endpoint"] = f"tcp://127.0.0.1:{free_port()}"
+    return ov
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_starts_and_stops_cleanly(path, tmp_path):
+    env = collector_env(**CONFIG_ENV[path.name])
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "none",
+        "clusters": [{"name": "none", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+        "users": [{"name": "none", "user": {}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
+    env["KUBECONFIG"] = str(kubeconfig)
+    ov = start_overrides(path, tmp_path)
+    with CollectorProcess(binary(), [str(path)], ov, env) as col:
+        for key, value in ov.items():
+            if key.startswith("extensions::health_check") and key.endswith("::endpoint"):
+                assert http_ok(f"http://{value}/"), col.log_text()
+        for key, value in ov.items():
+            if key.endswith("::directory"):
+                assert Path(str(value)).is_dir(), f"file_storage did not create {value}"
+        log = col.log_text()
+        assert col.stop(signal.SIGTERM) == 0, col.log_text()
+    assert "Shutdown complete" in col.log_text()
+    # nothing the files configure is deprecated or ignored in this release
+    assert not re.search(r"deprecated|will be used to configure", log, re.I), log
+
+
+def test_clickhouse_exporter_needs_its_server_and_nothing_else(tmp_path):
+    """With create_schema (as shipped) the Collector connects at start: with nothing listening
+    there, start fails at exactly that step, after everything else was built and started."""
+    path = CONFIG_DIR / "clickhouse.yaml"
+    ov = loopback_overrides(load(path), tmp_path)
+    port = free_port()
+    ov["exporters::clickhouse::endpoint"] = f"tcp://127.0.0.1:{port}?dial_timeout=2s"
+    col = CollectorProcess(binary(), [str(path)], ov, collector_env(**CONFIG_ENV[path.name]), ready_timeout=30)
+    with pytest.raises(RuntimeError) as e:
+        col.start()
+    assert f'failed to start "clickhouse" exporter: create database: dial tcp 127.0.0.1:{port}' in str(e.value)
+    assert "connection refused" in str(e.value)
+
+
+# ---- the build recipe --------------------------------------------------------------------
+
+def test_manifest_and_generated_package_agree():
+    """components.go (generated by ocb from manifest.yaml) lists exactly the manifest's modules."""
+    manifest = yaml.safe_load((TOOLS / "manifest.yaml").read_text())
+    declared = {m["gomod"] for kind in ("receivers", "processors", "exporters", "connectors", "extensions")
+                for m in manifest[kind]}
+    generated = set(re.findall(r'\.Type\(\): "([^"]+)"', (TOOLS / "otelcol" / "components.go").read_text()))
+    assert generated == declared
+    gomod = (TOOLS / "otelcol" / "go.mod").read_text()
+    for mod in declared | {m["gomod"] for m in manifest["providers"]}:
+        name, version = mod.split()
+        assert re.search(rf"^\s+{re.escape(name)} {re.escape(version)}$", gomod, re.M), mod
+    for line in manifest.get("replaces", []):
+        assert f"replace {line}" in gomod, line
+
+
+def test_the_build_has_exactly_the_components_the_configs_use():
+    """Every component type a config names is in the build, and the build has nothing else but
+    the test-only file exporter."""
+    used = {(kind, ctype(cid)) for p in CONFIGS for kind in KINDS for cid in (load(p).get(kind) or {})}
+    manifest = yaml.safe_load((TOOLS / "manifest.yaml").read_text())
+    text = (TOOLS / "manifest.yaml").read_text()
+    assert "fileexporter" in text and "tests:" in text
+    built = yaml.safe_load(__import__("subprocess").run([binary(), "components"], capture_output=True,
+                                                        text=True, check=True).stdout)
+    have = {(kind, c["name"]) for kind in KINDS for c in (built.get(kind) or [])}
+    assert used <= have, used - have
+    assert have - used == {("exporters", "file")}, have - used
+    assert len(have) == sum(len(manifest[k]) for k in KINDS)
+
+
+# ---- what the files promise ----------------------------------------------------------------
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_structure(path):
     cfg = load(path)
-    assert isinstance(cfg, dict)
     assert set(cfg) <= set(KINDS) | {"service"}, set(cfg) - set(KINDS)
-    service = cfg["service"]
-    pipelines = service["pipelines"]
-    assert pipelines, "no pipelines"
+    pipelines = cfg["service"]["pipelines"]
     used: dict[str, set] = {k: set() for k in KINDS}
     for name, p in pipelines.items():
-        signal = name.split("/", 1)[0]
-        assert signal in ("logs", "metrics", "traces", "profiles"), name
+        assert name.split("/", 1)[0] in ("logs", "metrics", "traces", "profiles"), name
         assert p.get("receivers") and p.get("exporters"), f"{name} needs receivers and exporters"
         for kind in ("receivers", "processors", "exporters"):
             for cid in p.get(kind, []):
-                assert cid in (cfg.get(kind) or {}), f"{path.name}: pipeline {name} uses undefined {kind[:-1]} {cid}"
-                used[kind].add(cid)
-    for kind in ("receivers", "processors", "exporters"):
+                defined_in = "connectors" if cid in (cfg.get("connectors") or {}) else kind
+                assert cid in (cfg.get(defined_in) or {}), f"{path.name}: pipeline {name} uses undefined {cid}"
+                used[defined_in].add(cid)
+    for kind in ("receivers", "processors", "exporters", "connectors"):
         unused = set(cfg.get(kind) or {}) - used[kind]
         assert not unused, f"{path.name}: defined but in no pipeline: {unused}"
-    enabled = service.get("extensions", [])
-    for ext in enabled:
-        assert ext in (cfg.get("extensions") or {}), f"{path.name}: enabled extension {ext} is not defined"
+    enabled = cfg["service"].get("extensions", [])
     assert set(cfg.get("extensions") or {}) == set(enabled), "every defined extension must be enabled"
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_component_types_exist_in_the_distribution(path):
-    cfg = load(path)
     for kind in KINDS:
         for cid in cfg.get(kind) or {}:
-            t = ctype(cid)
-            assert t in CONTRIB_V0_159_TYPES[kind], f"{path.name}: {kind[:-1]} type {t!r} is not in otelcol-contrib v0.159.0"
-            assert t not in DEPRECATED_ALIASES, f"{path.name}: {t!r} is a deprecated alias in v0.159.0"
-
-
-def referenced_extensions(node) -> set[str]:
-    """`storage:` and `authenticator:` values anywhere in a component's config."""
-    found = set()
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k in ("storage", "authenticator") and isinstance(v, str):
-                found.add(v)
-            else:
-                found |= referenced_extensions(v)
-    elif isinstance(node, list):
-        for v in node:
-            found |= referenced_extensions(v)
-    return found
+            assert ctype(cid) not in DEPRECATED_ALIASES, f"{path.name}: {cid} uses a deprecated name"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_referenced_extensions_are_enabled(path):
+def test_no_batch_processor_in_front_of_a_durable_queue(path):
+    """The batch processor acknowledges from memory: a Collector killed then would lose records
+    the sender already deleted. Durable exporters batch when reading their queue instead."""
     cfg = load(path)
-    enabled = set(cfg["service"].get("extensions", []))
-    for kind in ("receivers", "processors", "exporters"):
-        for cid, conf in (cfg.get(kind) or {}).items():
-            missing = referenced_extensions(conf) - enabled
-            assert not missing, f"{path.name}: {cid} references extensions not enabled: {missing}"
+    for name, p in cfg["service"]["pipelines"].items():
+        assert "batch" not in [ctype(x) for x in p.get("processors", [])], f"{path.name}: {name}"
 
 
 def test_agent_pipeline_order_and_attribution():
     cfg = load(CONFIG_DIR / "agent.yaml")
-    expected = ["memory_limiter", "groupbyattrs", "k8s_attributes", "batch"]
+    expected = ["memory_limiter", "groupbyattrs", "k8s_attributes"]
     for name in ("logs", "metrics"):
         assert cfg["service"]["pipelines"][name]["processors"] == expected
     assert set(cfg["processors"]["groupbyattrs"]["keys"]) == {"k8s.pod.uid", "container.id"}
     k8s = cfg["processors"]["k8s_attributes"]
+    assert k8s["auth_type"] == "serviceAccount"
     assert k8s["pod_association"] == [{"sources": [{"from": "resource_attribute", "name": "k8s.pod.uid"}]}]
     assert {"k8s.namespace.name", "k8s.pod.name", "k8s.container.name"} <= set(k8s["extract"]["metadata"])
     assert k8s["filter"]["node_from_env_var"] == "K8S_NODE_NAME"
 
 
-def test_agent_exports_logs_to_loki_durably():
+def test_agent_exports_logs_durably():
     cfg = load(CONFIG_DIR / "agent.yaml")
-    (exp,) = cfg["service"]["pipelines"]["logs"]["exporters"]
-    assert ctype(exp) == "otlp_http"
-    loki = cfg["exporters"][exp]
-    assert loki["endpoint"] == "http://loki:3100/otlp"
-    q = loki["sending_queue"]
+    (exp, counter) = cfg["service"]["pipelines"]["logs"]["exporters"]
+    assert ctype(exp) == "otlp_http" and ctype(counter) == "count"
+    logs = cfg["exporters"][exp]
+    assert logs["endpoint"] == "${env:OTEL_OOM_LOGS_OTLP_ENDPOINT:-http://loki:3100/otlp}"
+    q = logs["sending_queue"]
     assert q["enabled"] is True and ctype(q["storage"]) == "file_storage"
     assert q["storage"] in cfg["service"]["extensions"]
-    assert loki["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
-    (mexp,) = cfg["service"]["pipelines"]["metrics"]["exporters"]
-    assert ctype(mexp) == "prometheus_remote_write"
-    assert cfg["exporters"][mexp]["resource_to_telemetry_conversion"]["enabled"] is True
+    assert cfg["extensions"][q["storage"]]["fsync"] is True
+    assert not q.get("wait_for_result") and not q.get("block_on_overflow")
+    assert logs["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
+    rw = cfg["exporters"]["prometheus_remote_write"]
+    assert rw["endpoint"] == "${env:OTEL_OOM_PROMETHEUS_REMOTE_WRITE_URL:-http://prometheus:9090/api/v1/write}"
+    assert {"k8s.*", "container.*"} <= set(rw["resource_constant_labels"]["included"])
+
+
+def test_agent_counts_kill_records_by_container():
+    cfg = load(CONFIG_DIR / "agent.yaml")
+    pipelines = cfg["service"]["pipelines"]
+    assert pipelines["metrics/kill_records"] == {"receivers": ["count/oom_kills"],
+                                                 "processors": ["delta_to_cumulative"],
+                                                 "exporters": ["prometheus_remote_write"]}
+    metric = cfg["connectors"]["count/oom_kills"]["logs"]["oom.kill.records"]
+    assert metric["conditions"] == ['log.event_name == "oom.kill"']
+    # by the record's resource (container.id lifted by groupbyattrs), not by chosen attributes:
+    # a kill outside any container is still counted, under the agent's resource
+    assert "attributes" not in metric
 
 
 def test_debug_config_is_detailed():
@@ -167,17 +256,21 @@ def test_debug_config_is_detailed():
 def test_clickhouse_config_keeps_history():
     cfg = load(CONFIG_DIR / "clickhouse.yaml")
     ch = cfg["exporters"]["clickhouse"]
-    assert ch["endpoint"].startswith("tcp://") and ch["create_schema"] is True and ch["ttl"]
+    assert "tcp://" in ch["endpoint"] and ch["create_schema"] is True and ch["ttl"]
+    assert ch["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
     assert cfg["service"]["pipelines"]["logs"]["exporters"] == ["clickhouse"]
 
 
 def test_collector_manifest_matches_the_agent_config():
-    """deploy/collector.yaml must give agent.yaml what it assumes: the env var, the ports, the dirs."""
+    """deploy/collector.yaml must give agent.yaml what it assumes: the env vars, ports, dirs."""
     docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "collector.yaml").read_text()) if d]
     ds = next(d for d in docs if d["kind"] == "DaemonSet")
     c = ds["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in c.get("env", [])}
     assert env["K8S_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    cfg_text = (CONFIG_DIR / "agent.yaml").read_text()
+    for var in set(re.findall(r"\$\{env:(\w+)", cfg_text)):
+        assert var in env, f"deploy/collector.yaml does not set {var}"
     ports = {p["containerPort"]: p for p in c["ports"]}
     assert ports[4317]["hostPort"] == 4317
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
