@@ -21,11 +21,14 @@ cached_build_dir() {
 }
 
 # go_install_cached NAME PKG VERSION [--check]: `go install PKG@VERSION` into
-# /var/cache/otel-oom-NAME-VERSION/ (stripped, -trimpath) unless already there; prints the
-# binary's absolute path as the last line. With --check only prints it if built (else exit 1).
+# /var/cache/otel-oom-NAME-VERSION/ (stripped, -trimpath, plus $EXTRA_LDFLAGS) unless already
+# there; prints the binary's absolute path as the last line. With --check only prints it if
+# built (else exit 1).
 go_install_cached() {
   local name=$1 pkg=$2 version=$3 mode=${4:-}
   local dir="/var/cache/otel-oom-$name-$version" bin
+  # different link flags, different binary: keyed too
+  [ -n "${EXTRA_LDFLAGS:-}" ] && dir="$dir-$(printf %s "$EXTRA_LDFLAGS" | sha256sum | cut -c1-8)"
   bin="$dir/$(basename "$pkg")"
   if [ "$mode" = "--check" ]; then
     [ -x "$bin" ] && [ -e "$dir/.complete" ] && { echo "$bin"; return 0; }
@@ -38,7 +41,7 @@ go_install_cached() {
     local start
     start=$(date +%s)
     echo "$name: go install $pkg@$version into $dir" >&2
-    GOBIN="$dir" go install -trimpath -ldflags="-s -w" "$pkg@$version"
+    GOBIN="$dir" go install -trimpath -ldflags="-s -w ${EXTRA_LDFLAGS:-}" "$pkg@$version"
     touch "$dir/.complete"
     echo "$name: built in $(( $(date +%s) - start )) s" >&2
   fi
