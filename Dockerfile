@@ -1,10 +1,13 @@
 # otel-oom node agent image.
 #
-#   docker build -t otel-oom:0.1.0 .
+#   docker build -t otel-oom:0.1.0 .            (or: podman build / buildah bud)
 #
 # Two stages: `build` compiles the CO-RE BPF object with clang and packs it into the wheel
 # (setup.py runs `make -C bpf`), together with wheels for every dependency; `runtime` gets
-# only libbpf1 and those wheels, so no compiler, headers or build tool ships in the image.
+# only libbpf1 and those wheels, installed into a virtualenv (/opt/otel-oom), so no compiler,
+# headers or build tool ships in the image. Any Debian bookworm based image with python3 and
+# its venv module works as PYTHON_IMAGE (the tests build from a locally debootstrapped one,
+# tools/image/build-base.sh; `make image` builds this file with it).
 # CO-RE means the object is built once and relocated by libbpf against the running kernel's
 # BTF (/sys/kernel/btf/vmlinux) at load time: no kernel headers, on the build host or the node.
 #
@@ -28,8 +31,9 @@ COPY pyproject.toml setup.py README.md ./
 COPY bpf/ bpf/
 COPY otel_oom/ otel_oom/
 # the wheel must carry the BPF object: fail the build here rather than at the first start
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
- && python -c "import glob, zipfile; w = glob.glob('/wheels/otel_oom-*.whl'); \
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && python3 -c "import glob, zipfile; w = glob.glob('/wheels/otel_oom-*.whl'); \
 assert w and 'otel_oom/bpf/oomkill.bpf.o' in zipfile.ZipFile(w[0]).namelist(), 'BPF object missing from the wheel'"
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -41,10 +45,14 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libbpf1 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir --no-index --find-links /tmp/wheels otel-oom \
+# a virtualenv: Debian's python3 refuses system-wide pip installs (PEP 668)
+RUN python3 -m venv /opt/otel-oom \
+ && /opt/otel-oom/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels otel-oom \
+ && /opt/otel-oom/bin/pip uninstall -y -q pip setuptools \
  && rm -rf /tmp/wheels
 # the root filesystem is mounted read-only in Kubernetes: never try to write .pyc files
-ENV PYTHONDONTWRITEBYTECODE=1 \
+ENV PATH=/opt/otel-oom/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OTEL_OOM_SPOOL_DIR=/var/lib/otel-oom/spool
 # root: see the header; capabilities are dropped to the minimum by the runtime, not here

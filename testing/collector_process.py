@@ -47,7 +47,7 @@ def loopback_overrides(config: Mapping, scratch: Path) -> dict[str, object]:
     for rid, rcfg in (config.get("receivers") or {}).items():
         for proto in ((rcfg or {}).get("protocols") or {}):
             out[f"receivers::{rid}::protocols::{proto}::endpoint"] = f"127.0.0.1:{free_port()}"
-    for eid, ecfg in (config.get("extensions") or {}).items():
+    for eid in config.get("extensions") or {}:
         if eid.split("/")[0] == "health_check":
             out[f"extensions::{eid}::endpoint"] = f"127.0.0.1:{free_port()}"
         if eid.split("/")[0] == "file_storage":

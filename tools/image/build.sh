@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make image`: build the Dockerfile with podman from the locally made base image
+# (build-base.sh) and print the image name as the last line. podman's layer cache makes a
+# rebuild of an unchanged tree take seconds. IMAGE_PREFIX defaults to otel-oom-wt11-.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+prefix=${IMAGE_PREFIX:-otel-oom-wt11-}
+export CONTAINERS_CONF="$here/containers.conf"
+base=$("$here/build-base.sh" | tail -1)
+image="localhost/${prefix}agent:latest"
+start=$(date +%s)
+# --network=host: the RUN steps reach the Debian mirror and PyPI as this machine does
+podman build --network=host --layers --build-arg "PYTHON_IMAGE=$base" -t "$image" -f "$repo/Dockerfile" "$repo" >&2
+echo "image: built $image in $(( $(date +%s) - start )) s, $(podman image inspect --format '{{.Size}}' "$image") bytes" >&2
+echo "$image"
