@@ -1,12 +1,18 @@
 # otel-oom: `make run` sets up and runs the agent; `make test` runs the tests. Both as root on a
-# fresh Debian/Ubuntu machine. Everything lands in ./.venv; system packages come from apt.
+# fresh Debian/Ubuntu machine. Everything lands in ./.venv; system packages come from apt; the
+# test tools built from Go modules (Go >= 1.26) are cached under /var/cache/otel-oom-*.
 PYTHON ?= python3
 VENV ?= .venv
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv openssl util-linux \
-                prometheus qemu-system-x86 busybox-static xz-utils zstd kmod
-# real container runtimes for tests/test_runtimes_* (the agent itself needs none of them)
-TEST_APT_PACKAGES := podman containerd runc conmon containernetworking-plugins libc6-dev libdevmapper1.02.1 \
-                     systemd
+# what the agent needs: compile its BPF object (clang, llvm-strip, libbpf headers, make), load it
+# (libbpf1), and a virtualenv
+RUN_PACKAGES := clang llvm libbpf-dev libbpf1 make python3-venv
+# what only the tests and benchmarks need: bpftool, the TLS test PKI (openssl), namespaces
+# (util-linux), Prometheus and promtool, the QEMU kernel matrix (qemu, busybox, xz, zstd, kmod),
+# real container runtimes for tests/test_runtimes_* and the image tests (podman, containerd,
+# runc, ...; the agent itself needs none of them), debootstrap for the image's base
+TEST_PACKAGES := bpftool openssl util-linux prometheus qemu-system-x86 busybox-static xz-utils zstd kmod \
+                 podman containerd runc conmon containernetworking-plugins libc6-dev libdevmapper1.02.1 \
+                 systemd debootstrap
 PYTEST_ARGS ?=
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 # crictl (the kubelet's CRI client) creates the test pods; built once from the Go module proxy.
@@ -17,19 +23,31 @@ CRICTL := /var/cache/otel-oom-crictl-$(CRICTL_VERSION)/crictl
 # system-wide daemon); testing/docker.py runs it with directories of its own
 DOCKERD_CACHE := /var/cache/otel-oom-dockerd
 
-.PHONY: setup system-packages test-packages crictl dockerd venv bpf run test bench clean
-setup: system-packages venv bpf
+.PHONY: setup agent-setup system-packages test-packages crictl dockerd venv venv-test bpf run test \
+        test-tools collector victorialogs helm image bench clean
+# what `make run` needs, nothing more
+agent-setup: system-packages venv bpf
+# a developer's machine: also the test packages and the test extras (the Go-built test tools
+# come with `make test`, or `make test-tools`)
+setup: agent-setup test-packages venv-test
 
-system-packages test-packages: PACKAGES = $(if $(filter test-packages,$@),$(TEST_APT_PACKAGES),$(APT_PACKAGES))
-system-packages test-packages:
+# apt-install whichever of $(1) are missing
+define apt_install
 	@if command -v apt-get >/dev/null; then \
-	  missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing:" $$missing; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
-	else echo "no apt-get: install $(PACKAGES) yourself" >&2; fi
+	else echo "no apt-get: install $(1) yourself" >&2; fi
+endef
+
+system-packages:
+	$(call apt_install,$(RUN_PACKAGES))
+
+test-packages:
+	$(call apt_install,$(TEST_PACKAGES))
 
 crictl: $(CRICTL)
 $(CRICTL):
@@ -53,15 +71,41 @@ dockerd:
 venv:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q .
+
+# the package with its test extras (pytest, kubernetes-validate, ...)
+venv-test: venv
 	$(VENV)/bin/python -m pip install -q ".[test]"
 
 bpf:
 	$(MAKE) -s -C bpf
 
-run: setup
+run: agent-setup
 	$(VENV)/bin/otel-oom run --console
 
-test: setup test-packages crictl dockerd
+# each prints the absolute path (or image name) of what it built as its last line; cached
+collector:
+	@tools/collector/build.sh
+victorialogs:
+	@tools/victorialogs/build.sh
+helm:
+	@tools/helm/build.sh
+image: test-packages
+	@tools/image/build.sh
+
+# the downstream tools the tests use. The image (debootstrap and apt/pip downloads) is built
+# beside the Go builds (CPU), so a cold run overlaps the two.
+test-tools: test-packages
+	@start=$$(date +%s); log=$$(mktemp /tmp/otel-oom-image-build-XXXXXX.log); \
+	tools/image/build.sh > $$log 2>&1 & img=$$!; \
+	tools/collector/build.sh && tools/victorialogs/build.sh && tools/helm/build.sh; go=$$?; \
+	wait $$img; im=$$?; \
+	grep -E "^(build-base|image):" $$log; [ $$im -eq 0 ] || tail -30 $$log >&2; \
+	tail -1 $$log; rm -f $$log; \
+	echo "test-tools: $$(( $$(date +%s) - start )) s"; \
+	[ $$go -eq 0 ] && [ $$im -eq 0 ]
+
+test: setup test-tools crictl dockerd
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup

@@ -242,9 +242,9 @@ def test_agent_counts_kill_records_by_container():
                                                  "exporters": ["prometheus_remote_write"]}
     metric = cfg["connectors"]["count/oom_kills"]["logs"]["oom.kill.records"]
     assert metric["conditions"] == ['log.event_name == "oom.kill"']
-    # by the record's resource (container.id lifted by groupbyattrs), not by chosen attributes:
-    # a kill outside any container is still counted, under the agent's resource
-    assert "attributes" not in metric
+    # by the record's resource (container.id lifted by groupbyattrs) and the bounded constraint;
+    # every attribute has a default, so a kill outside any container is still counted
+    assert metric["attributes"] == [{"key": "oom.constraint", "default_value": "unknown"}]
 
 
 def test_debug_config_is_detailed():

@@ -324,10 +324,12 @@ def test_dashboard_promql_runs_on_a_real_prometheus():
     reg = CollectorRegistry()
     provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=reg)])
     m = provider.get_meter("otel_oom")
-    # the labels the Collector's remote-write path carries (k8s_attributes-enriched resource)
-    m.create_counter("oom.kills", unit="{kill}").add(1, {
+    m.create_counter("oom.kills", unit="{kill}").add(1, {"oom.constraint": "memcg", "k8s.pod.uid": "0f5e6c2a"})
+    # what the Collector's count connector remote-writes (tests/test_collector_e2e.py runs the
+    # real one): oom_kill_records_total with the k8s_attributes-enriched resource as labels
+    m.create_counter("oom.kill.records").add(1, {
         "k8s.namespace.name": "shop", "k8s.pod.name": "web-7d9f", "k8s.container.name": "app",
-        "k8s.pod.uid": "0f5e6c2a", "oom.constraint": "memcg"})
+        "k8s.pod.uid": "0f5e6c2a", "container.id": "c1", "oom.constraint": "memcg"})
     m.create_histogram("oom.victim.rss", unit="By").record(300 << 20)
     m.create_counter("otel_oom.events.dropped", unit="{event}").add(0, {"reason": "queue_full"})
     m.create_counter("otel_oom.export.failures", unit="{failure}").add(1, {"signal": "logs"})
@@ -337,7 +339,7 @@ def test_dashboard_promql_runs_on_a_real_prometheus():
     srv = HealthServer("127.0.0.1:0", lambda: (True, "ok"), reg)
     try:
         with PrometheusServer([f"127.0.0.1:{srv.port}"]) as prom:
-            assert prom.wait_for('oom_kills_total{job="otel-oom"}'), prom.log_text()
+            assert prom.wait_for('oom_kill_records_total{job="otel-oom"}'), prom.log_text()
             variable = dashboard()["templating"]["list"][2]["definition"]
             series = re.match(r"label_values\((.*), k8s_namespace_name\)$", variable).group(1)
             assert prom.query(series)[0]["metric"]["k8s_namespace_name"] == "shop"
