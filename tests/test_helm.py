@@ -138,6 +138,14 @@ def test_values_change_what_they_say():
     assert ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != before
 
 
+def test_runtime_socket_access_can_be_turned_off():
+    c = one(render("--set", "agent.runtimeSocketAccess=false"), "DaemonSet")["spec"]["template"]["spec"]
+    assert "host-run" not in {v["name"] for v in c["volumes"]}
+    (container,) = c["containers"]
+    assert "/host/run" not in {m["mountPath"] for m in container["volumeMounts"]}
+    assert "OTEL_OOM_RUNTIME_ROOT" not in {e["name"] for e in container["env"]}
+
+
 def test_bad_values_fail_with_a_message():
     """values.schema.json refuses misspelt keys and wrong types; the templates refuse the rest."""
     for args, expected in ((["--set", "colector.enabled=true"], "colector"),

@@ -28,8 +28,8 @@ import pytest
 import yaml
 from conftest import require, require_root_bpf
 
-from testing.otlp_receiver import OtlpGrpcReceiver, free_port
 from testing.daemonset_podman import IMAGE_PREFIX, pod_security_args, podman, seccomp_default_with_bpf_caps
+from testing.otlp_receiver import OtlpGrpcReceiver, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -145,7 +145,8 @@ def test_the_agent_container_catches_a_kill_in_another_container(images, tmp_pat
     with OtlpGrpcReceiver() as receiver:
         env = {"K8S_NODE_NAME": "node-image-test", "HOST_IP": "127.0.0.1",
                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_RESOURCE_ATTRIBUTES": "k8s.node.name=node-image-test"}
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_RESOURCE_ATTRIBUTES": "k8s.node.name=node-image-test",
+               "OTEL_OOM_RUNTIME_ROOT": "/host"}
         assert set(env) == {e["name"] for e in c["env"]}, "the manifest's env changed: update this test"
         try:
             run = podman("run", "-d", f"--name={agent_name}", "--network=host", *security,
@@ -161,7 +162,7 @@ def test_the_agent_container_catches_a_kill_in_another_container(images, tmp_pat
             assert ro.returncode != 0 and "Read-only file system" in ro.stderr, ro
             mounts = _mount_options(agent_pid)
             for path in ("/", "/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/tracing", "/dev/kmsg",
-                         "/etc/machine-id"):
+                         "/etc/machine-id", "/host/run"):
                 assert "ro" in mounts[path], (path, mounts[path])
             assert "rw" in mounts["/var/lib/otel-oom"] and "rw" in mounts["/tmp"]
 
