@@ -27,8 +27,9 @@ from .attribution.cgroups import CgroupResolver, detect_memory_hierarchy
 from .attribution.enrich import Enricher
 from .attribution.runtime.settings import build_names
 from .config import RunConfig
+from .delivery.parked import ParkedEvents
 from .delivery.sender import RETRY_MAX_S, SpoolSender
-from .delivery.store import MemoryStore, Store, open_store
+from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .kernel.source import SampleSource, SourceFactory
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
@@ -43,6 +44,7 @@ POLL_MS = 100
 RECONCILE_S = 5.0          # compare with /proc/vmstat oom_kill
 RECONCILE_MEMCGS_S = 30.0  # compare with every memory cgroup's own oom_kill counter
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PARKED_MIN_BYTES = 64 << 10  # events the collector refused for good, kept for inspection (spool_max_bytes / 16)
 
 
 class Agent:
@@ -93,8 +95,8 @@ class Agent:
             self.metrics = metrics = Metrics(resource, cfg.otlp_settings, prometheus=cfg.prometheus,
                                              drop_counts=self.drop_counts, fault_counts=self.fault_counts,
                                              hooks=self.hooks_attached, unobserved=self.unobserved_kills)
-            # the final metric export gets what is left of --shutdown-timeout (at least 1 s)
-            self._cleanup.append(lambda: metrics.shutdown(max(1.0, self._deadline - time.monotonic()) * 1000))
+            # the final metric export gets what is left of --shutdown-timeout (see close())
+            self._cleanup.append(lambda: metrics.shutdown(max(0.05, self._deadline - time.monotonic()) * 1000))
             if cfg.otlp_settings is not None:
                 log_sender = LogSender(resource, cfg.otlp_settings.logs,
                                        on_failure=lambda: metrics.record_export_failure("logs"))
@@ -113,9 +115,12 @@ class Agent:
         self._cleanup.append(self.source.close)
         self.reconciler = Reconciler(state_dir=cfg.spool_dir, hierarchy=hierarchy, boot_id=enricher.boot_id)
         if log_sender:
+            parked = ParkedEvents(cfg.spool_dir if isinstance(store, DeliveryStore) else None,
+                                  max(PARKED_MIN_BYTES, cfg.spool_max_bytes // 16))
             self.sender = SpoolSender(store, log_sender, self.drops, self.stopping,
                                       burst_in_progress=lambda: not self._samples.empty(),
-                                      spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0)
+                                      spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
+                                      parked=parked)
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if log_sender else None,
                                  on_stored=self.sender.wake if self.sender else (lambda: None),
                                  reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
@@ -290,7 +295,11 @@ class Agent:
             return
         self._closed = True
         self.stopping.set()
-        deadline = self._deadline = time.monotonic() + self.cfg.shutdown_timeout
+        # one budget for the whole stop: delivery first, then the final metric export (its last
+        # quarter, at most 1 s), so a collector that never answers cannot stretch it
+        timeout = self.cfg.shutdown_timeout
+        self._deadline = time.monotonic() + timeout
+        deadline = self._deadline - (min(1.0, timeout / 4) if self.metrics else 0.0)
         if self.source:
             try:
                 self.source.poll(0)  # drain what the kernel already submitted
@@ -298,6 +307,7 @@ class Agent:
                 log.exception("could not drain the ring buffer at shutdown")
         self._samples.put(None)
         if self.sender:
+            self.sender.deadline = deadline
             self.sender.wake()
         # the worker first (every kill into the store), then the sender's last delivery attempt
         for t in self._threads:

@@ -76,7 +76,7 @@ class HealthServer:
         self.host = host
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="otel-oom-health",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
 
     def _make_handler(self):

@@ -7,7 +7,8 @@ the setting, and a credential in it (`user:secret@host`) never reaches a log lin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from typing import Optional
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .errors import UsageError
 
@@ -32,6 +33,33 @@ class Url:
     @property
     def has_credentials(self) -> bool:
         return "@" in urlsplit(self.text).netloc
+
+    def userinfo(self) -> tuple[Optional[str], Optional[str]]:
+        """(user, password), URL-decoded, or (None, None) without user info."""
+        parts = urlsplit(self.text)
+        if parts.username is None:
+            return None, None
+        return unquote(parts.username), None if parts.password is None else unquote(parts.password)
+
+    def credentials(self) -> list[str]:
+        """The secret parts of the URL as written and decoded (for log redaction)."""
+        netloc = urlsplit(self.text).netloc
+        if "@" not in netloc:
+            return []
+        raw = netloc.rpartition("@")[0]
+        user, password = self.userinfo()
+        return [x for x in {raw, raw.partition(":")[2], password or "", user or "" if not password else ""} if x]
+
+    @property
+    def without_credentials(self) -> str:
+        """The URL with any user:password@ removed: what is handed to libraries."""
+        parts = urlsplit(self.text)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+    @property
+    def authority(self) -> str:
+        """host:port without user info ("[v6]:port" for IPv6), as a gRPC channel target."""
+        return urlsplit(self.text).netloc.rpartition("@")[2]
 
 
 def _redacted_netloc(parts: SplitResult) -> str:

@@ -13,7 +13,11 @@ request, and flatten what they got into plain dicts that tests can assert on:
 Fault injection: `fail_with(code, count=None, signal=None, retry_after=None)` answers with an
 error (a grpc.StatusCode, or an HTTP status for the HTTP receiver) instead of accepting,
 `delay(seconds)` answers late, and `stop()` / `start()` take the port down and bring it back on
-the same port. A request that is delayed is still kept even if the client gave up waiting, as a
+the same port. `reject_records(predicate, code)` refuses every request holding a log record for
+which predicate(flattened record) is true (a collector refusing bad data: INVALID_ARGUMENT, 400),
+`max_records(n, code)` refuses requests of more than n records (413, or RESOURCE_EXHAUSTED with
+gRPC's "larger than max" text), and `partial_success(rejected, message)` accepts but answers that
+`rejected` records were dropped. A request that is delayed is still kept even if the client gave up waiting, as a
 real collector would have kept it: expect duplicates after a client timeout.
 
 `make_test_pki(dir)` makes a CA, a server certificate (SAN 127.0.0.1 and localhost) and a
@@ -181,6 +185,8 @@ class _Receiver:
         self._flattened = {s: 0 for s in SIGNALS}
         self.requests: list[dict[str, Any]] = []  # every request, accepted or not: signal, metadata, outcome
         self._faults: list[dict[str, Any]] = []
+        self._rules: list[Callable[[str, Any], Optional[dict]]] = []
+        self._partial: Optional[dict[str, Any]] = None
         self._delay = {s: 0.0 for s in SIGNALS}
         self.running = False
 
@@ -214,8 +220,52 @@ class _Receiver:
         with self._cond:
             if code is None:
                 self._faults.clear()
+                self._rules.clear()
+                self._partial = None
                 return
             self._faults.append({"code": code, "count": count, "signal": signal, "retry_after": retry_after})
+
+    def reject_records(self, predicate: Callable[[dict], bool], code) -> None:
+        """Refuse (with `code`) every logs request that holds a record matching `predicate`."""
+        def rule(signal: str, request) -> Optional[dict]:
+            if signal == "logs" and any(predicate(r) for r in flatten_logs(request, 0)):
+                return {"code": code, "retry_after": None, "message": "record refused by the test receiver"}
+            return None
+        with self._cond:
+            self._rules.append(rule)
+
+    def max_records(self, n: int, code) -> None:
+        """Refuse (with `code`) every logs request of more than `n` records, as a size limit would."""
+        def rule(signal: str, request) -> Optional[dict]:
+            count = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+            if signal == "logs" and count > n:
+                return {"code": code, "retry_after": None,
+                        "message": f"grpc: received message larger than max ({count} records > {n})"}
+            return None
+        with self._cond:
+            self._rules.append(rule)
+
+    def partial_success(self, rejected: int, message: str = "", count: Optional[int] = None) -> None:
+        """Accept the next `count` logs requests (all if None) but answer that `rejected` records were dropped."""
+        with self._cond:
+            self._partial = {"rejected": rejected, "message": message, "count": count}
+
+    def _take_partial(self) -> Optional[dict]:
+        with self._cond:
+            p = self._partial
+            if p is not None and p["count"] is not None:
+                p["count"] -= 1
+                if p["count"] <= 0:
+                    self._partial = None
+            return p
+
+    def _response(self, signal: str):
+        response = _RESPONSE_TYPES[signal]()
+        p = self._take_partial() if signal == "logs" else None
+        if p is not None:
+            response.partial_success.rejected_log_records = p["rejected"]
+            response.partial_success.error_message = p["message"]
+        return response
 
     def delay(self, seconds: float, signal: Optional[str] = None) -> None:
         """Hold every answer (of `signal`, or both) for `seconds` before replying."""
@@ -241,7 +291,8 @@ class _Receiver:
         delay = self._delay[signal]
         if delay:
             time.sleep(delay)
-        fault = self._take_fault(signal)
+        fault = next(filter(None, (rule(signal, request) for rule in list(self._rules))), None) \
+            or self._take_fault(signal)
         with self._cond:
             self.requests.append({"signal": signal, "metadata": metadata, "peer_cn": peer_cn,
                                   "received_ns": received, "fault": fault["code"] if fault else None})
@@ -355,8 +406,8 @@ class OtlpGrpcReceiver(_Receiver):
                     secs = float(fault["retry_after"])
                     info = RetryInfo(retry_delay=Duration(seconds=int(secs), nanos=int(secs % 1 * 1e9)))
                     context.set_trailing_metadata((("google.rpc.retryinfo-bin", info.SerializeToString()),))
-                context.abort(fault["code"], f"injected by the test receiver: {fault['code'].name}")
-            return _RESPONSE_TYPES[signal]()
+                context.abort(fault["code"], fault.get("message") or f"injected by the test receiver: {fault['code'].name}")
+            return receiver._response(signal)
 
         if signal == "logs":
             class Logs(logs_service_pb2_grpc.LogsServiceServicer):
@@ -501,9 +552,9 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             headers = {}
             if fault["retry_after"] is not None:
                 headers["Retry-After"] = str(int(fault["retry_after"]))
-            status = Status(code=14, message=f"injected by the test receiver: HTTP {fault['code']}")
+            status = Status(code=14, message=fault.get("message") or f"injected by the test receiver: HTTP {fault['code']}")
             return self._reply(int(fault["code"]), status.SerializeToString(), headers=headers)
-        self._reply(200, _RESPONSE_TYPES[signal]().SerializeToString())
+        self._reply(200, receiver._response(signal).SerializeToString())
 
 
 class OtlpHttpReceiver(_Receiver):

@@ -249,7 +249,7 @@ def test_log_sender_grpc_delivers_complete_records(machine, clean_env):
         sender = LogSender(resource, resolve_otlp(os.environ).logs)
         assert sender.describe() == f"grpc to {rx.endpoint}" and "s3cret" not in sender.describe()
         before = time.time_ns()
-        assert sender.send([memcg_kill(), global_kill()]) is True
+        assert sender.send([memcg_kill(), global_kill()]).ok is True
         sender.shutdown()
         recs = rx.log_records()
     assert len(recs) == 2
@@ -276,7 +276,7 @@ def test_log_sender_http_protobuf_with_gzip(machine, clean_env):
         clean_env.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
         assert sender.describe() == f"http/protobuf to {rx.endpoint}/v1/logs"
-        assert sender.send([memcg_kill()]) is True
+        assert sender.send([memcg_kill()]).ok is True
         sender.shutdown()
         rec = rx.log_records()[0]
         assert rx.metadata("logs")[0]["content-encoding"] == "gzip"
@@ -290,7 +290,7 @@ def test_per_signal_protocol_and_endpoint_win(machine, clean_env):
         clean_env.setenv("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf")
         clean_env.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", http_rx.endpoint + "/v1/logs")
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
-        assert sender.send([memcg_kill()]) is True
+        assert sender.send([memcg_kill()]).ok is True
         sender.shutdown()
         assert http_rx.log_count() == 1 and grpc_rx.log_count() == 0
 
@@ -303,15 +303,15 @@ def test_unavailable_collector_means_not_delivered_and_is_counted(machine, clean
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs, on_failure=lambda: failures.append(1))
         rx.fail_with(grpc.StatusCode.UNAVAILABLE)
         t0 = time.monotonic()
-        assert sender.send([memcg_kill()]) is False
+        assert sender.send([memcg_kill()]).ok is False
         assert time.monotonic() - t0 < 5
         assert sender.export_failures == 1 and failures == [1]
         rx.fail_with(grpc.StatusCode.RESOURCE_EXHAUSTED)
-        assert sender.send([memcg_kill()]) is False
+        assert sender.send([memcg_kill()]).ok is False
         assert sender.export_failures == 2
         assert rx.log_count() == 0
         rx.fail_with(None)
-        assert sender.send([memcg_kill()]) is True
+        assert sender.send([memcg_kill()]).ok is True
         assert rx.log_count() == 1
         sender.shutdown()
 
@@ -321,12 +321,12 @@ def test_one_sender_survives_an_outage_and_the_comeback(machine, clean_env):
         clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
         clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
-        assert sender.send([memcg_kill()]) is True
+        assert sender.send([memcg_kill()]).ok is True
         rx.stop()
-        assert sender.send([memcg_kill()]) is False
+        assert sender.send([memcg_kill()]).ok is False
         rx.start()
         deadline = time.monotonic() + 15
-        while not sender.send([global_kill()]):  # gRPC reconnects with its own backoff
+        while not sender.send([global_kill()]).ok:  # gRPC reconnects with its own backoff
             assert time.monotonic() < deadline, "sender never reconnected"
         sender.shutdown()
         assert [r["attributes"]["process.pid"] for r in rx.log_records()] == [1234, 4321]
@@ -337,9 +337,9 @@ def test_no_collector_at_all_fails_fast(machine, clean_env):
     clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
     t0 = time.monotonic()
-    assert sender.send([memcg_kill()]) is False
+    assert sender.send([memcg_kill()]).ok is False
     assert time.monotonic() - t0 < 5
-    assert sender.send([]) is True  # nothing to deliver is not a failure
+    assert sender.send([]).ok is True  # nothing to deliver is not a failure
     sender.shutdown()
 
 
@@ -351,7 +351,7 @@ def test_grpc_mutual_tls_from_the_standard_variables(machine, clean_env, pki):
         clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.client_cert)
         resolve_otlp(os.environ)
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
-        assert sender.send([memcg_kill()]) is True
+        assert sender.send([memcg_kill()]).ok is True
         sender.shutdown()
         assert rx.requests[-1]["peer_cn"] == "otel-oom-client" and rx.log_count() == 1
 
@@ -369,7 +369,7 @@ def test_http_tls_uses_the_otlp_certificate_even_with_requests_ca_bundle_set(mac
         clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.client_key)
         clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.client_cert)
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
-        assert sender.send([memcg_kill()]) is True
+        assert sender.send([memcg_kill()]).ok is True
         sender.shutdown()
         assert rx.requests[-1]["peer_cn"] == "otel-oom-client"
 
@@ -433,7 +433,7 @@ def test_failed_exports_are_counted_per_signal(machine, clean_env):
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs,
                            on_failure=lambda: m.record_export_failure("logs"))
         rx.fail_with(grpc.StatusCode.UNAVAILABLE)
-        assert sender.send([memcg_kill()]) is False
+        assert sender.send([memcg_kill()]).ok is False
         m.force_flush()  # rejected too
         rx.fail_with(None)
         m.force_flush()
@@ -515,13 +515,60 @@ def test_validation_names_the_variable_in_one_line(env, needle):
 
 def test_validation_never_shows_secrets():
     with pytest.raises(ConfigError) as e:
-        resolve_otlp({"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer topsecret,garbage"})
+        resolve_otlp({"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20topsecret,garbage"})
     assert "item 2" in str(e.value) and "topsecret" not in str(e.value) and "garbage" not in str(e.value)
     with pytest.raises(ConfigError) as e:
         resolve_otlp({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector.example:4317"})
     with pytest.raises(ConfigError) as e:
         resolve_otlp({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://admin:hunter2@collector:21"})
     assert "hunter2" not in str(e.value) and "***@collector:21" in str(e.value)
+
+
+@pytest.mark.parametrize("value, why", [
+    ('authorization="Bearer%20topsecret"', "has a quote in its value"),
+    ("authorization=Bearer topsecret", "has a space in its value"),
+    ("authorization=Bearer%20topsecret\r\nx-evil=1", "line break or control character"),
+    ("authorization=Bearer%0d%0atopsecret", "decodes to a control"),
+    ("authorization topsecret", "is not key=value"),
+    ("=topsecret", "is not key=value"),
+    ("auth/x=topsecret", "has a key that is not a header name"),
+    ("x-ok=1,authorization=top;secret", "must be URL-encoded"),
+])
+def test_malformed_headers_fail_in_one_line_without_the_value(value, why):
+    # the SDK would print such an item in a warning and drop the header silently
+    for var in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS"):
+        with pytest.raises(ConfigError) as e:
+            resolve_otlp({var: value})
+        msg = str(e.value)
+        assert msg.startswith(var + " item ") and why in msg and "\n" not in msg, msg
+        assert "topsecret" not in msg and "secret" not in msg.replace("values are not shown", "")
+
+
+def test_headers_are_decoded_once_per_signal_and_user_info_becomes_basic_auth():
+    s = resolve_otlp({"OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc,X-Tenant=t1",
+                      "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "x-tenant=m",
+                      "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://otel:pa%40ss@collector:4317"})
+    assert s.metrics.headers == (("x-tenant", "m"),)  # per-signal replaces the generic one, as in the SDK
+    assert s.logs.headers == (("authorization", "Bearer abc"), ("x-tenant", "t1"))
+    s = resolve_otlp({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://otel:pa%40ss@collector:4317"})
+    assert dict(s.logs.headers)["authorization"] == "Basic b3RlbDpwYUBzcw=="  # otel:pa@ss
+    assert s.logs.endpoint.without_credentials == "http://collector:4317" and s.logs.endpoint.authority == "collector:4317"
+    assert {"otel:pa%40ss", "pa%40ss", "pa@ss"} <= set(s.secrets())
+
+
+def test_sdk_variables_on_our_paths_fail_in_one_line():
+    for var, value in [("OTEL_ATTRIBUTE_COUNT_LIMIT", "abc"), ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "-1"),
+                       ("OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "1.5"),
+                       ("OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT", "ten"),
+                       ("OTEL_METRIC_EXPORT_TIMEOUT", "5s"), ("OTEL_METRICS_EXEMPLAR_FILTER", "sometimes"),
+                       ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "weekly"),
+                       ("OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES", "UNAVAILABLE,NOPE"),
+                       ("OTEL_SDK_DISABLED", "maybe")]:
+        with pytest.raises(ConfigError) as e:
+            resolve_otlp({var: value})
+        assert str(e.value).startswith(var) and "\n" not in str(e.value), str(e.value)
+    resolve_otlp({"OTEL_ATTRIBUTE_COUNT_LIMIT": "unset", "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT": "64",
+                  "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES": "unavailable, aborted"})
 
 
 def test_a_good_environment_passes(pki):

@@ -1,10 +1,19 @@
 """The send loop: the store's pending events, in order, to the collector; acknowledged only on success.
 
-An event leaves the store only when the exporter says the collector accepted its batch, so an
-outage, a slow collector or a SIGKILL of the agent loses nothing. Failures back off from 0.5 s to
-30 s. During a burst the loop lets a batch fill (up to `BURST_WAIT_S`) so a storm costs one export
-and one acknowledgement per `SEND_BATCH` events rather than per event; an isolated kill is sent at
-once.
+An event leaves the store only when the collector accepted it, or refused it as such: an outage, a
+slow collector or a SIGKILL of the agent loses nothing. What the collector says decides the rest:
+
+- accepted: acknowledged. With partial success (`rejected_log_records` > 0) the rejected count is
+  logged and counted as `collector_partial` (the answer does not say which records they were).
+- rejected (gRPC INVALID_ARGUMENT, HTTP 400) or too large (HTTP 413): the batch is split in halves
+  and each half sent again, down to single events; a single event still refused is parked
+  (`parked.py`), acknowledged and counted as `collector_rejected`, so it never blocks later kills.
+- anything else: kept, retried with backoff from 0.5 s to 30 s (or the collector's Retry-After).
+
+During a burst the loop lets a batch fill (up to `BURST_WAIT_S`) so a storm costs one export and
+one acknowledgement per `SEND_BATCH` events rather than per event; an isolated kill is sent at once.
+Stopping: once `stopping` is set and `deadline` passed, no new attempt starts, and each attempt's
+timeout is cut to the time left.
 """
 from __future__ import annotations
 
@@ -12,9 +21,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 from ..model import OomKill
+from ..text import for_terminal
+from .parked import ParkedEvents
 
 log = logging.getLogger("otel_oom.delivery")
 
@@ -28,21 +39,34 @@ class Store(Protocol):
     def ack(self, upto_seq: int) -> None: ...
 
 
+class Result(Protocol):
+    @property
+    def outcome(self) -> str: ...   # "accepted" | "retry" | "rejected" | "too_large"
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def retry_after(self) -> Optional[float]: ...
+
+
 class Exporter(Protocol):
-    def send(self, kills: Sequence[OomKill]) -> bool: ...
+    def send(self, kills: Sequence[OomKill], timeout_s: Optional[float] = None) -> Result: ...
     def shutdown(self) -> None: ...
 
 
 class SpoolSender:
-    """Runs `run()` on its own thread until `stopping` is set and nothing is pending (or it fails)."""
+    """Runs `run()` on its own thread until `stopping` is set and nothing is pending (or out of time)."""
 
     def __init__(self, store: Store, exporter: Exporter, drops: Counter[str], stopping: threading.Event,
                  burst_in_progress: Callable[[], bool] = lambda: False,
-                 spooled: Callable[[], int] = lambda: 0) -> None:
+                 spooled: Callable[[], int] = lambda: 0, parked: Optional[ParkedEvents] = None) -> None:
         self.store = store
         self.exporter = exporter
         self.drops = drops
         self.stopping = stopping
+        self.parked = parked or ParkedEvents(None, 0)
+        self.deadline: Optional[float] = None  # monotonic time by which a stopping sender gives up
         self._burst_in_progress = burst_in_progress
         self._spooled = spooled
         self._wake = threading.Event()
@@ -64,9 +88,17 @@ class SpoolSender:
             time.sleep(0.001)
         return self.store.pending(SEND_BATCH)
 
+    def _time_left(self) -> Optional[float]:
+        if not self.stopping.is_set() or self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
     def run(self) -> None:
         delay = RETRY_MIN_S
         while True:
+            left = self._time_left()
+            if left is not None and left <= 0:
+                return
             batch = self.store.pending(SEND_BATCH)
             if not batch:
                 self.last_ok = time.monotonic()
@@ -76,23 +108,67 @@ class SpoolSender:
                 continue
             if len(batch) < SEND_BATCH and self._burst_in_progress() and not self.stopping.is_set():
                 batch = self._fill_burst(len(batch))
-            kills = []
-            for _, payload in batch:
-                try:
-                    kills.append(OomKill.from_json(payload))
-                except (ValueError, TypeError):
-                    self.drops["spool_undecodable"] += 1
-            if not kills or self.exporter.send(kills):
-                self.store.ack(batch[-1][0])
+            failed = self._deliver(batch)
+            if failed is None:
                 self.last_ok = time.monotonic()
                 delay = RETRY_MIN_S
                 continue
             if self.stopping.is_set():
                 return
-            log.warning("collector did not accept %d OOM event(s); keeping them and retrying in %.1f s",
-                        len(kills), delay)
-            self._sleep(delay)
+            wait = delay if failed.retry_after is None else min(RETRY_MAX_S, max(failed.retry_after, RETRY_MIN_S))
+            log.warning("collector did not accept %d OOM event(s) (%s); keeping them and retrying in %.1f s",
+                        len(batch), for_terminal(failed.message[:200]), wait)
+            self._sleep(wait)
             delay = min(delay * 2, RETRY_MAX_S)
+
+    def _deliver(self, batch: list[tuple[int, bytes]]) -> Optional[Result]:
+        """Send `batch` (split as the collector asks); ack what was settled. The failure that stopped it, or None."""
+        decoded: list[tuple[int, OomKill, bytes]] = []
+        undecodable: list[int] = []
+        for seq, payload in batch:
+            try:
+                decoded.append((seq, OomKill.from_json(payload), payload))
+            except (ValueError, TypeError):
+                undecodable.append(seq)
+
+        def ack(upto: int) -> None:
+            # settled in order: acknowledge as we go, so a retry starts after what is done
+            lost = [s for s in undecodable if s <= upto]
+            if lost:
+                self.drops["spool_undecodable"] += len(lost)
+                del undecodable[:len(lost)]
+            self.store.ack(upto)
+
+        work = [decoded] if decoded else []
+        while work:
+            part = work.pop(0)
+            left = self._time_left()
+            if left is not None and left <= 0:
+                return None  # out of time while stopping: the rest stays in the spool
+            result = self.exporter.send([k for _, k, _ in part], left)
+            if result.outcome == "accepted":
+                if result.rejected:
+                    self.drops["collector_partial"] += result.rejected
+                    log.error("collector accepted %d OOM event(s) but rejected %d of them (%s); counted as "
+                              "collector_partial (events %s .. %s)", len(part), result.rejected,
+                              for_terminal(result.message[:200]) or "no reason given",
+                              part[0][1].event_id, part[-1][1].event_id)
+            elif result.outcome in ("rejected", "too_large") and len(part) > 1:
+                half = len(part) // 2
+                work[0:0] = [part[:half], part[half:]]
+                continue
+            elif result.outcome in ("rejected", "too_large"):
+                _, kill, payload = part[0]
+                self.drops["collector_rejected"] += 1
+                kept = self.parked.park(payload, kill.event_id, result.message)
+                log.error("collector refused OOM event %s for good (%s); %s, counted as collector_rejected",
+                          kill.event_id, for_terminal(result.message[:200]),
+                          f"parked in {self.parked.path}" if kept else "not kept")
+            else:
+                return result
+            ack(part[-1][0])
+        ack(batch[-1][0])
+        return None
 
     def stuck_for(self) -> float:
         """Seconds since the collector last accepted anything while events were waiting."""

@@ -1,18 +1,28 @@
-"""The standard OTEL_EXPORTER_OTLP_* settings, checked once at start-up.
+"""The standard OTEL_* settings, checked and resolved once at start-up.
 
-The SDK exporters read most of these variables themselves (headers, TLS files, insecure, timeout,
-compression); otel-oom resolves the protocol and the endpoint per signal (an empty variable counts
-as unset, as the specification says) and hands them to the exporters explicitly. `resolve_otlp`
-checks every variable up front, so a typo fails at start with one clear line instead of a
-traceback or a silent fallback at the first export. No OpenTelemetry import here.
+For each signal this settles what an OTLP exporter needs, the way the Python SDK (1.45) resolves
+it: protocol, endpoint (an empty variable counts as unset, as the specification says), headers,
+TLS files, insecure, compression and timeout, the per-signal variable winning over the generic
+one. otel-oom's own log export (`transport.py`) uses these settings as they are; the SDK's metric
+exporter gets the endpoint and headers explicitly and reads the rest itself. The other variables
+the SDK reads on otel-oom's paths (attribute limits, metric reader and exporter options) are
+checked too, so a typo fails at start with one clear line instead of a traceback or a silent
+fallback at the first export. No OpenTelemetry import here.
+
+Credentials: a header value or a `user:password@` in an endpoint never appears in a message; an
+endpoint's user:password becomes an `authorization: Basic` header and leaves the URL, so no
+library (gRPC target, retry warnings) ever sees it. `secrets()` lists them for the log filter.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
+from urllib.parse import unquote
 
 from ..errors import UsageError
 from ..urls import Url, parse_url
@@ -21,6 +31,7 @@ log = logging.getLogger("otel_oom.otlp")
 
 PROTOCOLS = ("grpc", "http/protobuf")
 DEFAULT_PROTOCOL = "grpc"
+DEFAULT_TIMEOUT_S = 10.0
 # The SDK exports metrics every 60 s. oom.kills feeds alerts, and a kill should page within
 # about one Prometheus scrape interval, not a minute later; the agent's handful of series
 # costs next to nothing to send four times as often.
@@ -33,8 +44,15 @@ class ConfigError(UsageError):
 
 @dataclass(frozen=True)
 class SignalSettings:
-    protocol: str    # "grpc" | "http/protobuf"
-    endpoint: Url    # for http/protobuf the full URL, /v1/<signal> included
+    protocol: str                           # "grpc" | "http/protobuf"
+    endpoint: Url                           # for http/protobuf the full URL, /v1/<signal> included
+    headers: tuple[tuple[str, str], ...] = ()   # lower-case keys, decoded values (secrets: never log)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    compression: Optional[str] = None       # "gzip" | "deflate" | None
+    insecure: bool = True                   # gRPC: plaintext channel
+    certificate: Optional[str] = None       # CA file
+    client_key: Optional[str] = None
+    client_certificate: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,18 @@ class OtlpSettings:
     metrics: SignalSettings
     metric_export_interval_ms: float
 
+    def secrets(self) -> list[str]:
+        """Every credential these settings hold (header values, URL user info), for log redaction."""
+        out: list[str] = []
+        for s in (self.logs, self.metrics):
+            out.extend(v for _, v in s.headers)
+            out.extend(s.endpoint.credentials())
+        return sorted({x for x in out if len(x) >= 3}, key=len, reverse=True)
+
+
+_PREFIX = "OTEL_EXPORTER_OTLP_"
+_SIGNALS = ("", "LOGS_", "METRICS_")  # generic first, then the per-signal overrides
+
 
 def _parse_endpoint(var: str, value: str) -> Url:
     try:
@@ -50,10 +80,6 @@ def _parse_endpoint(var: str, value: str) -> Url:
                          hint="note that a gRPC endpoint without http:// or https:// makes the exporter use TLS")
     except UsageError as e:
         raise ConfigError(str(e)) from None
-
-
-_PREFIX = "OTEL_EXPORTER_OTLP_"
-_SIGNALS = ("", "LOGS_", "METRICS_")  # generic first, then the per-signal overrides
 
 
 def otlp_protocol(environ: Mapping[str, str], signal: str) -> str:
@@ -81,82 +107,160 @@ def _check_readable(var: str, path: str) -> None:
         raise ConfigError(f"{var}: cannot read {path!r} ({e.strerror or e}); mount the file or unset {var}") from None
 
 
-def resolve_otlp(environ: Mapping[str, str] = os.environ) -> OtlpSettings:
-    """Validate the OTEL_* settings the exporters read; raise ConfigError (one line, what to do)."""
-    for sig in _SIGNALS:
-        var = f"{_PREFIX}{sig}PROTOCOL"
-        value = environ.get(var)
-        if value and value.strip().lower() not in PROTOCOLS:
-            extra = " (http/json is not supported by the Python SDK)" if value.strip().lower() == "http/json" else ""
-            raise ConfigError(f"{var} must be grpc or http/protobuf, got {value.strip()!r}{extra}")
+# W3C baggage syntax, as the OTLP exporter specification asks: key=value pairs separated by commas,
+# the key a token, the value URL-encoded (a space is %20). Anything else fails here: the SDK would
+# print the offending item (a secret) in a warning and silently drop the header.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 
-        var = f"{_PREFIX}{sig}ENDPOINT"
-        value = environ.get(var)
-        if value and value.strip():
-            url = _parse_endpoint(var, value)
-            if sig and otlp_protocol(environ, sig.rstrip("_")) == "http/protobuf" and url.path in ("", "/"):
-                # the SDK appends /v1/logs to the generic endpoint only, never to a per-signal one
-                log.warning("%s is used as is over http/protobuf; it usually ends in /v1/%s",
-                            var, sig.rstrip("_").lower())
 
-        for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
-            var = f"{_PREFIX}{sig}{name}"
-            if environ.get(var):
-                _check_readable(var, environ[var])
-        key, cert = environ.get(f"{_PREFIX}{sig}CLIENT_KEY"), environ.get(f"{_PREFIX}{sig}CLIENT_CERTIFICATE")
-        if bool(key) != bool(cert):
-            raise ConfigError(f"mutual TLS needs both {_PREFIX}{sig}CLIENT_KEY and {_PREFIX}{sig}CLIENT_CERTIFICATE; "
-                              "set both or neither")
-        grpc_signals = [s for s in (("LOGS", "METRICS") if not sig else (sig.rstrip("_"),))
-                        if otlp_protocol(environ, s) == "grpc"]
-        if key and not environ.get(f"{_PREFIX}{sig}CERTIFICATE") and grpc_signals:
-            # the gRPC exporter loads the client certificate only together with a CA file
-            raise ConfigError(f"{_PREFIX}{sig}CLIENT_CERTIFICATE is ignored over gRPC unless "
-                              f"{_PREFIX}{sig}CERTIFICATE is set too; point it at the collector's CA "
-                              "(the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt, for a public CA)")
-
-        var = f"{_PREFIX}{sig}TIMEOUT"
-        value = environ.get(var)
-        if value is not None and value.strip() != "":
-            try:
-                seconds = float(value)
-            except ValueError:
-                seconds = math.nan
-            if not math.isfinite(seconds) or seconds <= 0:
-                raise ConfigError(f"{var} must be a positive number of seconds, got {value.strip()!r}")
-            if seconds > 300:
-                # the spec says milliseconds; the Python exporters read seconds
-                log.warning("%s=%s is read as seconds by the Python OTLP exporters (not milliseconds)",
-                            var, value.strip())
-
-        var = f"{_PREFIX}{sig}INSECURE"
-        value = environ.get(var)
-        if value and value.strip().lower() not in ("true", "false"):
-            raise ConfigError(f"{var} must be true or false, got {value.strip()!r}")
-
-        var = f"{_PREFIX}{sig}HEADERS"
-        value = environ.get(var)
-        if value:
-            for i, item in enumerate(value.split(","), 1):
-                key, sep, _ = item.partition("=")
-                if item.strip() and not (sep and key.strip()):
-                    # the values are secrets (API keys): name the position, never the content
-                    raise ConfigError(f"{var} item {i} is not key=value; expected k1=v1,k2=v2 "
-                                      "(values are not shown)")
-
-    for sig in _SIGNALS:
-        var = f"{_PREFIX}{sig}COMPRESSION"
-        value = environ.get(var)
-        if not value:
+def parse_headers(var: str, value: str) -> tuple[tuple[str, str], ...]:
+    """`k1=v1,k2=v2` (values URL-encoded) -> ((k1, v1), ...); ConfigError naming the item, never its value."""
+    out: dict[str, str] = {}
+    for i, raw in enumerate(value.split(","), 1):
+        item = raw.strip(" \t")
+        if not item:
             continue
+        key, sep, val = item.partition("=")
+        key, val = key.strip(" \t"), val.strip(" \t")
+
+        def bad(why: str, i: int = i, key: str = key, sep: str = sep) -> ConfigError:
+            shown = f" (key {key!r})" if sep and _TOKEN.fullmatch(key) else ""
+            return ConfigError(f"{var} item {i}{shown} {why}; expected k1=v1,k2=v2 with URL-encoded values "
+                               "(a space is %20; values are not shown)")
+        if not sep or not key:
+            raise bad("is not key=value")
+        if not _TOKEN.fullmatch(key):
+            raise bad("has a key that is not a header name")
+        if not _VALUE.fullmatch(val):
+            what = ("a quote" if '"' in val else "a space" if " " in val or "\t" in val
+                    else "a line break or control character" if any(ord(c) < 0x20 or ord(c) == 0x7F for c in val)
+                    else "a character that must be URL-encoded")
+            raise bad(f"has {what} in its value")
+        decoded = unquote(val, errors="strict") if "%" in val else val
+        if any(ord(c) < 0x20 or ord(c) >= 0x7F for c in decoded if c != "\t"):
+            raise bad("decodes to a control or non-ASCII character")
+        out[key.lower()] = decoded
+    return tuple(out.items())
+
+
+def _positive(var: str, value: str, unit: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        n = math.nan
+    if not math.isfinite(n) or n <= 0:
+        raise ConfigError(f"{var} must be a positive number of {unit}, got {value.strip()!r}")
+    return n
+
+
+def _bool_var(var: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("true", "false"):
+        raise ConfigError(f"{var} must be true or false, got {value.strip()!r}")
+    return v == "true"
+
+
+def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
+    var = f"{_PREFIX}{sig}PROTOCOL"
+    value = environ.get(var)
+    if value and value.strip().lower() not in PROTOCOLS:
+        extra = " (http/json is not supported by the Python SDK)" if value.strip().lower() == "http/json" else ""
+        raise ConfigError(f"{var} must be grpc or http/protobuf, got {value.strip()!r}{extra}")
+
+    var = f"{_PREFIX}{sig}ENDPOINT"
+    value = environ.get(var)
+    if value and value.strip():
+        url = _parse_endpoint(var, value)
+        if sig and otlp_protocol(environ, sig.rstrip("_")) == "http/protobuf" and url.path in ("", "/"):
+            # the SDK appends /v1/logs to the generic endpoint only, never to a per-signal one
+            log.warning("%s is used as is over http/protobuf; it usually ends in /v1/%s", var, sig.rstrip("_").lower())
+
+    for name in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
+        var = f"{_PREFIX}{sig}{name}"
+        if environ.get(var):
+            _check_readable(var, environ[var])
+    key, cert = environ.get(f"{_PREFIX}{sig}CLIENT_KEY"), environ.get(f"{_PREFIX}{sig}CLIENT_CERTIFICATE")
+    if bool(key) != bool(cert):
+        raise ConfigError(f"mutual TLS needs both {_PREFIX}{sig}CLIENT_KEY and {_PREFIX}{sig}CLIENT_CERTIFICATE; "
+                          "set both or neither")
+    grpc_signals = [s for s in (("LOGS", "METRICS") if not sig else (sig.rstrip("_"),))
+                    if otlp_protocol(environ, s) == "grpc"]
+    if key and not environ.get(f"{_PREFIX}{sig}CERTIFICATE") and grpc_signals:
+        # the gRPC exporter loads the client certificate only together with a CA file
+        raise ConfigError(f"{_PREFIX}{sig}CLIENT_CERTIFICATE is ignored over gRPC unless "
+                          f"{_PREFIX}{sig}CERTIFICATE is set too; point it at the collector's CA "
+                          "(the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt, for a public CA)")
+
+    var = f"{_PREFIX}{sig}TIMEOUT"
+    value = environ.get(var)
+    if value is not None and value.strip() != "":
+        if _positive(var, value, "seconds") > 300:
+            # the spec says milliseconds; the Python exporters read seconds
+            log.warning("%s=%s is read as seconds by the Python OTLP exporters (not milliseconds)", var, value.strip())
+
+    var = f"{_PREFIX}{sig}INSECURE"
+    if environ.get(var):
+        _bool_var(var, environ[var])
+
+    var = f"{_PREFIX}{sig}HEADERS"
+    if environ.get(var):
+        parse_headers(var, environ[var])
+
+    var = f"{_PREFIX}{sig}COMPRESSION"
+    value = environ.get(var)
+    if value:
         value = value.strip().lower()
-        signals = ("LOGS", "METRICS") if not sig else (sig.rstrip("_"),)
-        for s in signals:
+        for s in (("LOGS", "METRICS") if not sig else (sig.rstrip("_"),)):
             allowed = ("gzip",) if otlp_protocol(environ, s) == "grpc" else ("gzip", "deflate", "none")
             if value not in allowed:
                 raise ConfigError(f"{var} must be {' or '.join(allowed)} (or unset) for "
                                   f"{otlp_protocol(environ, s)}, got {value!r}")
 
+
+_CREDENTIAL_PROVIDERS = ("OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
+                         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
+                         "OTEL_PYTHON_EXPORTER_OTLP_GRPC_LOGS_CREDENTIAL_PROVIDER",
+                         "OTEL_PYTHON_EXPORTER_OTLP_HTTP_LOGS_CREDENTIAL_PROVIDER")
+
+
+def check_sdk_variables(environ: Mapping[str, str]) -> None:
+    """The SDK variables outside OTEL_EXPORTER_OTLP_* that otel-oom's paths read (limits, metric reader)."""
+    for var in ("OTEL_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+                "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
+        value = environ.get(var)
+        if value is not None and value.strip().lower() != "unset" and not value.strip().isdigit():
+            raise ConfigError(f"{var} must be a whole number >= 0 (or unset), got {value.strip()!r}")
+    for var, unit in (("OTEL_METRIC_EXPORT_TIMEOUT", "milliseconds"),):
+        if environ.get(var, "").strip():
+            _positive(var, environ[var], unit)
+    choices = {"OTEL_METRICS_EXEMPLAR_FILTER": ("trace_based", "always_on", "always_off"),
+               "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ("cumulative", "delta", "lowmemory"),
+               "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION":
+                   ("explicit_bucket_histogram", "base2_exponential_bucket_histogram"),
+               "OTEL_SDK_DISABLED": ("true", "false")}
+    for var, allowed in choices.items():
+        value = environ.get(var)
+        if value is not None and value.strip() and value.strip().lower() not in allowed:
+            raise ConfigError(f"{var} must be one of {', '.join(allowed)}, got {value.strip()!r}")
+    var = "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES"
+    codes = ("CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS PERMISSION_DENIED "
+             "RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE UNIMPLEMENTED INTERNAL UNAVAILABLE "
+             "DATA_LOSS UNAUTHENTICATED").split()
+    for code in environ.get(var, "").split(","):
+        if code.strip() and code.strip().upper() not in codes:
+            raise ConfigError(f"{var} holds {code.strip()!r}, not a gRPC status name (e.g. UNAVAILABLE)")
+    for var in _CREDENTIAL_PROVIDERS:
+        if environ.get(var, "").strip():
+            raise ConfigError(f"{var} is not supported by otel-oom's log export; use OTEL_EXPORTER_OTLP_HEADERS "
+                              "or the TLS variables instead")
+
+
+def resolve_otlp(environ: Mapping[str, str] = os.environ) -> OtlpSettings:
+    """Validate the OTEL_* settings and resolve them per signal; raise ConfigError (one line, what to do)."""
+    for sig in _SIGNALS:
+        _check_signal_variables(environ, sig)
+    check_sdk_variables(environ)
     return OtlpSettings(
         logs=_signal(environ, "LOGS"),
         metrics=_signal(environ, "METRICS"),
@@ -164,11 +268,49 @@ def resolve_otlp(environ: Mapping[str, str] = os.environ) -> OtlpSettings:
     )
 
 
+def _first(environ: Mapping[str, str], signal: str, name: str) -> tuple[Optional[str], Optional[str]]:
+    """(variable, value) of the per-signal variable if set, else of the generic one, else (None, None)."""
+    for var in (f"{_PREFIX}{signal}_{name}", f"{_PREFIX}{name}"):
+        value = environ.get(var, "").strip()
+        if value:
+            return var, value
+    return None, None
+
+
 def _signal(environ: Mapping[str, str], signal: str) -> SignalSettings:
     protocol = otlp_protocol(environ, signal)
     var = f"{_PREFIX}{signal}_ENDPOINT" if environ.get(f"{_PREFIX}{signal}_ENDPOINT", "").strip() \
         else f"{_PREFIX}ENDPOINT"
-    return SignalSettings(protocol, _parse_endpoint(var, otlp_endpoint(environ, signal, protocol)))
+    endpoint = _parse_endpoint(var, otlp_endpoint(environ, signal, protocol))
+    header_var, header_text = _first(environ, signal, "HEADERS")
+    headers = dict(parse_headers(header_var, header_text) if header_var and header_text else ())
+    user, password = endpoint.userinfo()
+    if user is not None and "authorization" not in headers:
+        # what requests would do with user:password@ for HTTP; gRPC has no such notion, so the
+        # same header carries it there (the Collector's basicauth extension reads it)
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        headers["authorization"] = f"Basic {token}"
+    _, timeout = _first(environ, signal, "TIMEOUT")
+    _, compression = _first(environ, signal, "COMPRESSION")
+    # the SDK's TLS rules: https is TLS; otherwise *_INSECURE decides, else the scheme (http: plaintext)
+    _, insecure_text = _first(environ, signal, "INSECURE")
+    insecure = endpoint.scheme == "http" if insecure_text is None else insecure_text.lower() == "true"
+    if endpoint.scheme == "https":
+        insecure = False
+    # the CA comes with the client key and certificate of the same level (per-signal or generic)
+    ca_var, ca = _first(environ, signal, "CERTIFICATE")
+    level = ca_var[: -len("CERTIFICATE")] if ca_var else None
+    key = environ.get(f"{level}CLIENT_KEY") or None if level else None
+    cert = environ.get(f"{level}CLIENT_CERTIFICATE") or None if level else None
+    if protocol == "http/protobuf" and not level:
+        # the HTTP exporter takes the client certificate from either level, CA or not
+        key = _first(environ, signal, "CLIENT_KEY")[1]
+        cert = _first(environ, signal, "CLIENT_CERTIFICATE")[1]
+    return SignalSettings(
+        protocol=protocol, endpoint=endpoint, headers=tuple(headers.items()),
+        timeout_s=float(timeout) if timeout else DEFAULT_TIMEOUT_S,
+        compression=None if compression is None or compression.lower() == "none" else compression.lower(),
+        insecure=insecure, certificate=ca, client_key=key, client_certificate=cert)
 
 
 def metric_export_interval_ms(environ: Mapping[str, str]) -> float:
@@ -177,10 +319,4 @@ def metric_export_interval_ms(environ: Mapping[str, str]) -> float:
     value = environ.get(var, "").strip()
     if not value:
         return DEFAULT_METRIC_EXPORT_INTERVAL_MS
-    try:
-        interval = float(value)
-    except ValueError:
-        interval = math.nan
-    if not math.isfinite(interval) or interval <= 0:
-        raise ConfigError(f"{var} must be a positive number of milliseconds, got {value!r}")
-    return interval
+    return _positive(var, value, "milliseconds")

@@ -1,7 +1,7 @@
-"""The SDK's OTLP exporters, built for the protocol and endpoint `env.resolve_otlp` settled on.
+"""The SDK's OTLP metric exporter, built for the protocol, endpoint and headers `env.resolve_otlp` settled on.
 
-Only the protocol in use is imported (the gRPC stack alone costs ~30 MB). The exporters still read
-headers, TLS files, timeout and compression from the standard environment themselves.
+Only the protocol in use is imported (the gRPC stack alone costs ~30 MB). Log records do not use
+an SDK exporter (see `transport.py`).
 """
 from __future__ import annotations
 
@@ -32,23 +32,16 @@ def _http_session() -> Any:
     return ExplicitCaSession()
 
 
-def log_exporter(signal: SignalSettings) -> Any:
-    """The SDK's OTLP log exporter for the resolved protocol and endpoint (only that protocol is imported)."""
-    if signal.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-        return OTLPLogExporter(endpoint=signal.endpoint.text)
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
-
-    return HttpLogExporter(endpoint=signal.endpoint.text, session=_http_session())
-
-
 def metric_exporter(signal: SignalSettings) -> Any:
-    """The SDK's OTLP metric exporter for the resolved protocol and endpoint."""
+    """The SDK's OTLP metric exporter for the resolved protocol, endpoint and headers (validated and
+    without user info: a user:password@ was turned into an authorization header); the exporter reads
+    TLS, timeout and compression from the standard environment itself."""
+    headers = dict(signal.headers) or None
     if signal.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        return OTLPMetricExporter(endpoint=signal.endpoint.text)
+        return OTLPMetricExporter(endpoint=signal.endpoint.without_credentials, headers=headers)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 
-    return HttpMetricExporter(endpoint=signal.endpoint.text, session=_http_session())
+    return HttpMetricExporter(endpoint=signal.endpoint.without_credentials, headers=headers,
+                              session=_http_session())

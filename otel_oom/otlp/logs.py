@@ -1,9 +1,11 @@
 """Acknowledged export of OOM kills as `oom.kill` log records.
 
 OOM events do not go through the SDK's BatchLogRecordProcessor: it drops a batch the collector
-did not take and keeps nothing on disk. `LogSender.send()` exports synchronously and says whether
-the collector accepted the batch, so the caller can keep events in its spool until it did. This is
-the only module that touches the unstable logs SDK (`opentelemetry.sdk._logs`).
+did not take and keeps nothing on disk. `LogSender.send()` builds the records exactly as the SDK's
+own processors do, encodes them with the SDK's encoder, sends them once (`transport.py`) and says
+what the collector answered (accepted, partly rejected, rejected, too large, retry later), so the
+caller keeps events in its spool until they are accepted. This is the only module that touches the
+unstable logs SDK (`opentelemetry.sdk._logs`).
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 from .. import __version__
 from ..model import OomKill
 from .env import SignalSettings
-from .exporters import log_exporter
 from .mapping import EVENT_NAME, SCOPE_NAME, log_attributes, log_body
+from .transport import RETRY, ExportResult, log_transport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -26,8 +28,8 @@ log = logging.getLogger("otel_oom.otlp")
 class LogSender:
     """Synchronous, acknowledged export of OOM kills as `oom.kill` log records.
 
-    The protocol and endpoint come from `env.resolve_otlp`; the SDK exporter reads the rest
-    (headers, TLS, timeout, compression) from the standard environment.
+    Everything about the connection (protocol, endpoint, headers, TLS, timeout, compression)
+    comes from `env.resolve_otlp`, resolved once from the standard variables.
     """
 
     def __init__(self, resource: "Resource", signal: SignalSettings,
@@ -42,7 +44,8 @@ class LogSender:
         self.export_failures = 0
         self._scope = InstrumentationScope(SCOPE_NAME, __version__)
         self._limits = LogRecordLimits()
-        self._exporter = log_exporter(signal)
+        self.timeout_s = signal.timeout_s
+        self._transport = log_transport(signal)
         self._shut_down = False
 
     def describe(self) -> str:
@@ -72,27 +75,28 @@ class LogSender:
                                          instrumentation_scope=self._scope, limits=self._limits))
         return out
 
-    def send(self, kills: Sequence[OomKill]) -> bool:
-        """Export now; True only if the collector accepted the whole batch."""
+    def send(self, kills: Sequence[OomKill], timeout_s: Optional[float] = None) -> ExportResult:
+        """Export now, one attempt of at most `timeout_s` (default OTEL_EXPORTER_OTLP_TIMEOUT)."""
         if not kills:
-            return True
-        from opentelemetry.sdk._logs.export import LogRecordExportResult
+            return ExportResult("accepted")
+        from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 
         if self._shut_down:
-            return False
+            return ExportResult(RETRY, message="shut down")
+        timeout = self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s)
         try:
-            ok = self._exporter.export(self.records(kills)) is LogRecordExportResult.SUCCESS
-        except Exception:  # noqa: BLE001 - an exporter bug must read as "not delivered", not kill the sender
+            result = self._transport.export(encode_logs(self.records(kills)), timeout)
+        except Exception as e:  # noqa: BLE001 - a bug here must read as "not delivered", not kill the sender
             log.exception("OTLP log export raised")
-            ok = False
-        if not ok:
+            result = ExportResult(RETRY, message=type(e).__name__)
+        if not result.ok:
             self.export_failures += 1
             if self.on_failure is not None:
                 self.on_failure()
-        return ok
+        return result
 
     def shutdown(self) -> None:
-        # also aborts a retry backoff in progress; the agent may call it twice (out of time, teardown)
+        # also aborts an export in flight (gRPC); the agent may call it twice (out of time, teardown)
         if not self._shut_down:
             self._shut_down = True
-            self._exporter.shutdown()
+            self._transport.close()

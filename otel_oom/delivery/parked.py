@@ -1,0 +1,59 @@
+"""Where OOM events the collector rejected as such are kept for inspection: `parked.jsonl`, bounded.
+
+A record the collector refuses permanently (gRPC INVALID_ARGUMENT, HTTP 400, or a single record
+still too large) would block every later kill if it stayed at the head of the spool, so the sender
+acknowledges it and hands it here. One JSON line per event: when, why, and the event as spooled,
+so an operator can see what was refused and replay it by hand. The file has its own size bound;
+past it an event is only logged (with its id) and counted like every other rejected one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Optional
+
+log = logging.getLogger("otel_oom.delivery")
+
+PARKED_FILE = "parked.jsonl"
+
+
+class ParkedEvents:
+    def __init__(self, directory: Optional[str], max_bytes: int) -> None:
+        self.path = os.path.join(directory, PARKED_FILE) if directory else None
+        self.max_bytes = max_bytes
+        self.parked = 0       # written to the file
+        self.not_kept = 0     # rejected but the file was full, missing or unwritable
+        self._lock = threading.Lock()
+
+    def park(self, payload: bytes, event_id: str, reason: str) -> bool:
+        """Keep one rejected event; False when it could only be logged."""
+        line = json.dumps({"parked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason,
+                           "event": json.loads(payload)}, ensure_ascii=True, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self.path is None:
+                self.not_kept += 1
+                return False
+            try:
+                size = os.path.getsize(self.path)
+            except OSError:
+                size = 0
+            if size + len(line) > self.max_bytes:
+                self.not_kept += 1
+                log.error("parked events file %s is full (%d bytes): rejected OOM event %s not kept",
+                          self.path, self.max_bytes, event_id)
+                return False
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    os.write(fd, line.encode("ascii"))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                self.not_kept += 1
+                log.error("cannot write rejected OOM event %s to %s: %s", event_id, self.path, e.strerror)
+                return False
+            self.parked += 1
+            return True

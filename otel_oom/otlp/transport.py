@@ -1,0 +1,195 @@
+"""One OTLP log export attempt, sent by otel-oom itself so the sender learns what the collector said.
+
+Why not the SDK's log exporters (1.45, read in their source): both return only SUCCESS or
+FAILURE. The gRPC exporter discards the response, so `partial_success.rejected_log_records` is
+never seen, and retries inside its own deadline; the HTTP exporter never parses the response body;
+neither tells a permanent rejection (gRPC INVALID_ARGUMENT, HTTP 400) or a request too large (HTTP
+413) from an outage, and a sender that cannot tell them apart resends a rejected batch forever.
+
+So the request is the SDK's own (`encode_logs`, what both exporters send), carried by the
+generated gRPC stub (`opentelemetry-proto`) or one HTTP POST, configured from `env.SignalSettings`,
+which resolves the standard variables as the SDK does (TLS files, insecure, headers, compression,
+timeout). One attempt per call: retrying, backing off, splitting and parking are the sender's job.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .. import __version__
+from .env import SignalSettings
+
+log = logging.getLogger("otel_oom.otlp")
+
+ACCEPTED, RETRY, REJECTED, TOO_LARGE = "accepted", "retry", "rejected", "too_large"
+USER_AGENT = f"otel-oom/{__version__}"
+# gRPC codes the OTLP specification calls retryable; everything else but INVALID_ARGUMENT is kept and
+# retried too (a wrong credential is fixed by an operator, and the kills must still be there then)
+_GRPC_RETRYABLE = {"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
+                   "UNAVAILABLE", "DATA_LOSS"}
+_HTTP_RETRYABLE = {429, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What became of one request: accepted (maybe with `rejected` records), retry, rejected, too_large."""
+    outcome: str
+    rejected: int = 0              # partial success: records the collector says it rejected
+    message: str = ""              # the collector's message or the error; no credentials in it
+    retry_after: Optional[float] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == ACCEPTED
+
+
+def _grpc_credentials(s: SignalSettings) -> Any:
+    import grpc
+
+    def read(path: Optional[str]) -> Optional[bytes]:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    if not s.certificate:
+        return grpc.ssl_channel_credentials()  # the system's CAs; the SDK sends no client certificate then
+    return grpc.ssl_channel_credentials(root_certificates=read(s.certificate), private_key=read(s.client_key),
+                                        certificate_chain=read(s.client_certificate))
+
+
+class GrpcLogTransport:
+    def __init__(self, s: SignalSettings) -> None:
+        import grpc
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
+
+        self._settings = s
+        options = [("grpc.primary_user_agent", USER_AGENT)]
+        compression = grpc.Compression.Gzip if s.compression == "gzip" else grpc.Compression.NoCompression
+        target = s.endpoint.authority
+        if s.insecure:
+            self._channel = grpc.insecure_channel(target, options=options, compression=compression)
+        else:
+            self._channel = grpc.secure_channel(target, _grpc_credentials(s), options=options, compression=compression)
+        self._stub = LogsServiceStub(self._channel)
+
+    def export(self, request: Any, timeout_s: float) -> ExportResult:
+        import grpc
+
+        try:
+            response = self._stub.Export(request, metadata=self._settings.headers, timeout=max(0.05, timeout_s))
+        except grpc.RpcError as e:
+            code = e.code().name if hasattr(e, "code") and e.code() is not None else "UNKNOWN"
+            details = (e.details() if hasattr(e, "details") else "") or ""
+            message = f"{code}: {details}"
+            if code == "INVALID_ARGUMENT":
+                return ExportResult(REJECTED, message=message)
+            if code == "RESOURCE_EXHAUSTED" and "larger than max" in details:
+                return ExportResult(TOO_LARGE, message=message)  # the server's grpc.max_recv_msg_size
+            return ExportResult(RETRY, message=message, retry_after=_retry_info(e) if code in _GRPC_RETRYABLE else None)
+        ps = response.partial_success
+        return ExportResult(ACCEPTED, rejected=ps.rejected_log_records, message=ps.error_message)
+
+    def close(self) -> None:
+        self._channel.close()  # also cancels an RPC in flight
+
+
+def _retry_info(error: Any) -> Optional[float]:
+    from google.rpc.error_details_pb2 import RetryInfo
+
+    try:
+        raw = dict(error.trailing_metadata() or ()).get("google.rpc.retryinfo-bin")
+    except Exception:  # noqa: BLE001 - metadata is optional; no hint then
+        return None
+    if raw is None:
+        return None
+    info = RetryInfo()
+    info.ParseFromString(raw)
+    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+
+
+def _requests_session(s: SignalSettings) -> Any:
+    """A session whose CA file is the configured one even when REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
+    (set by many base images) is in the environment, which requests would otherwise let win."""
+    import requests
+
+    class ExplicitCaSession(requests.Session):
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):
+            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if verify is None and isinstance(self.verify, str):
+                merged["verify"] = self.verify
+            return merged
+
+    session = ExplicitCaSession()
+    session.verify = s.certificate or True
+    if s.client_certificate:
+        session.cert = (s.client_certificate, s.client_key) if s.client_key else s.client_certificate
+    return session
+
+
+class HttpLogTransport:
+    def __init__(self, s: SignalSettings) -> None:
+        self._settings = s
+        self._url = s.endpoint.without_credentials  # user:password@ became an authorization header
+        self._session = _requests_session(s)
+        self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **dict(s.headers)}
+        if s.compression:
+            self._headers["Content-Encoding"] = s.compression
+
+    def export(self, request: Any, timeout_s: float) -> ExportResult:
+        import requests
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+        body = request.SerializeToString()
+        if self._settings.compression == "gzip":
+            body = gzip.compress(body)
+        elif self._settings.compression == "deflate":
+            body = zlib.compress(body)
+        try:
+            r = self._session.post(self._url, data=body, headers=self._headers, timeout=max(0.05, timeout_s),
+                                   allow_redirects=False)
+        except requests.RequestException as e:
+            return ExportResult(RETRY, message=type(e).__name__)  # str(e) may hold the URL
+        if 200 <= r.status_code < 300:
+            response = ExportLogsServiceResponse()
+            try:
+                response.ParseFromString(r.content or b"")
+            except Exception:  # noqa: BLE001 - a 2xx without a protobuf body (a proxy) still accepted the batch
+                return ExportResult(ACCEPTED)
+            ps = response.partial_success
+            return ExportResult(ACCEPTED, rejected=ps.rejected_log_records, message=ps.error_message)
+        message = f"HTTP {r.status_code} {r.reason or ''}".strip()
+        if r.status_code == 413:
+            return ExportResult(TOO_LARGE, message=message)
+        if r.status_code == 400:
+            return ExportResult(REJECTED, message=message + _status_message(r.content))
+        retry_after = _retry_after(r.headers.get("Retry-After")) if r.status_code in _HTTP_RETRYABLE else None
+        return ExportResult(RETRY, message=message, retry_after=retry_after)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def _status_message(content: bytes) -> str:
+    from google.rpc.status_pb2 import Status
+
+    status = Status()
+    try:
+        status.ParseFromString(content or b"")
+    except Exception:  # noqa: BLE001 - not a google.rpc.Status body
+        return ""
+    return f": {status.message}" if status.message else ""
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date: the sender's own backoff then
+
+
+def log_transport(s: SignalSettings) -> Any:
+    return GrpcLogTransport(s) if s.protocol == "grpc" else HttpLogTransport(s)
