@@ -30,25 +30,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent")
     out = run.add_argument_group("output")
-    out.add_argument("--console", action="store_true", help="print a readable block per kill on stdout")
-    out.add_argument("--json", action="store_true", help="print one JSON object per kill on stdout")
-    out.add_argument("--no-otlp", action="store_true", help="do not export over OTLP (console/JSON only)")
+    out.add_argument("--console", action="store_true",
+                     help="print a readable block per kill on stdout (env OTEL_OOM_CONSOLE=true)")
+    out.add_argument("--json", action="store_true", help="print one JSON object per kill on stdout (env OTEL_OOM_JSON=true)")
+    out.add_argument("--no-otlp", action="store_true",
+                     help="do not export over OTLP, console/JSON only (env OTEL_OOM_NO_OTLP=true)")
     out.add_argument("--notify-webhook", metavar="URL", help="POST one JSON message per kill (env OTEL_OOM_NOTIFY_WEBHOOK)")
     dur = run.add_argument_group("durable delivery")
     dur.add_argument("--spool-dir", metavar="DIR",
                      help="on-disk spool (env OTEL_OOM_SPOOL_DIR, default /var/lib/otel-oom/spool)")
-    dur.add_argument("--no-spool", action="store_true", help="keep undelivered events in memory only")
-    dur.add_argument("--spool-max-bytes", type=str, metavar="N", help="spool size bound (default 64 MiB)")
-    dur.add_argument("--spool-max-age", type=str, metavar="SECONDS", help="spool age bound (default 7 days)")
-    dur.add_argument("--shutdown-timeout", type=str, metavar="SECONDS", help="flush time on SIGTERM (default 5)")
+    dur.add_argument("--no-spool", action="store_true",
+                     help="keep undelivered events in memory only (env OTEL_OOM_NO_SPOOL=true)")
+    dur.add_argument("--spool-max-bytes", type=str, metavar="N",
+                     help="spool size bound (env OTEL_OOM_SPOOL_MAX_BYTES, default 64 MiB)")
+    dur.add_argument("--spool-max-age", type=str, metavar="SECONDS",
+                     help="spool age bound (env OTEL_OOM_SPOOL_MAX_AGE, default 7 days)")
+    dur.add_argument("--shutdown-timeout", type=str, metavar="SECONDS",
+                     help="time to stop in on SIGTERM, delivery included (env OTEL_OOM_SHUTDOWN_TIMEOUT, default 5)")
     srv = run.add_argument_group("health and metrics")
     srv.add_argument("--listen", metavar="HOST:PORT", help="serve /healthz and /readyz (env OTEL_OOM_LISTEN)")
-    srv.add_argument("--prometheus", action="store_true", help="also serve /metrics on --listen")
+    srv.add_argument("--prometheus", action="store_true",
+                     help="also serve /metrics on --listen (env OTEL_OOM_PROMETHEUS=true)")
     krn = run.add_argument_group("kernel")
-    krn.add_argument("--victim-hook", choices=("auto", "tp_btf", "tracepoint"), help="default auto")
-    krn.add_argument("--context-hook", choices=("auto", "fentry", "kprobe", "none"), help="default auto")
-    krn.add_argument("--ring-buffer-bytes", type=str, metavar="N", help="power of two (default 4 MiB)")
-    krn.add_argument("--oom-score-adj", type=str, metavar="N|keep", help="the agent's own oom_score_adj (default -900)")
+    krn.add_argument("--victim-hook", choices=("auto", "tp_btf", "tracepoint"),
+                     help="env OTEL_OOM_VICTIM_HOOK, default auto")
+    krn.add_argument("--context-hook", choices=("auto", "fentry", "kprobe", "none"),
+                     help="env OTEL_OOM_CONTEXT_HOOK, default auto")
+    krn.add_argument("--ring-buffer-bytes", type=str, metavar="N",
+                     help="power of two (env OTEL_OOM_RING_BUFFER_BYTES, default 4 MiB)")
+    krn.add_argument("--oom-score-adj", type=str, metavar="N|keep",
+                     help="the agent's own oom_score_adj (env OTEL_OOM_OOM_SCORE_ADJ, default -900)")
     rt = run.add_argument_group("container names (from the runtime's API socket)")
     rt.add_argument("--cri-socket", metavar="auto|none|PATH[,PATH]",
                     help="containerd/CRI-O CRI socket (env OTEL_OOM_CRI_SOCKET, default auto)")
@@ -58,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="podman API socket (env OTEL_OOM_PODMAN_SOCKET, default auto)")
     rt.add_argument("--runtime-root", metavar="DIR",
                     help="auto-detect the sockets below DIR, where the host's / is mounted (env OTEL_OOM_RUNTIME_ROOT)")
-    rt.add_argument("--runtime-refresh", metavar="SECONDS", help="full list interval (default 1)")
+    rt.add_argument("--runtime-refresh", metavar="SECONDS", help="full list interval (env OTEL_OOM_RUNTIME_REFRESH, default 1)")
     rt.add_argument("--runtime-lookup-wait-ms", metavar="MS",
-                    help="longest wait for a name the cache lacks at a kill (default 50)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+                    help="longest wait for a name the cache lacks at a kill (env OTEL_OOM_RUNTIME_LOOKUP_WAIT_MS, default 50)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="env OTEL_OOM_LOG_LEVEL, default info")
 
     chk = sub.add_parser("check", help="preflight: can `run` work here, and with which hooks")
     chk.add_argument("--victim-hook", default="auto", choices=("auto", "tp_btf", "tracepoint"))
@@ -75,17 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _size(text: str) -> int:
+    """"32M", "512k", "1G", "4194304": bytes. Digits only (no inf, nan, exponents or signs)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise UsageError(f"--limit must be a size like 32M, got {text!r}") from None
+    unit = units.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in units else t
+    whole, _, frac = number.partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()) or not whole.isascii():
+        raise UsageError(f"--limit must be a size like 32M, got {text!r}")
+    return int(float(number) * unit) if frac else int(whole) * unit
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, secrets: "Sequence[str]" = ()) -> None:
+    from .logredact import install
+
+    install(secrets)  # before any library logs: no credential reaches a log line
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="otel-oom: %(levelname)s: %(message)s")
     for noisy in ("opentelemetry", "grpc", "urllib3"):
@@ -96,7 +112,12 @@ def _run(args: argparse.Namespace) -> int:
     from .agent import Agent
 
     cfg = resolve(vars(args), os.environ)
-    _setup_logging(cfg.log_level)
+    secrets = cfg.otlp_settings.secrets() if cfg.otlp_settings else []
+    if cfg.webhook is not None:
+        secrets += cfg.webhook.credentials()
+        if len(cfg.webhook.path) > 1:
+            secrets.append(cfg.webhook.path)  # chat webhooks carry their token in the path
+    _setup_logging(cfg.log_level, secrets)
     return Agent(cfg).run()
 
 

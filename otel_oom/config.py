@@ -28,6 +28,11 @@ ENV_VICTIM_HOOK = "OTEL_OOM_VICTIM_HOOK"          # auto | tp_btf | tracepoint
 ENV_CONTEXT_HOOK = "OTEL_OOM_CONTEXT_HOOK"        # auto | fentry | kprobe | none
 ENV_RING_BUFFER = "OTEL_OOM_RING_BUFFER_BYTES"    # default 4 MiB
 ENV_LOG_LEVEL = "OTEL_OOM_LOG_LEVEL"              # default info
+ENV_CONSOLE = "OTEL_OOM_CONSOLE"                  # "true": --console
+ENV_JSON = "OTEL_OOM_JSON"                        # "true": --json
+ENV_NO_OTLP = "OTEL_OOM_NO_OTLP"                  # "true": --no-otlp
+ENV_NO_SPOOL = "OTEL_OOM_NO_SPOOL"                # "true": --no-spool
+ENV_SHUTDOWN_TIMEOUT = "OTEL_OOM_SHUTDOWN_TIMEOUT"  # seconds, default 5
 
 DEFAULT_SPOOL_DIR = "/var/lib/otel-oom/spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 << 20
@@ -77,6 +82,16 @@ def _int(value: Any, what: str, lo: int, hi: int) -> int:
     return n
 
 
+def _seconds(value: Any, what: str, hi: float) -> float:
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be a number of seconds, got {value!r}") from None
+    if not 0 <= n <= hi:  # also refuses nan and inf
+        raise UsageError(f"{what} must be between 0 and {hi:g} seconds, got {value!r}")
+    return n
+
+
 def _bool(value: Any, what: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -94,8 +109,16 @@ def _choice(value: str, what: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _switch(flags: Mapping[str, object], name: str, environ: Mapping[str, str], env: str) -> bool:
+    """A store_true flag (False = not given) or its variable (true/false; empty means unset)."""
+    return _bool(_pick(flags.get(name) or None, environ, env, False), env)
+
+
 def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfig:
     """Merge parsed flags (None = not given) with the environment; validate every value."""
+    if flags.get("spool_dir") is not None and not str(flags["spool_dir"]).strip():
+        # an empty flag is a mistake to report (an empty variable means unset, i.e. the default)
+        raise UsageError("--spool-dir must name a directory; to keep events in memory only, use --no-spool")
     spool = _pick(flags.get("spool_dir"), environ, ENV_SPOOL_DIR, DEFAULT_SPOOL_DIR)
     ring = _int(_pick(flags.get("ring_buffer_bytes"), environ, ENV_RING_BUFFER, DEFAULT_RING_BUFFER),
                 "--ring-buffer-bytes", 4096, 1 << 30)
@@ -110,22 +133,22 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
     # a flag given as "" is a mistake to report; an empty variable means unset
     webhook = flags.get("notify_webhook")
     webhook = webhook if webhook is not None else (environ.get(ENV_WEBHOOK) or None)
-    otlp = not flags.get("no_otlp")
+    otlp = not _switch(flags, "no_otlp", environ, ENV_NO_OTLP)
     from .otlp.env import metric_export_interval_ms, resolve_otlp
 
     otlp_settings = resolve_otlp(environ) if otlp else None
     metric_export_interval_ms(environ)  # also read by --prometheus-only runs: a typo fails either way
     return RunConfig(
-        console=bool(flags.get("console")),
-        json=bool(flags.get("json")),
+        console=_switch(flags, "console", environ, ENV_CONSOLE),
+        json=_switch(flags, "json", environ, ENV_JSON),
         otlp=otlp,
-        spool_dir=None if flags.get("no_spool") else spool,
+        spool_dir=None if _switch(flags, "no_spool", environ, ENV_NO_SPOOL) else spool,
         spool_max_bytes=_int(_pick(flags.get("spool_max_bytes"), environ, ENV_SPOOL_MAX_BYTES,
                                    DEFAULT_SPOOL_MAX_BYTES), "--spool-max-bytes", 1 << 16, 1 << 40),
         spool_max_age=_int(_pick(flags.get("spool_max_age"), environ, ENV_SPOOL_MAX_AGE,
                                  DEFAULT_SPOOL_MAX_AGE), "--spool-max-age", 1, 10 * 365 * 86400),
         listen=listen,
-        prometheus=_bool(_pick(flags.get("prometheus") or None, environ, ENV_PROMETHEUS, False), ENV_PROMETHEUS),
+        prometheus=_switch(flags, "prometheus", environ, ENV_PROMETHEUS),
         webhook=None if webhook is None else parse_url("--notify-webhook", str(webhook),
                                                        "https://hooks.example.com/T000/B000/XXXX"),
         oom_score_adj=None if str(adj).lower() == "keep" else _int(adj, "--oom-score-adj", -1000, 1000),
@@ -134,8 +157,8 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
         context_hook=_choice(_pick(flags.get("context_hook"), environ, ENV_CONTEXT_HOOK, "auto"),
                              "--context-hook", ("auto", "fentry", "kprobe", "none")),
         ring_buffer_bytes=ring,
-        shutdown_timeout=float(_int(flags.get("shutdown_timeout") or DEFAULT_SHUTDOWN_TIMEOUT,
-                                    "--shutdown-timeout", 0, 600)),
+        shutdown_timeout=_seconds(_pick(flags.get("shutdown_timeout"), environ, ENV_SHUTDOWN_TIMEOUT,
+                                        DEFAULT_SHUTDOWN_TIMEOUT), "--shutdown-timeout", 600),
         log_level=_choice(str(_pick(flags.get("log_level"), environ, ENV_LOG_LEVEL, "info")).lower(),
                           "--log-level", ("debug", "info", "warning", "error")),
         otlp_settings=otlp_settings,

@@ -2,6 +2,9 @@
 
 Served from a daemon thread so a slow or stuck client never holds up the pipeline; the
 readiness callback is called once per /readyz request and must be cheap and thread-safe.
+The endpoint may face anything that can reach it: at most `MAX_CONNECTIONS` are served at once
+(more are closed at once, unanswered), a connection that does not send its request within
+`REQUEST_TIMEOUT_S` is closed, and a client that goes away early costs a debug line, not a traceback.
 """
 from __future__ import annotations
 
@@ -46,13 +49,47 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+MAX_CONNECTIONS = 16      # probes and a scraper need one or two
+REQUEST_TIMEOUT_S = 5.0   # per connection, for the request and for each read or write
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 64  # accept fast and refuse by count, rather than let SYNs be dropped
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], family: int) -> None:
         self.address_family = family
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            if self.refused in (1, 100) or self.refused % 10000 == 0:
+                log.warning("health endpoint: more than %d connections at once; refusing (%d so far)",
+                            MAX_CONNECTIONS, self.refused)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that disconnects early or times out: not the agent's error, and never a traceback
+        import sys
+
+        log.debug("health endpoint: connection from %s ended: %r", client_address, sys.exc_info()[1])
 
 
 class HealthServer:
@@ -85,6 +122,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "otel-oom"
             sys_version = ""
+            timeout = REQUEST_TIMEOUT_S  # socket timeout: a half-sent request is dropped
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
@@ -99,7 +137,13 @@ class HealthServer:
                 elif path == "/metrics" and outer._registry is not None:
                     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-                    self._send(200, generate_latest(outer._registry), CONTENT_TYPE_LATEST)
+                    try:
+                        body = generate_latest(outer._registry)
+                    except Exception as e:  # noqa: BLE001 - a broken collector answers 500, not a traceback
+                        log.warning("/metrics failed: %s", e)
+                        self._send(500, b"metrics unavailable\n")
+                        return
+                    self._send(200, body, CONTENT_TYPE_LATEST)
                 else:
                     self._send(404, b"not found: try /healthz, /readyz or /metrics\n")
 
