@@ -111,9 +111,14 @@ class Agent:
             notifier = WebhookNotifier(cfg.webhook)
             self._cleanup.append(lambda: notifier.close(cfg.shutdown_timeout))
 
+        # the kernel's count and log are read before the probes attach (see reconcile.recovery); the
+        # state lives in the spool directory, so only with the spool's lock held (an agent without
+        # one, e.g. --no-otlp, must not overwrite the state of another agent's spool)
+        holds_spool = isinstance(store, DeliveryStore)
+        self.reconciler = Reconciler(state_dir=cfg.spool_dir if holds_spool else None, hierarchy=hierarchy,
+                                     boot_id=enricher.boot_id)
         self.source = self._source_factory(self._on_sample)
         self._cleanup.append(self.source.close)
-        self.reconciler = Reconciler(state_dir=cfg.spool_dir, hierarchy=hierarchy, boot_id=enricher.boot_id)
         if log_sender:
             parked = ParkedEvents(cfg.spool_dir if isinstance(store, DeliveryStore) else None,
                                   max(PARKED_MIN_BYTES, cfg.spool_max_bytes // 16))
@@ -318,10 +323,10 @@ class Agent:
             self.sender.exporter.shutdown()
             for t in self._threads:
                 t.join(1.0)
+        self._report_undelivered()
         if self.reconciler:
             self.reconciler.save()
             self.reconciler.close()
-        self._report_undelivered()
         for fn in reversed(self._cleanup):
             try:
                 fn()
@@ -332,11 +337,19 @@ class Agent:
     def _report_undelivered(self) -> None:
         if not self.sender or self.store is None:
             return
+        if isinstance(self.store, DeliveryStore):
+            self.store.rescue_memory()  # the spool may take them now
         in_memory = self.store.in_memory()
         if in_memory:
             self.drops["shutdown_in_memory"] += in_memory
+            if self.reconciler is not None:
+                # they are the newest kills (the store keeps order): the next start recovers them
+                # from the kernel log, where the state is kept
+                self.reconciler.forget(in_memory)
             log.error("stopping with %d OOM event(s) held in memory only (no usable spool): they are lost "
-                      "(counted as shutdown_in_memory)", in_memory)
+                      "here (counted as shutdown_in_memory)%s", in_memory,
+                      "; the next start recovers them from the kernel log" if self.reconciler
+                      and self.reconciler.state_path else "")
         elif self.store.pending(1):
             log.warning("stopping with OOM events not yet accepted by the collector; they stay in the "
                         "spool and are sent at the next start")

@@ -119,6 +119,66 @@ def test_kills_held_in_memory_at_shutdown_are_counted_as_lost(tmp_path):
     assert h.agent.drops["shutdown_in_memory"] == 2
 
 
+def test_kills_in_memory_at_shutdown_are_left_for_the_next_start_to_recover(tmp_path, monkeypatch, caplog):
+    # the spool cannot write (disk full): kills wait in memory, the collector is down, the agent stops.
+    # Before, the reconciler had counted them as observed, so the next start did not recover them.
+    import json
+
+    def failing_append(self, payload):
+        raise spool_module.SpoolError("cannot write OOM event to spool: No space left on device")
+
+    h = Harness(tmp_path, f"http://127.0.0.1:{free_port()}").start()
+    monkeypatch.setattr(spool_module.Spool, "append", failing_append)
+    h.push(sample(411), sample(412))
+    assert wait(lambda: h.agent.pipeline.kills_seen == 2 and h.agent.store.in_memory() == 2)
+    accounted = h.agent.reconciler.accounted()
+    h.stop()
+    assert h.agent.drops["shutdown_in_memory"] == 2
+    saved = json.loads((tmp_path / "spool" / "reconcile.json").read_text())
+    assert saved["vmstat_oom_kill"] == accounted - 2
+    assert any("the next start recovers them from the kernel log" in r.getMessage() for r in caplog.records)
+
+
+def test_the_spool_takes_back_what_waited_in_memory_once_it_can_write(tmp_path, monkeypatch):
+    real = spool_module.Spool.append
+    broken = {"on": True}
+
+    def flaky_append(self, payload):
+        if broken["on"]:
+            raise spool_module.SpoolError("cannot write OOM event to spool: No space left on device")
+        return real(self, payload)
+
+    port = free_port()
+    h = Harness(tmp_path, f"http://127.0.0.1:{port}").start()
+    monkeypatch.setattr(spool_module.Spool, "append", flaky_append)
+    h.push(sample(421), sample(422))
+    assert wait(lambda: h.agent.store.in_memory() == 2)
+    broken["on"] = False
+    h.push(sample(423))  # joins the two in memory: order is kept
+    assert wait(lambda: h.agent.store.in_memory() == 0, 5)  # the sender moved them into the spool
+    h.stop()
+    assert h.agent.drops.get("shutdown_in_memory", 0) == 0
+    with OtlpGrpcReceiver(port=port) as rcv:  # the next start delivers all three, in order
+        again = Harness(tmp_path, rcv.endpoint).start()
+        try:
+            rcv.wait_for_logs(3)
+            assert [r["attributes"]["process.pid"] for r in rcv.log_records()] == [421, 422, 423]
+        finally:
+            again.stop()
+
+
+def test_an_agent_without_the_spool_leaves_another_agents_state_alone(tmp_path):
+    state = tmp_path / "spool" / "reconcile.json"
+    state.parent.mkdir()
+    state.write_text('{"boot_id": "theirs", "vmstat_oom_kill": 3}'.ljust(256))
+    before = state.read_bytes()
+    h = Harness(tmp_path, None, "--no-otlp", "--console").start()
+    h.push(sample(431))
+    assert wait(lambda: "pid=431" in h.out.getvalue())
+    h.stop()
+    assert state.read_bytes() == before and h.agent.reconciler.state_path is None
+
+
 def test_counts_exported_after_close_do_not_go_back(tmp_path):
     h = Harness(tmp_path, None, "--no-otlp", "--console").start()
     h.source.ringbuf_full = 7

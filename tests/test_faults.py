@@ -279,7 +279,13 @@ def test_full_spool_drops_are_counted_exported_and_logged(receivers, start_agent
     print(f"\nspool bound 65536 B: {storm.kills_caused} kills, {delivered} delivered, {dropped:.0f} dropped "
           "(spool_full, every kill the agent saw)")
     assert len(victims) - delivered <= dropped
-    assert dropped > 0 and delivered > 0
+    # at this bound a segment holds one event: an overflow drops the oldest one (two when the new
+    # event is larger than the one freed), and the spool keeps as many as fit (before: one
+    # overflow dropped 63 of 63); the log lines add up to the exported count
+    per_line = [int(re.search(r"dropped the (\d+) oldest", ln).group(1))  # type: ignore[union-attr]
+                for ln in agent.stderr_lines if "(spool_full)" in ln]
+    assert per_line and max(per_line) <= 2 and sum(per_line) == dropped, per_line
+    assert delivered >= 65536 // 2048
     assert agent.stop() == 0
     assert_clean(agent)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from otel_oom.attribution.cgroups import MemoryHierarchy
 from otel_oom.model import OomKill
 from otel_oom.reconcile.recovery import Reconciler
@@ -109,3 +111,92 @@ def test_oom_group_is_read_up_to_the_oom_domain(tmp_path):
     assert e.oom_group("/kubepods/pod", "/kubepods/pod") is None
     v1 = Enricher(MemoryHierarchy(version=1, mount=str(mount), hierarchy_id=4), BOOT)
     assert v1.oom_group("/kubepods/pod/ctr", None) is None   # cgroup v1 has no group kills
+
+
+def _killed_line(seq: int, pid: int) -> str:
+    return (f"3,{seq},{seq * 1000},-;Killed process {pid} (victim{pid}) total-vm:1000kB, anon-rss:900kB, "
+            f"file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:64kB oom_score_adj:0\n")
+
+
+@pytest.mark.timeout(30)
+def test_the_counter_and_the_log_are_read_consistently(tmp_path):
+    # state: 2 kills accounted. While stopped: kills 101, 102. Then, while the agent reads the
+    # counter and the log at start-up, kill 103 happens (counted, then printed). Before, the counter
+    # was read once (4) and the log later: the newest 2 lines were 102 and 103, so 103 was reported
+    # twice (recovered, and live by the probe) and 101 never.
+    import os
+    import threading
+    import time
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "reconcile.json").write_text(json.dumps({"boot_id": BOOT, "vmstat_oom_kill": 2}).ljust(256))
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text(_killed_line(1, 99) + _killed_line(2, 100) + _killed_line(3, 101) + _killed_line(4, 102))
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    os.mkfifo(proc / "vmstat")
+    served = []
+    stop = threading.Event()
+
+    def kernel():  # serves /proc/vmstat; the kill happens while the first read is in progress
+        value = 4
+        while not stop.is_set():
+            try:
+                with open(proc / "vmstat", "w") as f:
+                    f.write(f"oom_kill {value}\n")
+                    if value == 4:
+                        with open(kmsg, "a") as k:
+                            k.write(_killed_line(5, 103))
+            except BrokenPipeError:
+                return  # the test's last, empty read
+            served.append(value)
+            value = 5
+            time.sleep(0.05)  # let the reader see EOF before the next writer opens
+
+    t = threading.Thread(target=kernel, daemon=True)
+    t.start()
+    r = Reconciler(str(state), None, BOOT, proc_root=str(proc), kmsg_path=str(kmsg))
+    assert r.baseline == 5  # what the log holds: every kill the probe will not see
+    assert [k.victim_pid for k in r.recover_missed()] == [101, 102, 103]
+    assert r.unobserved() == 0 and served[:2] == [4, 5]
+    stop.set()
+    os.close(os.open(proc / "vmstat", os.O_RDONLY | os.O_NONBLOCK))  # unblock a writer waiting to open
+    t.join(5)
+
+
+def test_a_corrupt_state_file_is_a_warning_naming_it(tmp_path, caplog):
+    import logging
+
+    proc, h = _tree(tmp_path, 7, {"/": 0})
+    for content, why in [("null", "a JSON NoneType"), ("{}", "no boot_id"), ("\xff\xfe", "not JSON"),
+                         ('{"boot_id": "b", "vmstat_oom_kill": -1}', "no vmstat_oom_kill"), ("[1]", "a JSON list")]:
+        state = tmp_path / f"state-{len(content)}-{why[:3]}"
+        state.mkdir()
+        (state / "reconcile.json").write_bytes(content.encode("latin-1"))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="otel_oom.recovery"):
+            assert Reconciler(str(state), h, BOOT, proc_root=proc).recover_missed() == []
+        (rec,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert str(state / "reconcile.json") in rec.getMessage() and why in rec.getMessage(), rec.getMessage()
+        assert "7 OOM kill(s)" in rec.getMessage()
+        assert json.loads((state / "reconcile.json").read_text())["vmstat_oom_kill"] == 7  # rewritten
+
+
+def test_forgotten_kills_are_recovered_at_the_next_start(tmp_path):
+    proc, h = _tree(tmp_path, 5, {"/": 0})
+    state = tmp_path / "state"
+    first = Reconciler(str(state), h, BOOT, proc_root=proc)
+    first.recover_missed()
+    for pid in (1, 2, 3):
+        first.observed(_kill(pid, "/"))
+    _tree(tmp_path, 8, {"/": 3})
+    first.refresh()
+    first.forget(2)  # two of them were only in memory when the agent stopped
+    first.save()
+    first.close()
+    assert json.loads((state / "reconcile.json").read_text())["vmstat_oom_kill"] == 6
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("".join(_killed_line(i, pid) for i, pid in enumerate((1, 2, 3), 1)))
+    again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
+    assert [k.victim_pid for k in again.recover_missed()] == [2, 3]

@@ -250,7 +250,7 @@ def test_max_age_drops_expired_and_counts(tmp_path, caplog):
         with caplog.at_level(logging.WARNING, logger="otel_oom.delivery.spool"):
             assert [s for s, _ in sp.pending()] == new
         assert "dropped 5 undelivered OOM events older than 100s (spool_expired)" in caplog.text
-        assert sp.dropped == {"spool_full": 0, "spool_expired": 5, "spool_corrupt": 0}
+        assert sp.dropped == {"spool_full": 0, "spool_expired": 5, "spool_corrupt": 0, "spool_lost": 0}
         assert sp.stats()["oldest_pending_age_seconds"] == pytest.approx(70.0)
     with Spool(d, max_age_seconds=100, clock=lambda: now[0]) as sp:
         assert [s for s, _ in sp.pending()] == new and sp.dropped["spool_expired"] == 0

@@ -148,11 +148,11 @@ class SpoolSender:
             result = self.exporter.send([k for _, k, _ in part], left)
             if result.outcome == "accepted":
                 if result.rejected:
-                    self.drops["collector_partial"] += result.rejected
                     log.error("collector accepted %d OOM event(s) but rejected %d of them (%s); counted as "
                               "collector_partial (events %s .. %s)", len(part), result.rejected,
                               for_terminal(result.message[:200]) or "no reason given",
                               part[0][1].event_id, part[-1][1].event_id)
+                    self.drops["collector_partial"] += result.rejected
             elif result.outcome in ("rejected", "too_large") and len(part) > 1:
                 half = len(part) // 2
                 work[0:0] = [part[:half], part[half:]]

@@ -35,8 +35,14 @@ so they increase across restarts.  A segment is deleted as soon as a floor cover
 records is on disk (the one being appended to included: the next append starts a new file).
 Bounds drop whole segments (max_bytes: oldest first, counted `spool_full`) or advance the floor
 past old records (max_age_seconds, `spool_expired`); both are logged with the count every time
-they happen.  Dropping by segment keeps the code simple and really frees disk; it may drop up to
-`segment_bytes` of events at once.
+they happen.  Dropping by segment keeps the code simple and really frees disk; it drops up to
+`segment_bytes` of events at once, so segments are sized from the bound: max_bytes / 1024
+(1 KiB to 1 MiB): one event at 64 KiB, about 0.1 % of the spool (~40 events) at 64 MiB.
+
+A spool directory removed (or replaced) while the agent runs is noticed at the next append or
+read: it is created again with a fresh lock and ack file, the events of the segment being
+appended to are rescued through its still open descriptor and written again, and those of
+older segments, gone with the directory, are counted as `spool_lost`.
 
 fsync=False keeps every guarantee against a process crash (the page cache survives) but not
 against power loss.
@@ -63,7 +69,13 @@ _ACK = struct.Struct("<4sQI")     # magic, floor, crc32
 _ACK_SLOTS = (0, 512)             # different sectors: one torn write cannot hit both
 _SEGMENT = re.compile(r"^seg-(\d{20})\.log$")
 
-DROP_REASONS = ("spool_full", "spool_expired", "spool_corrupt")
+DROP_REASONS = ("spool_full", "spool_expired", "spool_corrupt", "spool_lost")
+SEGMENT_MIN, SEGMENT_MAX = 1 << 10, 1 << 20
+
+
+def segment_size(max_bytes: int) -> int:
+    """Segment file size for a spool bound: a segment is the unit dropped when the spool is full."""
+    return max(SEGMENT_MIN, min(SEGMENT_MAX, max_bytes // 1024))
 
 
 class SpoolError(Exception):
@@ -107,8 +119,9 @@ class Spool:
     """Append-only, crash-safe queue of event payloads in `directory`; see the module docstring."""
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 64 * 2**20, max_age_seconds: float = 7 * 86400,
-                 segment_bytes: int = 1 * 2**20, fsync: bool = True,
+                 segment_bytes: Optional[int] = None, fsync: bool = True,
                  clock: Callable[[], float] = time.time):
+        segment_bytes = segment_size(max_bytes) if segment_bytes is None else segment_bytes
         if max_bytes <= _HEAD.size or segment_bytes <= 0 or max_age_seconds <= 0:
             raise SpoolError("spool max_bytes, segment_bytes and max_age_seconds must be positive "
                              f"(max_bytes > {_HEAD.size})")
@@ -123,7 +136,26 @@ class Spool:
         self.dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
         self._segments: list[_Segment] = []
         self._active: Optional[_Segment] = None
+        self._rescued: list[tuple[int, bytes]] = []  # (append time, payload) from a removed directory
         self._bytes = 0
+        self._lock_directory()
+        try:
+            self._scan()
+        except OSError as e:
+            os.close(self._ack_fd)
+            os.close(self._lock_fd)
+            raise SpoolError(f"cannot open spool {self._dir}: {e.strerror}; "
+                             "check the directory's permissions and free space") from None
+        self._closed = False
+        with self._lock:
+            self._delete_consumed()
+            self._expire(self._now_ns())
+            self._make_room(0)
+
+    # ---- opening ----
+
+    def _lock_directory(self) -> None:
+        """Create the directory if needed, take its lock, open its ack file; remember which directory it is."""
         try:
             if not os.path.isdir(self._dir):
                 os.makedirs(self._dir, 0o700, exist_ok=True)
@@ -143,20 +175,59 @@ class Spool:
             os.ftruncate(self._lock_fd, 0)
             os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
             self._open_ack()
-            self._scan()
+            st = os.fstat(self._lock_fd)
+            self._dir_id = (os.stat(self._dir).st_dev, os.stat(self._dir).st_ino, st.st_ino)
         except OSError as e:
             if self._ack_fd >= 0:
                 os.close(self._ack_fd)
             os.close(self._lock_fd)
             raise SpoolError(f"cannot open spool {self._dir}: {e.strerror}; "
                              "check the directory's permissions and free space") from None
-        self._closed = False
-        with self._lock:
-            self._delete_consumed()
-            self._expire(self._now_ns())
-            self._make_room(0)
 
-    # ---- opening ----
+    def _directory_gone(self) -> bool:
+        try:
+            st = os.stat(self._dir)
+            lock = os.stat(os.path.join(self._dir, "lock"))
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError:
+            return False  # unreadable for another reason: the operation itself will say so
+        return (st.st_dev, st.st_ino, lock.st_ino) != self._dir_id
+
+    def _recreate(self) -> None:
+        """The directory was removed or replaced: make it again, rescue what the open segment holds."""
+        active = self._active
+        if active is not None:
+            for seq, offset, length, ts_ns in active.records:
+                if seq > self._floor:
+                    try:
+                        self._rescued.append((ts_ns, os.pread(active.handle(), length, offset + _HEAD.size)))
+                    except OSError:
+                        break
+            os.close(active.handle())
+            active.fd = self._active = None
+        lost = sum(len(seg.records) - self._first_pending(seg) for seg in self._segments if seg is not active)
+        if lost:
+            self.dropped["spool_lost"] += lost
+        for fd in (self._ack_fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._ack_fd = self._lock_fd = -1
+        self._segments, self._bytes = [], 0
+        floor = self._floor
+        self._lock_directory()  # raises SpoolError if it cannot be made again: tried at the next call
+        self._floor = floor
+        self._persist_floor()   # numbering goes on above everything handed out before
+        log.error("spool %s was removed or replaced while the agent ran: created it again; %d waiting OOM "
+                  "event(s) rescued, %d lost with it (counted as spool_lost)", self._dir, len(self._rescued), lost)
+        while self._rescued:
+            ts_ns, payload = self._rescued[0]
+            self._write(payload, ts_ns)
+            self._rescued.pop(0)
+
+    def _check_directory(self) -> None:
+        if self._lock_fd < 0 or self._directory_gone():
+            self._recreate()
 
     def _open_ack(self) -> None:
         path = os.path.join(self._dir, "ack")
@@ -243,32 +314,39 @@ class Spool:
             if size > self._max_bytes or len(payload) >= 2**32:
                 raise SpoolError(f"event of {len(payload)} bytes does not fit in spool max_bytes="
                                  f"{self._max_bytes}; raise max_bytes")
+            self._check_directory()
             now = self._now_ns()
             self._expire(now)
-            self._make_room(size)
-            seg = self._writable(size)
-            seq = self._next_seq
-            self._next_seq += 1  # burnt even on failure: a half-failed write may still hold it
-            record = _HEAD.pack(MAGIC, len(payload), _crc(len(payload), seq, now, payload), seq, now) + payload
-            try:
-                view = memoryview(record)
-                while view:
-                    view = view[os.write(seg.handle(), view):]
-                if self._fsync:
-                    os.fdatasync(seg.handle())
-            except OSError as e:
-                self._abandon(seg)
-                raise SpoolError(f"cannot write OOM event to spool {self._dir}: {e.strerror}; "
-                                 "free disk space on that filesystem") from None
-            seg.records.append((seq, seg.size, len(payload), now))
-            seg.size += size
-            self._bytes += size
-            return seq
+            return self._write(payload, now)
+
+    def _write(self, payload: bytes, now: int) -> int:
+        size = _HEAD.size + len(payload)
+        # called with self._lock held
+        self._make_room(size)
+        seg = self._writable(size)
+        seq = self._next_seq
+        self._next_seq += 1  # burnt even on failure: a half-failed write may still hold it
+        record = _HEAD.pack(MAGIC, len(payload), _crc(len(payload), seq, now, payload), seq, now) + payload
+        try:
+            view = memoryview(record)
+            while view:
+                view = view[os.write(seg.handle(), view):]
+            if self._fsync:
+                os.fdatasync(seg.handle())
+        except OSError as e:
+            self._abandon(seg)
+            raise SpoolError(f"cannot write OOM event to spool {self._dir}: {e.strerror}; "
+                             "free disk space on that filesystem") from None
+        seg.records.append((seq, seg.size, len(payload), now))
+        seg.size += size
+        self._bytes += size
+        return seq
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         """Up to `limit` unacknowledged events, oldest first, as (seq, payload)."""
         with self._lock:
             self._check_open()
+            self._check_directory()
             self._expire(self._now_ns())
             out: list[tuple[int, bytes]] = []
             bad, files = [], {}
@@ -326,13 +404,18 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
-            if self._floor != self._floor_disk:
+            if self._rescued:
+                self.dropped["spool_lost"] += len(self._rescued)
+                log.error("spool %s: %d rescued OOM event(s) could not be written again (counted as spool_lost)",
+                          self._dir, len(self._rescued))
+            if self._floor != self._floor_disk and self._ack_fd >= 0:
                 self._persist_floor()
             if self._active is not None:
                 os.close(self._active.handle())
                 self._active.fd = None
-            os.close(self._ack_fd)
-            os.close(self._lock_fd)  # releases the flock
+            for fd in (self._ack_fd, self._lock_fd):  # closing the lock releases the flock
+                if fd >= 0:
+                    os.close(fd)
 
     def __enter__(self) -> "Spool":
         return self
@@ -369,7 +452,8 @@ class Spool:
         if self._active is None:
             path = os.path.join(self._dir, f"seg-{self._next_seq:020d}.log")
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+                # read-write: if the directory is removed, what this open file holds can still be rescued
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
                 if self._fsync:
                     _fsync_dir(self._dir)
             except OSError as e:

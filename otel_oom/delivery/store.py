@@ -1,8 +1,12 @@
 """Where handled OOM events wait for the collector: the on-disk spool, or memory.
 
-`DeliveryStore` puts events in the spool and, only if the spool cannot write (disk full, I/O
-error), keeps them in a bounded memory queue instead, so a broken disk degrades durability
-without losing the kill. Both share the spool's interface: append / pending / ack.
+`DeliveryStore` puts events in the spool and, only if the spool cannot write (disk full, read-only,
+I/O error), keeps them in a bounded memory queue instead, so a broken disk degrades durability
+without losing the kill. Both share the spool's interface: append / pending / ack. Order is kept:
+while events wait in memory, new ones join them there, and the sender moves them back into the
+spool, oldest first, as soon as it can write again (`rescue_memory`, also tried at shutdown). So
+the events held only in memory are always the newest ones, which is what lets a restart recover
+them from the kernel log when they are lost (see `reconcile.recovery.Reconciler.forget`).
 """
 from __future__ import annotations
 
@@ -61,6 +65,15 @@ class MemoryStore:
         with self._lock:
             return list(self._items)[:limit]
 
+    def peek(self) -> "tuple[int, bytes] | None":
+        with self._lock:
+            return self._items[0] if self._items else None
+
+    def drop_first(self, seq: int) -> None:
+        with self._lock:
+            if self._items and self._items[0][0] == seq:
+                self._items.popleft()
+
     def ack(self, upto_seq: int) -> None:
         with self._lock:
             while self._items and self._items[0][0] <= upto_seq:
@@ -92,14 +105,31 @@ class DeliveryStore:
         return self.memory.in_memory()
 
     def append(self, payload: bytes) -> int:
-        try:
-            return self.spool.append(payload)
-        except SpoolError as e:
-            self.spool_write_errors += 1
-            log.error("%s; keeping the event in memory until the collector accepts it", e)
-            return self.memory.append(payload)
+        if not self.memory.in_memory():  # else behind the older ones waiting in memory
+            try:
+                return self.spool.append(payload)
+            except SpoolError as e:
+                self.spool_write_errors += 1
+                log.error("%s; keeping the event in memory until the spool or the collector takes it", e)
+        return self.memory.append(payload)
+
+    def rescue_memory(self) -> int:
+        """Move events waiting in memory into the spool, oldest first, while it writes; how many moved."""
+        moved = 0
+        while (item := self.memory.peek()) is not None:
+            try:
+                self.spool.append(item[1])
+            except SpoolError:
+                break
+            self.memory.drop_first(item[0])
+            moved += 1
+        if moved:
+            log.warning("spool writable again: %d OOM event(s) moved from memory into it", moved)
+        return moved
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
+        if self.memory.in_memory():
+            self.rescue_memory()
         try:
             batch = self.spool.pending(limit)
         except SpoolError as e:

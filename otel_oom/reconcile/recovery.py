@@ -10,6 +10,13 @@ the difference is the number of kills that happened while no agent was running; 
 come from the kernel log (/dev/kmsg "Killed process" lines) when it is readable and still holds
 them, and are delivered as records marked `oom.recovered`. Kills beyond what the log still holds
 stay counted as unobserved.
+
+The counter and the log are read together, before the probes are attached, and again until the
+counter did not move meanwhile: every kill counted then has its line in the snapshot, and every
+later kill is the probe's (observed, or counted unobserved), so no kill is reported twice and
+none is missed. Kills accounted for but lost before delivery (held in memory at shutdown,
+`forget`) are taken off the saved count, so the next start recovers them from the log.
+A state file that cannot be read is a warning that names it, never a silent first start.
 """
 from __future__ import annotations
 
@@ -45,11 +52,12 @@ class Reconciler:
         self._lock = threading.RLock()
         self.observed_count = 0
         self.missed_without_details = 0
-        # read after the probes are attached: every later kill is either observed or unobserved
-        self.baseline = vmstat_oom_kills(proc_root)
-        self._previous = self._latest = self.baseline
+        self.forgotten = 0  # observed kills lost before delivery: the next start recovers them
         # read now, before the worker's first save can overwrite the previous run's state
-        self._prior_state = self._load()
+        self._prior_state, self.state_problem = self._load()
+        # read before the probes are attached: every later kill is either observed or unobserved
+        self.baseline, self._kmsg, self._kmsg_error = self._snapshot()
+        self._previous = self._latest = self.baseline
         self._state_fd: Optional[int] = None
         # per memory cgroup: the kernel's local oom_kill counters against the kills seen there
         self._observed_by_cgroup: Counter[str] = Counter()
@@ -60,6 +68,39 @@ class Reconciler:
         self._last_group_kill: dict[object, int] = {}
         self._memcg_baseline = self._memcg_previous = self._memcg_latest = self._read_memcgs()
         self.memcg_unobserved = 0
+
+    def _missed_since(self, state: Optional[dict], count: Optional[int]) -> int:
+        if state is None or count is None:
+            return 0
+        if state.get("boot_id") == self.boot_id:
+            return count - state["vmstat_oom_kill"]
+        return count  # rebooted since the last run: every kill of this boot was missed
+
+    def _snapshot(self) -> tuple[Optional[int], Optional[list], Optional[OSError]]:
+        """(kill counter, kernel log records or None, why the log could not be read), consistent:
+        the counter did not move while the log was read, so the log holds every kill it counts."""
+        from .kmsg import read_kmsg
+
+        count = vmstat_oom_kills(self.proc_root)
+        if not self.state_path or self._missed_since(self._prior_state, count) <= 0:
+            return count, None, None
+        records, error = None, None
+        for _ in range(5):
+            try:
+                records, error = read_kmsg(self.kmsg_path), None
+            except OSError as e:
+                return count, None, e
+            again = vmstat_oom_kills(self.proc_root)
+            if again == count:
+                break
+            count = again  # a kill happened while the log was read: read both again
+        return count, records, error
+
+    def forget(self, kills: int) -> None:
+        """`kills` observed kills were lost before delivery (held in memory at shutdown): leave them
+        out of the saved count, so the next start recovers them from the kernel log."""
+        with self._lock:
+            self.forgotten += kills
 
     def observed(self, kill: OomKill) -> None:
         """Count a kill the probe delivered; call it once the kill is in the spool.
@@ -135,7 +176,7 @@ class Reconciler:
         with self._lock:
             if self.baseline is None or self._previous is None:
                 return None
-            return max(self._previous, self.baseline + self.observed_count + self.group_decisions)
+            return max(self._previous, self.baseline + self.observed_count + self.group_decisions) - self.forgotten
 
     def save(self, durable: bool = True) -> None:
         if not self.state_path:
@@ -151,6 +192,9 @@ class Reconciler:
             state = {"boot_id": self.boot_id, "vmstat_oom_kill": accounted, "saved_at": time.time()}
             record = json.dumps(state).encode().ljust(STATE_BYTES)
             try:
+                if self._state_fd is not None and os.fstat(self._state_fd).st_nlink == 0:
+                    os.close(self._state_fd)  # the file (or its directory) was removed: write a new one
+                    self._state_fd = None
                 if self._state_fd is None:
                     self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o600)
                 # one fixed-size record overwritten in place: no rename (which ext4 flushes on every
@@ -168,15 +212,18 @@ class Reconciler:
                 os.close(self._state_fd)
                 self._state_fd = None
 
-    def _load(self) -> Optional[dict]:
+    def _load(self) -> tuple[Optional[dict], Optional[str]]:
+        """(the previous run's state, None), (None, None) on a first start, or (None, what is wrong)."""
         if not self.state_path:
-            return None
+            return None, None
         try:
-            with open(self.state_path) as f:
-                state = json.load(f)
-            return state if isinstance(state, dict) else None
-        except (OSError, ValueError):
-            return None
+            with open(self.state_path, "rb") as f:
+                raw = f.read(64 * STATE_BYTES)
+        except FileNotFoundError:
+            return None, None
+        except OSError as e:
+            return None, f"cannot read it: {e.strerror}"
+        return parse_state(raw)
 
     def recover_missed(self) -> list[OomKill]:
         """Kills the kernel counted while no agent was running, with what the kernel log says of them."""
@@ -185,16 +232,22 @@ class Reconciler:
         state = self._prior_state
         self.save()
         if state is None:
-            # first start on this host: there was no agent before, so nothing was "missed"
-            if self.baseline:
+            if self.state_problem is not None:
+                log.warning("reconciliation state %s is unusable (%s): the %d OOM kill(s) of this boot cannot be "
+                            "told apart from those already reported, so none is replayed; kills while otel-oom "
+                            "was down may be missing (the file is rewritten now)", self.state_path,
+                            self.state_problem, self.baseline)
+            elif self.baseline:
+                # first start on this host: there was no agent before, so nothing was "missed"
                 log.info("%d OOM kill(s) happened on this boot before otel-oom's first start here; "
                          "not replayed (no earlier state in %s)", self.baseline, self.state_path)
             return []
-        if state.get("boot_id") == self.boot_id:
-            missed = self.baseline - int(state.get("vmstat_oom_kill", self.baseline))
-        else:
-            missed = self.baseline  # rebooted since the last run: every kill of this boot was missed
-        if missed <= 0:
+        missed = self._missed_since(state, self.baseline)
+        if missed < 0:
+            log.warning("reconciliation state %s says %d kill(s) were accounted for on this boot, more than the "
+                        "kernel's %d: ignoring it", self.state_path, state["vmstat_oom_kill"], self.baseline)
+            return []
+        if missed == 0:
             return []
         kills, explained = self._from_kmsg(min(missed, MAX_RECOVERED))
         with self._lock:
@@ -207,14 +260,14 @@ class Reconciler:
     def _from_kmsg(self, missed: int) -> tuple[list[OomKill], int]:
         """The last kills of the kernel log that account for `missed` kernel counts, and how many
         counts they account for (a group kill's chosen victim is counted twice by the kernel)."""
-        from .kmsg import read_kmsg
         from .oom_report import recovered_kills, to_oom_kill
 
-        try:
-            records = read_kmsg(self.kmsg_path)
-        except OSError as e:
+        records, e = self._kmsg, self._kmsg_error
+        self._kmsg = None  # read once, at start-up
+        if records is None:
+            why = e.strerror if e is not None else "not read"
             log.warning("cannot read the kernel log %s (%s): recovered kills get no details; "
-                        "grant CAP_SYSLOG or mount /dev/kmsg", self.kmsg_path, e.strerror)
+                        "grant CAP_SYSLOG or mount /dev/kmsg", self.kmsg_path, why)
             return [], 0
         found, explained = [], 0
         for r in reversed(recovered_kills(records)):
@@ -225,3 +278,19 @@ class Reconciler:
         # printk stamps are CLOCK_MONOTONIC-like (local_clock), so anchor them to boot wall time
         boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in reversed(found)], explained
+
+
+def parse_state(raw: bytes) -> tuple[Optional[dict], Optional[str]]:
+    """The reconciliation state record -> (state, None) or (None, what is wrong with it)."""
+    try:
+        state = json.loads(raw.decode("utf-8").strip() or "null")
+    except (UnicodeDecodeError, ValueError):
+        return None, "not JSON"
+    if not isinstance(state, dict):
+        return None, f"a JSON {type(state).__name__}, not an object"
+    count = state.get("vmstat_oom_kill")
+    if not isinstance(state.get("boot_id"), str) or not state["boot_id"]:
+        return None, "no boot_id"
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return None, "no vmstat_oom_kill count"
+    return state, None
