@@ -138,6 +138,7 @@ class Spool:
         self._active: Optional[_Segment] = None
         self._rescued: list[tuple[int, bytes]] = []  # (append time, payload) from a removed directory
         self._bytes = 0
+        self._floor = self._floor_disk = 0  # set from the ack file by _lock_directory
         self._lock_directory()
         try:
             self._scan()
