@@ -513,7 +513,7 @@ class Spool:
             self._bytes -= seg.size
 
     def _expire(self, now_ns: int) -> None:
-        cutoff, count, upto = now_ns - self._max_age_ns, 0, None
+        cutoff, count, upto = now_ns - self._max_age_ns, 0, self._floor
         for _, rec in self._iter_pending():
             if rec[3] >= cutoff:
                 break
