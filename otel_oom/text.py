@@ -9,8 +9,11 @@ kept that way in the record. Each destination then gets its own escaping, all de
   characters that make a terminal line lie about itself become visible escapes.
 - `for_json_line`: a JSON text printed on a terminal — what `json.dumps` leaves raw but a terminal
   would act on.
-- `for_otlp`: protobuf strings must be valid UTF-8 — raw bytes become "\\xNN" text, the rest is kept.
+- `for_otlp`: protobuf strings must be valid UTF-8 — raw bytes become "\\xNN" text and a backslash
+  "\\\\" (so the text `\\xff` and the byte 0xff stay apart), the rest is kept.
 - `for_chat`: one line for Slack-compatible webhooks — as for a terminal, plus `&`, `<`, `>`.
+
+Every escaping is injective: two different kernel strings never look the same at a destination.
 """
 from __future__ import annotations
 
@@ -65,18 +68,27 @@ def for_json_line(json_text: str) -> str:
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
 
 
+_OTLP_ESCAPE = re.compile("[\\\\\ud800-\udfff]")
+
+
+def _otlp_char(c: str) -> str:
+    o = ord(c)
+    if c == "\\":
+        return "\\\\"
+    if 0xDC80 <= o <= 0xDCFF:  # surrogateescape stand-in for the raw byte o - 0xDC00
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\u{o:04x}"     # a lone surrogate that did not come from the kernel
+
+
 def for_otlp(s: str) -> str:
-    """Valid UTF-8 for protobuf: undecodable kernel bytes (lone surrogates) become "\\xNN" text.
+    """Valid UTF-8 for protobuf: undecodable kernel bytes (lone surrogates) become "\\xNN" text and a
+    backslash "\\\\", so the byte 0xff and the four characters `\\xff` never look alike.
 
     Control characters are kept: in an attribute they are data, and OTLP carries them intact.
     """
-    if s.isascii():
+    if "\\" not in s and (s.isascii() or not any(0xD800 <= ord(c) <= 0xDFFF for c in s)):
         return s
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        # a surrogate outside surrogateescape's range did not come from the kernel; keep it visible
-        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _OTLP_ESCAPE.sub(lambda m: _otlp_char(m.group()), s)
 
 
 CHAT_TEXT_MAX = 3000  # Slack truncates section text around 3000 characters
@@ -92,7 +104,9 @@ def for_chat(text: str, limit: int = CHAT_TEXT_MAX) -> str:
     out = []
     for ch in text:
         o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:          # surrogateescape'd raw byte
+        if ch == "\\":                     # so that "\\xNN" below always means a raw byte
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:        # surrogateescape'd raw byte
             out.append(f"\\x{o - 0xDC00:02x}")
         elif 0xD800 <= o <= 0xDFFF:        # any other lone surrogate
             out.append(f"\\u{o:04x}")

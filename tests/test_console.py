@@ -141,8 +141,9 @@ def test_json_never_carries_a_hostile_name_raw(name):
     assert not any(c in line for c in RAW_FORBIDDEN)
     line.encode("utf-8")  # valid UTF-8 (no lone surrogate)
     doc = json.loads(line)
-    expected = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
-        if "\ud800" not in name else name.replace("\ud800", "\\ud800")
+    # a backslash doubled, so a raw byte's "\xNN" cannot be confused with those four characters
+    expected = "".join("\\\\" if c == "\\" else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                       else f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in name)
     assert doc["process.executable.name"] == expected  # the data itself survives intact
     assert doc["oom.victim.cgroup.path"] == f"/x/{expected}"
 
@@ -164,3 +165,13 @@ def test_times_keep_nanoseconds_exactly():
     assert rfc3339(T) == "2026-11-25T10:31:07.123456789Z"
     assert rfc3339(0) == "1970-01-01T00:00:00.000000000Z"
     assert format_time(T) == "2026-11-25 10:31:07.123"
+
+
+def test_a_raw_byte_and_its_escape_text_never_look_alike():
+    # before, the byte 0xff and the four characters "\xff" became the same OTLP attribute value
+    from otel_oom.text import for_chat, for_otlp, for_terminal
+
+    raw, text = "a\udcffb", "a\\xffb"
+    for escape in (for_otlp, for_terminal, for_chat):
+        assert escape(raw) != escape(text), escape
+    assert for_otlp(raw) == "a\\xffb" and for_otlp(text) == "a\\\\xffb"

@@ -201,3 +201,39 @@ def test_message_body_is_ascii_json():
 def test_bad_url_is_a_usage_error(url):
     with pytest.raises(UsageError, match="--notify-webhook"):
         resolve({"notify_webhook": url, "no_otlp": True}, {})
+
+
+@pytest.mark.parametrize("answer", [b"\x00\xffnot http at all\r\n\r\n", b"HTTP/1.1 abc\r\n\r\n", b"",
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 99999\r\n\r\nshort"])
+def test_a_server_answering_garbage_costs_one_failure_and_the_thread_goes_on(answer, receiver):
+    # before, http.client's BadStatusLine (not an OSError) ended the webhook thread for good
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen(8)
+
+    def serve():
+        for _ in range(8):
+            try:
+                conn, _ = garbage.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(answer)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    n = WebhookNotifier(f"http://127.0.0.1:{garbage.getsockname()[1]}/hook", attempts=2, backoff=0.01, timeout=2)
+    try:
+        n.notify(make_kill(), "x")
+        deadline = time.monotonic() + 10
+        while n.failures < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert n.failures == 1 and n._thread.is_alive()
+    finally:
+        n.close(1)
+        garbage.close()
+    good = receiver()  # the same kind of notifier still delivers to a real server
+    n2 = WebhookNotifier(good.url, attempts=1)
+    n2.notify(make_kill(), "x")
+    n2.close(5)
+    assert n2.sent == 1

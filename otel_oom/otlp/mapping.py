@@ -110,10 +110,13 @@ def log_body(kill: OomKill) -> str:
 
 
 def kill_metric_attributes(kill: OomKill) -> dict[str, str]:
-    """Bounded attributes for oom.kills: the constraint, and the container and pod when known."""
+    """Bounded attributes for oom.kills: the constraint, and the container runtime and pod QoS class when
+    known (at most 5 x 5 x 4 series). Never a container id, pod uid or pid: each restart would add a series
+    forever. Per-container and per-pod counts come from counting the `oom.kill` log records (the Collector's
+    count connector, see docs/schema.md)."""
     attrs = {"oom.constraint": kill.constraint}
-    if kill.container_id:
-        attrs["container.id"] = for_otlp(kill.container_id)
-    if kill.pod_uid:
-        attrs["k8s.pod.uid"] = for_otlp(kill.pod_uid)
+    if kill.container_runtime:
+        attrs["container.runtime.name"] = for_otlp(kill.container_runtime)
+    if kill.pod_qos_class:
+        attrs["oom.victim.pod.qos_class"] = for_otlp(kill.pod_qos_class)
     return attrs

@@ -93,7 +93,7 @@ class Metrics:
             return callback
 
         self._kills = meter.create_counter(
-            "oom.kills", unit="{kill}", description="OOM kills reported, by constraint, container and pod")
+            "oom.kills", unit="{kill}", description="OOM kills reported, by constraint, container runtime and pod QoS class")
         self._rss = meter.create_histogram(
             "oom.victim.rss", unit="By", description="Resident memory of the OOM victim when it was killed",
             explicit_bucket_boundaries_advisory=RSS_BUCKETS)

@@ -10,6 +10,7 @@ the runtime gave them) goes through `text.for_chat`. The URL was validated at st
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import queue
@@ -128,7 +129,11 @@ class WebhookNotifier:
             if self._abort.is_set():
                 self._count("dropped")
                 continue
-            self._deliver(body)
+            try:
+                self._deliver(body)
+            except Exception:  # noqa: BLE001 - one message's failure must never end the thread
+                self._count("failures")
+                log.exception("OOM webhook notification failed unexpectedly; the next one is still sent")
 
     def _deliver(self, body: bytes) -> None:
         delay = self.backoff
@@ -147,8 +152,9 @@ class WebhookNotifier:
                 if e.code not in RETRYABLE_STATUS:
                     break
                 retry_after = _retry_after(e.headers.get("Retry-After"))
-            except (urllib.error.URLError, OSError) as e:
-                last = str(getattr(e, "reason", e))
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+                # HTTPException: a server answering with something that is not HTTP
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"[:200]
             if attempt == self.attempts or self._abort.is_set():
                 break
             wait = min(self.max_backoff, retry_after if retry_after is not None else delay)
