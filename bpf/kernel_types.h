@@ -110,6 +110,8 @@ struct cred {
 
 struct signal_struct {
 	short oom_score_adj;
+	int group_exit_code;
+	unsigned int flags;
 };
 
 struct task_struct {

@@ -131,13 +131,19 @@ static __always_inline void read_victim_memcgs(struct oom_event *e, struct task_
 
 	for (i = 0; i < OOM_CGROUP_DEPTH; i++) {
 		struct kernfs_node *kn;
+		const char *name;
+		char next = 0;
 
 		if (!css)
 			return;
 		kn = BPF_CORE_READ(css, cgroup, kn);
 		e->victim_memcg[i].id = kernfs_id(kn);
-		bpf_probe_read_kernel_str(e->victim_memcg[i].name, OOM_CGROUP_NAME_LEN,
-					  BPF_CORE_READ(kn, name));
+		name = BPF_CORE_READ(kn, name);
+		/* a full buffer: cut, unless the name is exactly OOM_CGROUP_NAME_LEN - 1 bytes long */
+		if (bpf_probe_read_kernel_str(e->victim_memcg[i].name, OOM_CGROUP_NAME_LEN, name) ==
+		    OOM_CGROUP_NAME_LEN &&
+		    !bpf_probe_read_kernel(&next, 1, name + OOM_CGROUP_NAME_LEN - 1) && next)
+			e->flags |= OOM_F_CGROUP_NAME_CUT;
 		read_page_counter((struct mem_cgroup *)css, &e->victim_memcg[i].usage_pages,
 				  &e->victim_memcg[i].limit_pages);
 		e->victim_memcg_levels = i + 1;
@@ -185,6 +191,11 @@ static __always_inline void read_victim_task(struct oom_event *e, struct task_st
 	e->victim_ppid = BPF_CORE_READ(task, real_parent, tgid);
 	e->victim_uid = BPF_CORE_READ(task, real_cred, uid.val);
 	e->oom_score_adj = BPF_CORE_READ(task, signal, oom_score_adj);
+	/* __oom_kill_process sends SIGKILL before it marks the victim; a task the kernel only marks
+	 * because it is already exiting has no group exit on SIGKILL (SIGNAL_GROUP_EXIT is 0x4) */
+	if ((BPF_CORE_READ(task, signal, flags) & 0x4) &&
+	    (BPF_CORE_READ(task, signal, group_exit_code) & 0x7f) == 9)
+		e->flags |= OOM_F_SIGKILLED;
 	BPF_CORE_READ_STR_INTO(&e->victim_comm, task, comm);
 	read_victim_memcgs(e, task);
 	e->flags |= OOM_F_VICTIM_TASK;

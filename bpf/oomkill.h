@@ -49,6 +49,12 @@ enum oom_constraint_kind {
 #define OOM_F_BOOT_CLOCK    (1u << 3) /* timestamp_ns is CLOCK_BOOTTIME, else CLOCK_MONOTONIC */
 #define OOM_F_CGROUP_DEEPER (1u << 4) /* victim memcg is deeper than OOM_CGROUP_DEPTH */
 #define OOM_F_MM_SIZES      (1u << 5) /* total_vm/rss/pgtables are valid */
+/* With OOM_F_VICTIM_TASK: the victim's thread group is exiting on SIGKILL (the OOM killer's signal).
+ * Without it, the kernel only marked a task that was already exiting (task_will_free_mem): no
+ * SIGKILL, no "Killed process" line, not counted in /proc/vmstat oom_kill. */
+#define OOM_F_SIGKILLED     (1u << 6)
+/* A victim memcg name was longer than OOM_CGROUP_NAME_LEN - 1 bytes and is cut: resolve by id. */
+#define OOM_F_CGROUP_NAME_CUT (1u << 7)
 
 /* Indexes of the per-CPU "stats" array map. */
 enum oom_stat {

@@ -81,6 +81,10 @@ class OomKill:
     order: Optional[int] = None
     decision_id: Optional[str] = None        # same for every victim of one decision (group kills)
     oom_group_path: Optional[str] = None     # cgroup v2 memory.oom.group that made this a group kill
+    # False: the kernel only marked a task already exiting so it frees its memory (no SIGKILL, not
+    # counted as a kill by the kernel); None: not known (no task read)
+    killed: Optional[bool] = None
+    cgroup_truncated: bool = False           # a cgroup name was cut in the kernel and the path not found by id
 
     def to_json(self) -> str:
         # ensure_ascii keeps lone surrogates and control characters escaped and lossless

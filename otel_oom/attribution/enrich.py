@@ -93,6 +93,10 @@ class Enricher:
         return path
 
     def victim_path(self, ev: OomEvent) -> Optional[str]:
+        if ev.victim_memcgs and ev.cgroup_name_cut:
+            # a name was cut in the kernel: a workload could choose one that is cut into another
+            # cgroup's path, so only the id says where the victim was; unknown if it is gone
+            return self.path_for_id(ev.victim_memcgs[0].id)
         if ev.victim_memcgs and ev.victim_memcgs_complete:
             return path_from_names([lvl.name for lvl in ev.victim_memcgs])
         if ev.victim_memcgs:
@@ -228,6 +232,7 @@ class Enricher:
             memcg_usage_bytes=memcg_usage,
             memcg_source=memcg_source,
             oom_group_path=self.oom_group(path, memcg_path),
+            cgroup_truncated=ev.cgroup_name_cut and path is None,
         )
         # last: a bounded wait at most (the cache is warm before the kill), never an exception
         return self.names.annotate(kill) if self.names is not None else kill
@@ -267,4 +272,5 @@ def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:
         gfp_mask=ev.gfp_mask,
         order=ev.order,
         decision_id=f"{boot_id}:{ev.decision_ns}:{ev.trigger_tgid}" if ev.context else None,
+        killed=ev.killed,
     )

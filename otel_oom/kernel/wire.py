@@ -30,6 +30,8 @@ F_CONTEXT = 1 << 2
 F_BOOT_CLOCK = 1 << 3
 F_CGROUP_DEEPER = 1 << 4
 F_MM_SIZES = 1 << 5
+F_SIGKILLED = 1 << 6        # with F_VICTIM_TASK: exiting on SIGKILL; without it, only marked (already exiting)
+F_CGROUP_NAME_CUT = 1 << 7  # a captured memcg name is cut at CGROUP_NAME_LEN - 1 bytes
 
 # stats map indexes
 STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_CONTEXT_SEEN, STAT_MAX = 0, 1, 2, 3
@@ -124,6 +126,7 @@ class OomEvent:
     pgtables_bytes: Optional[int]
     victim_memcgs: tuple[MemcgLevel, ...]  # leaf first, root last
     victim_memcgs_complete: bool           # False: deeper than captured
+    cgroup_name_cut: bool                  # a name in victim_memcgs is cut: resolve the path by id
     trigger_tgid: int
     trigger_pid: int
     trigger_comm: str
@@ -140,6 +143,9 @@ class OomEvent:
     gfp_mask: Optional[int]
     order: Optional[int]
     constraint: str
+    # True: the kernel sent SIGKILL; False: it only marked a task already exiting (no kill counted);
+    # None: unknown (no task was read: the pid-only tracepoint)
+    killed: Optional[bool] = None
 
 
 # page_counter's "no limit" is PAGE_COUNTER_MAX = LONG_MAX / PAGE_SIZE; anything this large is unlimited
@@ -197,6 +203,7 @@ def decode(data: bytes, page_size: int) -> OomEvent:
         pgtables_bytes=r.pgtables_bytes if has_mm else None,
         victim_memcgs=levels,
         victim_memcgs_complete=not (flags & F_CGROUP_DEEPER),
+        cgroup_name_cut=bool(flags & F_CGROUP_NAME_CUT),
         trigger_tgid=r.trigger_tgid,
         trigger_pid=r.trigger_pid,
         trigger_comm=from_kernel_cstr(r.trigger_comm),
@@ -212,4 +219,5 @@ def decode(data: bytes, page_size: int) -> OomEvent:
         gfp_mask=c(r.ctx_gfp_mask),
         order=c(r.ctx_order),
         constraint=CONSTRAINTS.get(r.ctx_constraint, "unknown") if ctx else "unknown",
+        killed=bool(flags & F_SIGKILLED) if has_task else None,
     )

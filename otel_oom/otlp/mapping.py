@@ -42,7 +42,9 @@ def log_attributes(kill: OomKill) -> dict[str, Any]:
         "k8s.container.restart_count": k.restart_count,
         "oom.names.source": k.names_source,
         "oom.victim.tid": k.victim_tid,
+        "oom.victim.killed": k.killed,
         "oom.victim.cgroup.path": k.cgroup_path,
+        "oom.victim.cgroup.truncated": True if k.cgroup_truncated else None,
         "oom.victim.pod.qos_class": k.pod_qos_class,
         "oom.victim.oom_score_adj": k.oom_score_adj,
         "oom.victim.memory.total_vm": k.total_vm_bytes,
@@ -93,7 +95,9 @@ def log_body(kill: OomKill) -> str:
     """One line in the kernel's own wording; unknown fields are left out, names are escaped."""
     k = kill
     prefix = "Memory cgroup out of memory" if k.constraint == "memcg" else "Out of memory"
-    text = f"{prefix}: Killed process {k.victim_pid} ({for_terminal(k.victim_comm)})"
+    # a task already exiting is only marked (it frees its memory itself): the kernel prints no kill
+    verb = "Marked exiting process" if k.killed is False else "Killed process"
+    text = f"{prefix}: {verb} {k.victim_pid} ({for_terminal(k.victim_comm)})"
     memory = [f"{label}:{_kb(v)}" for label, v in (("total-vm", k.total_vm_bytes), ("anon-rss", k.anon_rss_bytes),
                                                    ("file-rss", k.file_rss_bytes), ("shmem-rss", k.shmem_rss_bytes))
               if v is not None]

@@ -121,6 +121,8 @@ class Metrics:
             callbacks=[guarded("oom.kills.unobserved", lambda: [Observation(int(self._unobserved()))])])
 
     def record_kill(self, kill: OomKill) -> None:
+        if kill.killed is False:
+            return  # only marked (already exiting): the kernel killed nothing and counts nothing
         self._kills.add(1, kill_metric_attributes(kill))
         rss = kill.rss_bytes
         if rss is not None:

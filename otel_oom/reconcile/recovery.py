@@ -109,6 +109,8 @@ class Reconciler:
         power loss the boot id differs anyway), so a restart never replays a spooled kill again
         from the kernel log as a "recovered" duplicate with another event id.
         """
+        if kill.killed is False:
+            return  # a task only marked because it was already exiting: the kernel counts no kill
         with self._lock:
             self.observed_count += 1
             if kill.cgroup_path:

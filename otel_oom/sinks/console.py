@@ -75,8 +75,10 @@ def workload_summary(kill: OomKill, escape: Callable[[str], str]) -> str:
 def format_console(kill: OomKill) -> str:
     """One readable block per kill, ending with a newline; unknown fields are left out or shown as "?"."""
     k = kill
-    header = f"[{format_time(k.time_unix_nano)} UTC] OOM KILL ({k.constraint}"
-    header += ", recovered from the kernel log)" if k.recovered else ")"
+    what = "OOM MARK" if k.killed is False else "OOM KILL"
+    header = f"[{format_time(k.time_unix_nano)} UTC] {what} ({k.constraint}"
+    header += ", recovered from the kernel log)" if k.recovered else \
+        ", already exiting: marked, not killed)" if k.killed is False else ")"
     lines = [header]
 
     victim = [_who(k.victim_pid, k.victim_tid, k.victim_comm)]
@@ -100,6 +102,8 @@ def format_console(kill: OomKill) -> str:
     else:
         lines.append("  Trigger: ?")
 
+    if k.cgroup_truncated:
+        lines.append("  Cgroup:  ? (a name longer than the kernel side captures; the cgroup is gone)")
     if k.cgroup_path is not None or k.container_id or k.pod_uid:
         cg = [for_terminal(k.cgroup_path) if k.cgroup_path is not None else "?"]
         if k.container_id:
