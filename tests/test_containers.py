@@ -60,7 +60,7 @@ CASES = [
     ("v1,v2 cgroupfs", f"/libpod_parent/libpod-conmon-{C}", W("podman", None)),
     ("v1,v2 systemd pod", f"/machine.slice/machine-libpod_pod_{N}.slice/libpod-{C}.scope", W("podman", C)),
     ("v2 systemd", f"/machine.slice/libpod-{C}.scope/container", W("podman", C)),
-    # kubepods nested in another parent: the innermost match wins
+    # kubepods nested in another parent (a node container): the pod and its container win
     ("v2 kind", f"{KIND}/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "burstable")),  # noqa: E501
     ("v2 kind", f"{KIND}/kubelet-kubepods-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "guaranteed")),
     ("v2 kind host view", f"/system.slice/docker-{N}.scope{KIND}/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{U_}.slice/cri-containerd-{C}.scope", W("containerd", C, UID, "besteffort")),  # noqa: E501
@@ -75,8 +75,13 @@ CASES = [
     ("v1,v2 cgroupfs", f"/kubepods/burstable/pod{UID}/{C}/made-by/workload", W(None, C, UID, "burstable")),
     ("v1,v2 cgroupfs", f"/docker/{C}/sub", W("docker", C)),
     ("v1,v2 cgroupfs", f"/kubepods/burstable/pod{UID}/crio-{C}/x", W("cri-o", C, UID, "burstable")),
-    # a container inside a pod's container (docker in docker): innermost container, pod above it
-    ("v1,v2 cgroupfs", f"/kubepods/burstable/pod{UID}/{C}/docker/{C2}", W("docker", C2, UID, "burstable")),
+    # a container inside a pod's container (docker in docker) is the workload's own choice: the
+    # pod's container it runs in is the one attributed, never the inner, workload-chosen id
+    ("v1,v2 cgroupfs", f"/kubepods/burstable/pod{UID}/{C}/docker/{C2}", W(None, C, UID, "burstable")),
+    ("v1,v2 systemd", f"{SD_BU}/cri-containerd-{C}.scope/docker-{C2}.scope", W("containerd", C, UID, "burstable")),
+    ("v1,v2 cgroupfs", f"/docker/{C}/docker/{C2}", W("docker", C)),
+    # a workload faking a pod tree inside its own pod's container: the outer pod stays
+    ("v1,v2 cgroupfs", f"/kubepods/burstable/pod{UID}/{C}/kubepods/pod{H32}/{C2}", W(None, C, UID, "burstable")),
     # pod level only (the pod's own memcg)
     ("v1,v2 systemd", SD_BU, W(None, None, UID, "burstable")),
     ("v1,v2 systemd", SD_GU, W(None, None, UID, "guaranteed")),

@@ -144,3 +144,53 @@ def test_a_group_member_without_a_chain_names_its_oom_memcg_from_the_chosen_vict
                                     PAGE))
     assert chosen.memcg_path == "/kmx-group"
     assert member.cgroup_path is None and member.memcg_path == "/kmx-group"
+
+
+# ---- marks that are not kills, and cgroup names cut in the kernel -------------------------------
+
+def test_a_victim_only_marked_because_it_was_exiting_is_no_kill():
+    from otel_oom.otlp.mapping import log_attributes, log_body
+
+    marked = enrich(raw_event(POD_CHAIN, [50, 40, 30, 20, 1]))  # task read, no SIGKILL: only marked
+    killed = enrich(raw_event(POD_CHAIN, [50, 40, 30, 20, 1],
+                              flags=E.F_VICTIM_TASK | E.F_MM_SIZES | E.F_BOOT_CLOCK | E.F_SIGKILLED))
+    unknown = enrich(raw_event([], [], flags=E.F_BOOT_CLOCK))  # pid-only tracepoint: no task read
+    assert (marked.killed, killed.killed, unknown.killed) == (False, True, None)
+    assert log_attributes(marked)["oom.victim.killed"] is False and "oom.victim.killed" not in log_attributes(unknown)
+    assert log_body(marked).startswith("Memory cgroup out of memory: Marked exiting process 4242 (leaky)")
+    assert log_body(killed).startswith("Memory cgroup out of memory: Killed process 4242 (leaky)")
+
+
+def _cut(name: bytes) -> bytes:
+    return name[: E.CGROUP_NAME_LEN - 1]  # what bpf_probe_read_kernel_str leaves of a longer name
+
+
+def test_a_cut_cgroup_name_is_never_taken_for_a_path(tmp_path):
+    from otel_oom.attribution.cgroups import CgroupResolver
+
+    # a workload names its cgroup so that, cut at 127 bytes, it reads as another container's scope
+    other = b"cri-containerd-" + b"cd" * 32 + b".scope"
+    chosen = other + b"x" * (E.CGROUP_NAME_LEN - len(other) + 20)
+    assert _cut(chosen).startswith(other)
+    mount = tmp_path / "memory"
+    real = mount / "evil" / chosen.decode()
+    real.mkdir(parents=True)
+    chain = [(real.stat().st_ino, _cut(chosen), 8192, 8192), ((mount / "evil").stat().st_ino, b"evil", 1, UNLIMITED),
+             (mount.stat().st_ino, b"", 1, UNLIMITED)]
+    flags = E.F_VICTIM_TASK | E.F_MM_SIZES | E.F_BOOT_CLOCK | E.F_SIGKILLED | E.F_CGROUP_NAME_CUT
+    h = MemoryHierarchy(version=1, mount=str(mount), hierarchy_id=4)
+    enricher = Enricher(h, BOOT, CgroupResolver(str(mount)))
+    k = enricher.enrich(decode(raw_event(chain, [c[0] for c in chain], flags=flags), PAGE))
+    assert k.cgroup_path == "/evil/" + chosen.decode() and not k.cgroup_truncated  # by id: the real path
+    assert k.container_id is None  # not the other container's id the cut name imitates
+    real.rmdir()  # gone before the agent looks: the level above still resolves, with the leaf's intact name
+    leaf = mount / "evil" / "leaf"
+    leaf.mkdir()
+    chain2 = [(10**9, b"leaf", 8192, 8192), ((mount / "evil").stat().st_ino, _cut(chosen), 1, UNLIMITED),
+              (mount.stat().st_ino, b"", 1, UNLIMITED)]
+    (mount / "evil").rename(mount / chosen.decode()[:200])
+    k2 = Enricher(h, BOOT, CgroupResolver(str(mount))).enrich(decode(raw_event(chain2, [], flags=flags), PAGE))
+    assert k2.cgroup_path == "/" + chosen.decode()[:200] + "/leaf"
+    gone = [(10**9, b"leaf", 8192, 8192), (10**9 + 1, _cut(chosen), 1, UNLIMITED), (1, b"", 1, UNLIMITED)]
+    k3 = Enricher(h, BOOT, CgroupResolver(str(mount))).enrich(decode(raw_event(gone, [], flags=flags), PAGE))
+    assert k3.cgroup_path is None and k3.cgroup_truncated and k3.container_id is None

@@ -1,10 +1,12 @@
 """Read the container runtime, container id and Kubernetes pod out of a memory cgroup path.
 
 Pure string parsing (no I/O) of the path relative to the hierarchy mount, for the systemd and
-cgroupfs cgroup drivers on v1 and v2. The deepest recognised component wins, so kubepods
-nested in a node container (kind, k3d) and sub-cgroups a workload makes below its container
-are attributed to the innermost container. Anything not recognised exactly yields None:
-ids are lowercase hex of fixed length, so odd names are never guessed at.
+cgroupfs cgroup drivers on v1 and v2. What a workload creates below its own container is its
+choice (a nested runtime, or a name made to look like another container's scope), so it never
+decides: the outermost pod wins and its container is the component right below it (kubepods nested
+in a node container, kind or k3d, is found that way too); with no pod, the outermost container
+wins. Anything not recognised exactly yields None: ids are lowercase hex of fixed length, so odd
+names are never guessed at.
 """
 from __future__ import annotations
 
@@ -46,14 +48,15 @@ class Workload:
 def parse_cgroup_path(path: str) -> Workload:
     """The workload owning the memory cgroup at `path` (e.g. "/kubepods/burstable/pod<uid>/<id>")."""
     parts = path.split("/")
-    for i in range(len(parts) - 1, 0, -1):
-        container = _container_at(parts, i)
-        if container is not None:
-            outer = next(filter(None, (_pod_at(parts, j) for j in range(i - 1, 0, -1))), None)
-            return Workload(container[0], container[1], *(outer or (None, None)))
+    for i in range(1, len(parts)):
         pod = _pod_at(parts, i)
         if pod is not None:
-            return Workload(None, None, *pod)
+            container = _container_at(parts, i + 1) if i + 1 < len(parts) else None
+            return Workload(*(container or (None, None)), *pod)
+    for i in range(1, len(parts)):
+        container = _container_at(parts, i)
+        if container is not None:
+            return Workload(container[0], container[1])
     return Workload()
 
 

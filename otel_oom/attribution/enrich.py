@@ -15,8 +15,9 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Optional
 
-from ..kernel.wire import MemcgLevel, OomEvent
+from ..kernel.wire import CGROUP_NAME_LEN, MemcgLevel, OomEvent
 from ..model import SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
+from ..text import to_kernel_bytes
 from . import clock
 from .cgroups import CgroupResolver, MemoryHierarchy, cgroup_line, path_from_names
 from .containers import parse_cgroup_path
@@ -94,9 +95,7 @@ class Enricher:
 
     def victim_path(self, ev: OomEvent) -> Optional[str]:
         if ev.victim_memcgs and ev.cgroup_name_cut:
-            # a name was cut in the kernel: a workload could choose one that is cut into another
-            # cgroup's path, so only the id says where the victim was; unknown if it is gone
-            return self.path_for_id(ev.victim_memcgs[0].id)
+            return self._path_with_cut_names(ev.victim_memcgs)
         if ev.victim_memcgs and ev.victim_memcgs_complete:
             return path_from_names([lvl.name for lvl in ev.victim_memcgs])
         if ev.victim_memcgs:
@@ -107,6 +106,20 @@ class Enricher:
             # deeper than captured and already gone: the captured tail, marked as partial
             return "/..." + path_from_names([lvl.name for lvl in ev.victim_memcgs] + [""])
         return self._path_from_proc(ev.victim_pid)
+
+    def _path_with_cut_names(self, levels: tuple[MemcgLevel, ...]) -> Optional[str]:
+        """A name was cut in the kernel, and a workload can choose one that is cut into another
+        cgroup's path: only ids say where the victim was. The leaf's id, else the id of the lowest
+        level whose name may be cut (it fills the buffer) joined with the intact names below it;
+        unknown when both are gone."""
+        path = self.path_for_id(levels[0].id)
+        if path:
+            return path
+        cut = [i for i, lvl in enumerate(levels) if len(to_kernel_bytes(lvl.name)) >= CGROUP_NAME_LEN - 1]
+        base = self.path_for_id(levels[min(cut)].id) if cut else None
+        if base is None:
+            return None
+        return base.rstrip("/") + "".join("/" + lvl.name for lvl in reversed(levels[:min(cut)]))
 
     def _path_from_proc(self, pid: int) -> Optional[str]:
         # the tracepoint-only path (no task pointer): the victim may still be exiting
