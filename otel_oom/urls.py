@@ -68,17 +68,23 @@ def _redacted_netloc(parts: SplitResult) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with anything before an @ in its authority replaced, even when it does not parse."""
+    """`text` with anything that may be a user:password@ replaced by ***@, even when it does not parse.
+
+    When the parser finds no user info but an "@" is there all the same (say `https://?:pw@h/`,
+    where the parser sees a query), everything between "://" and the last "@" goes: a message may
+    show less of a malformed URL, never a password.
+    """
     try:
         parts = urlsplit(text)
+        netloc = parts.netloc
     except ValueError:
-        # unparseable (e.g. an unclosed IPv6 bracket): cut what may be a user:password@ by hand
-        scheme, sep, rest = text.partition("://")
-        authority, slash, tail = rest.partition("/")
-        if "@" in authority:
-            authority = "***@" + authority.rpartition("@")[2]
-        return f"{scheme}{sep}{authority}{slash}{tail}" if sep else ("***" if "@" in text else text)
-    return parts._replace(netloc=_redacted_netloc(parts)).geturl()
+        parts, netloc = None, ""
+    if parts is not None and "@" in netloc:
+        return parts._replace(netloc=_redacted_netloc(parts)).geturl()
+    if "@" not in text:
+        return text
+    scheme, sep, rest = text.partition("://")
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}" if sep else "***@" + text.rpartition("@")[2]
 
 
 def parse_url(setting: str, value: str, example: str, schemes: tuple[str, ...] = ("http", "https"),
