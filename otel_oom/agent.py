@@ -85,6 +85,11 @@ class Agent:
         enricher = Enricher(hierarchy, clock.boot_id(), CgroupResolver(hierarchy.mount) if hierarchy else None,
                             names=names)
 
+        # the spool first: it is what most often cannot be used (path, permissions, a read-only
+        # filesystem), and nothing should be exporting yet when the agent refuses to start
+        store: Store = open_store(cfg) if cfg.otlp_settings is not None else MemoryStore()
+        self.store = store
+        self._cleanup.append(store.close)
         log_sender = None
         if cfg.otlp or cfg.prometheus:
             from .otlp.logs import LogSender
@@ -101,9 +106,6 @@ class Agent:
                 log_sender = LogSender(resource, cfg.otlp_settings.logs,
                                        on_failure=lambda: metrics.record_export_failure("logs"))
                 self._cleanup.append(log_sender.shutdown)
-        store: Store = open_store(cfg) if log_sender else MemoryStore()
-        self.store = store
-        self._cleanup.append(store.close)
         notifier = None
         if cfg.webhook:
             from .sinks.webhook import WebhookNotifier

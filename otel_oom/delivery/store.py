@@ -105,12 +105,16 @@ class DeliveryStore:
         return self.memory.in_memory()
 
     def append(self, payload: bytes) -> int:
-        if not self.memory.in_memory():  # else behind the older ones waiting in memory
+        waiting = self.memory.in_memory()
+        if not waiting:
             try:
                 return self.spool.append(payload)
             except SpoolError as e:
                 self.spool_write_errors += 1
                 log.error("%s; keeping the event in memory until the spool or the collector takes it", e)
+        else:  # in order: behind the older ones, which go back to the spool first
+            log.warning("spool still unwritable: keeping the event in memory behind %d older one(s) until the "
+                        "spool or the collector takes it", waiting)
         return self.memory.append(payload)
 
     def rescue_memory(self) -> int:
