@@ -118,17 +118,20 @@ class Agent:
         # one, e.g. --no-otlp, must not overwrite the state of another agent's spool)
         holds_spool = isinstance(store, DeliveryStore)
         self.reconciler = Reconciler(state_dir=cfg.spool_dir if holds_spool else None, hierarchy=hierarchy,
-                                     boot_id=enricher.boot_id)
+                                     boot_id=enricher.boot_id,
+                                     next_seq=store.next_seq if isinstance(store, DeliveryStore) else None)
         self.source = self._source_factory(self._on_sample)
         self._cleanup.append(self.source.close)
+        commit_lock = threading.Lock()  # a kill is stored and accounted for before the sender may see it
         if log_sender:
             parked = ParkedEvents(cfg.spool_dir if isinstance(store, DeliveryStore) else None,
                                   max(PARKED_MIN_BYTES, cfg.spool_max_bytes // 16))
             self.sender = SpoolSender(store, log_sender, self.drops, self.stopping,
                                       burst_in_progress=lambda: not self._samples.empty(),
                                       spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
-                                      parked=parked)
+                                      parked=parked, commit_lock=commit_lock)
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if log_sender else None,
+                                 commit_lock=commit_lock,
                                  on_stored=self.sender.wake if self.sender else (lambda: None),
                                  reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
                                  notifier=notifier, metrics=self.metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO
 
@@ -35,12 +36,14 @@ class Pipeline:
     def __init__(self, enricher: Enricher, drops: Counter[str], faults: Counter[str], *, store: Optional[Store] = None,
                  on_stored: Callable[[], None] = lambda: None, reconciler: Optional["Reconciler"] = None,
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
-                 notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None) -> None:
+                 notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
+                 commit_lock: Optional[threading.Lock] = None) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
         self.store = store            # None: no OTLP delivery (console/JSON only)
         self.on_stored = on_stored    # wakes the sender
+        self.commit_lock = commit_lock or threading.Lock()  # held across store + account; the sender reads under it
         self.reconciler = reconciler
         self.out = out
         self.console = console
@@ -68,14 +71,23 @@ class Pipeline:
         self.handle_kill(kill)
 
     def handle_kill(self, kill: OomKill) -> None:
+        # stored and accounted for as one step: the sender takes the same lock to read the store, so
+        # it never delivers a kill the reconciliation state does not count yet (a SIGKILL in between
+        # would have the next start recover it from the kernel log: a second report of one kill)
+        reconciler = self.reconciler if not kill.recovered else None
+        with self.commit_lock:
+            if reconciler is not None:
+                # counted with the spool's next seq first: see Reconciler.observed for why no crash
+                # point between the two loses the kill or reports it twice
+                self._sink("reconciler", lambda: reconciler.observed(kill))
+            if self.store is not None:
+                self.store.append(kill.to_json().encode())
+            if reconciler is not None:
+                reconciler.stored()
+            if not kill.recovered:
+                self.kills_seen += 1
         if self.store is not None:
-            self.store.append(kill.to_json().encode())
             self.on_stored()
-        if not kill.recovered:
-            # only once it is stored: from here a restart must not replay it from the kernel log
-            self.kills_seen += 1
-            if self.reconciler is not None:
-                self._sink("reconciler", lambda: self.reconciler.observed(kill))  # type: ignore[union-attr]
         if self.console:
             self._write(format_console(kill))
         if self.json:

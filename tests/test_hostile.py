@@ -384,11 +384,18 @@ def test_sigkill_mid_burst_then_restart_delivers_every_kill_once(start_agent, tm
             time.sleep(0.01)
         first.proc.kill()  # mid-burst
         first.proc.wait()
+        state_after_kill = (spool / "reconcile.json").read_text().strip()
+        segs = sorted(p.name for p in spool.iterdir())
         burst.join(120)
         victims = set(result["storm"].victim_pids)
         assert len(victims) == 40
         second = start_agent([f"--spool-dir={spool}"], rx.endpoint)
-        rx.wait_for_logs(lambda recs: victims <= {r["attributes"]["process.pid"] for r in recs}, 60)
+        try:
+            rx.wait_for_logs(lambda recs: victims <= {r["attributes"]["process.pid"] for r in recs}, 30)
+        except AssertionError:
+            missing = sorted(victims - {r["attributes"]["process.pid"] for r in rx.log_records()})
+            raise AssertionError(f"missing {missing} of {sorted(victims)}; state after the SIGKILL {state_after_kill}, "
+                                 f"spool files {segs}; second agent:\n{second.stderr}") from None
         got = _delivered(rx, victims)
         live = {p for p in victims if any(not r["attributes"]["oom.recovered"] for r in got[p])}
         recovered = {p for p in victims if any(r["attributes"]["oom.recovered"] for r in got[p])}

@@ -200,3 +200,31 @@ def test_forgotten_kills_are_recovered_at_the_next_start(tmp_path):
     kmsg.write_text("".join(_killed_line(i, pid) for i, pid in enumerate((1, 2, 3), 1)))
     again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
     assert [k.victim_pid for k in again.recover_missed()] == [2, 3]
+
+
+def test_a_crash_between_counting_a_kill_and_spooling_it_neither_loses_nor_repeats_it(tmp_path):
+    from otel_oom.delivery.spool import Spool
+
+    proc, h = _tree(tmp_path, 5, {"/": 0})
+    state = tmp_path / "state"
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("".join(_killed_line(i, pid) for i, pid in enumerate((1, 2), 1)))
+    for crash_before_append, want in ((True, [2]), (False, [])):
+        spool = Spool(tmp_path / f"spool-{crash_before_append}", fsync=False)
+        first = Reconciler(str(state), h, BOOT, proc_root=proc, next_seq=lambda sp=spool: sp.next_seq)
+        first.recover_missed()
+        _tree(tmp_path, 6, {"/": 1})
+        first.observed(_kill(2, "/"))  # counted and saved with the seq the spool will give it...
+        if not crash_before_append:
+            spool.append(b"kill 2")    # ...and written: the next start must not replay it
+            first.stored()
+        first.close()                  # SIGKILL here: no further save
+        spool.close()
+        spool = Spool(tmp_path / f"spool-{crash_before_append}", fsync=False)
+        again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(kmsg),
+                           next_seq=lambda sp=spool: sp.next_seq)
+        assert [k.victim_pid for k in again.recover_missed()] == want
+        again.close()
+        spool.close()
+        _tree(tmp_path, 5, {"/": 0})
+        (state / "reconcile.json").unlink()

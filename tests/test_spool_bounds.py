@@ -61,10 +61,14 @@ def test_the_first_overflow_drops_one_small_segment(tmp_path, max_bytes, caplog)
     assert f"dropped the {per_segment} oldest undelivered OOM events (spool_full)" in caplog.text
     print(f"\n--spool-max-bytes={max_bytes}: segment {segment_size(max_bytes)} B, record {RECORD} B; "
           f"first overflow after {appended} events dropped {dropped} ({100 * dropped / appended:.2f} %)")
+    # exactly as many as fit: whole segments of per_segment records, then what fits in the rest
+    seg = per_segment * RECORD
+    fits = max_bytes // seg * per_segment + max_bytes % seg // RECORD
+    assert appended == fits + 1
     if max_bytes == 1 << 16:
-        assert segment_size(max_bytes) == 1024 and dropped == 1 and appended == 42
+        assert segment_size(max_bytes) == 1024 and dropped == 1  # before: 63 of 63 at once
     else:
-        assert segment_size(max_bytes) == 65536 and dropped == 41 and appended == 42022
+        assert segment_size(max_bytes) == 65536 and dropped == 65536 // RECORD  # before: ~700 at once
 
 
 def test_a_removed_spool_directory_is_made_again_and_what_it_lost_counted(tmp_path, caplog):
@@ -109,3 +113,17 @@ def test_a_spool_directory_that_cannot_be_made_again_is_a_clear_error_then_recov
     parent.unlink()
     assert [p for _, p in sp.pending(10)] == [kubepods_kill(1)]  # kept while it could not be written
     sp.close()
+
+
+def test_a_segment_created_but_never_written_holds_no_sequence_number(tmp_path):
+    # the agent dies between creating a new segment file and writing its first record: before, the
+    # empty file's name counted as a seq used, so the next start believed that record was written
+    # (the reconciliation then took the kill as spooled, and nobody ever delivered it)
+    d = tmp_path / "spool"
+    with Spool(d, fsync=False) as sp:
+        sp.ack(sp.append(b"one"))
+        nxt = sp.next_seq
+    (d / f"seg-{nxt:020d}.log").write_bytes(b"")
+    with Spool(d, fsync=False) as sp:
+        assert sp.next_seq == nxt and not (d / f"seg-{nxt:020d}.log").exists()
+        assert sp.append(b"two") == nxt

@@ -60,12 +60,15 @@ class SpoolSender:
 
     def __init__(self, store: Store, exporter: Exporter, drops: Counter[str], stopping: threading.Event,
                  burst_in_progress: Callable[[], bool] = lambda: False,
-                 spooled: Callable[[], int] = lambda: 0, parked: Optional[ParkedEvents] = None) -> None:
+                 spooled: Callable[[], int] = lambda: 0, parked: Optional[ParkedEvents] = None,
+                 commit_lock: Optional[threading.Lock] = None) -> None:
         self.store = store
         self.exporter = exporter
         self.drops = drops
         self.stopping = stopping
         self.parked = parked or ParkedEvents(None, 0)
+        # the pipeline holds it while it stores a kill and accounts for it (pipeline.handle_kill)
+        self._commit_lock = commit_lock or threading.Lock()
         self.deadline: Optional[float] = None  # monotonic time by which a stopping sender gives up
         self._burst_in_progress = burst_in_progress
         self._spooled = spooled
@@ -86,7 +89,11 @@ class SpoolSender:
         while (self._burst_in_progress() and self._spooled() < target
                and time.monotonic() < deadline and not self.stopping.is_set()):
             time.sleep(0.001)
-        return self.store.pending(SEND_BATCH)
+        return self._pending()
+
+    def _pending(self) -> list[tuple[int, bytes]]:
+        with self._commit_lock:
+            return self.store.pending(SEND_BATCH)
 
     def _time_left(self) -> Optional[float]:
         if not self.stopping.is_set() or self.deadline is None:
@@ -99,7 +106,7 @@ class SpoolSender:
             left = self._time_left()
             if left is not None and left <= 0:
                 return
-            batch = self.store.pending(SEND_BATCH)
+            batch = self._pending()
             if not batch:
                 self.last_ok = time.monotonic()
                 if self.stopping.is_set():

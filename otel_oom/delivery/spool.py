@@ -111,8 +111,11 @@ class _Segment:
 
     @property
     def last(self) -> int:
-        """Highest seq this file may have held, even if its records are unreadable now."""
-        return max(self.first, self.records[-1][0]) if self.records else self.first
+        """Highest seq this file may have held, even if its records are unreadable now (an empty
+        file held none: the agent died between creating it and writing its first record)."""
+        if self.records:
+            return max(self.first, self.records[-1][0])
+        return self.first if self.size > 0 else self.first - 1
 
 
 class Spool:
@@ -269,6 +272,9 @@ class Spool:
             assert match is not None  # names were filtered by it
             seg = _Segment(path, int(match.group(1)), self._parse(name, data, last), len(data))
             last = max(last, seg.last)
+            if not data:  # created, then the agent died before its first record: it held nothing
+                os.unlink(path)
+                continue
             self._segments.append(seg)
             self._bytes += len(data)
         self._next_seq = max(last, self._floor) + 1
@@ -384,6 +390,12 @@ class Spool:
             if upto_seq > self._floor:
                 self._floor = upto_seq
                 self._persist_floor()
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next append gets; persisted implicitly (segments, names and the ack floor)."""
+        with self._lock:
+            return self._next_seq
 
     def stats(self) -> dict:
         """pending, bytes, segments, oldest_pending_age_seconds (None if none), acked_seq, next_seq, dropped."""

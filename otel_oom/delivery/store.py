@@ -104,6 +104,10 @@ class DeliveryStore:
     def in_memory(self) -> int:
         return self.memory.in_memory()
 
+    def next_seq(self) -> int:
+        """The spool's next sequence number: it moves past every event written to the spool."""
+        return self.spool.next_seq
+
     def append(self, payload: bytes) -> int:
         waiting = self.memory.in_memory()
         if not waiting:

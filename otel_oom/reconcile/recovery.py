@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import Optional
+from typing import Callable, Optional
 
 from ..attribution.cgroups import MemoryHierarchy
 from ..model import OomKill
@@ -43,7 +43,8 @@ GROUP_WINDOW_NS = 1_000_000_000  # victims of one group decision are marked with
 
 class Reconciler:
     def __init__(self, state_dir: Optional[str], hierarchy: Optional[MemoryHierarchy], boot_id: str,
-                 proc_root: str = "/proc", kmsg_path: str = "/dev/kmsg") -> None:
+                 proc_root: str = "/proc", kmsg_path: str = "/dev/kmsg",
+                 next_seq: Optional[Callable[[], int]] = None) -> None:
         self.state_path = os.path.join(state_dir, STATE_FILE) if state_dir else None
         self.hierarchy = hierarchy
         self.boot_id = boot_id
@@ -53,6 +54,8 @@ class Reconciler:
         self.observed_count = 0
         self.missed_without_details = 0
         self.forgotten = 0  # observed kills lost before delivery: the next start recovers them
+        self._next_seq = next_seq  # the spool's next sequence number (None: no spool)
+        self._storing: Optional[int] = None  # spool seq the kill being stored will get, until stored()
         # read now, before the worker's first save can overwrite the previous run's state
         self._prior_state, self.state_problem = self._load()
         # read before the probes are attached: every later kill is either observed or unobserved
@@ -73,7 +76,10 @@ class Reconciler:
         if state is None or count is None:
             return 0
         if state.get("boot_id") == self.boot_id:
-            return count - state["vmstat_oom_kill"]
+            storing = state.get("storing")
+            # counted just before it was written to the spool, and the agent died in between
+            unstored = 1 if isinstance(storing, int) and self._next_seq and self._next_seq() <= storing else 0
+            return count - state["vmstat_oom_kill"] + unstored
         return count  # rebooted since the last run: every kill of this boot was missed
 
     def _snapshot(self) -> tuple[Optional[int], Optional[list], Optional[OSError]]:
@@ -103,21 +109,30 @@ class Reconciler:
             self.forgotten += kills
 
     def observed(self, kill: OomKill) -> None:
-        """Count a kill the probe delivered; call it once the kill is in the spool.
+        """Count a kill the probe delivered, just before it is written to the spool (`stored()` after).
 
         The state is saved at once (without fsync: a SIGKILL keeps the page cache, and after a
-        power loss the boot id differs anyway), so a restart never replays a spooled kill again
-        from the kernel log as a "recovered" duplicate with another event id.
+        power loss the boot id differs anyway), with the spool's next sequence number: if the agent
+        dies before the kill is in the spool, the spool never reaches that number and the next start
+        recovers the kill from the kernel log; if it is in the spool, the next start does not replay
+        it as a "recovered" duplicate with another event id. So no crash point reports it twice or
+        loses it.
         """
         if kill.killed is False:
             return  # a task only marked because it was already exiting: the kernel counts no kill
         with self._lock:
+            self._storing = self._next_seq() if self._next_seq else None
             self.observed_count += 1
             if kill.cgroup_path:
                 self._observed_by_cgroup[kill.cgroup_path] += 1
             if kill.oom_group_path:
                 self._count_group_decision(kill)
         self.save(durable=False)
+
+    def stored(self) -> None:
+        """The kill just counted by `observed` is in the spool now."""
+        with self._lock:
+            self._storing = None
 
     def _count_group_decision(self, kill: OomKill) -> None:
         # members of one decision arrive together from one trigger; the context hook names it exactly
@@ -191,7 +206,8 @@ class Reconciler:
                 os.makedirs(os.path.dirname(self.state_path), mode=0o700, exist_ok=True)
             except OSError:
                 pass  # reported by the write below
-            state = {"boot_id": self.boot_id, "vmstat_oom_kill": accounted, "saved_at": time.time()}
+            state = {"boot_id": self.boot_id, "vmstat_oom_kill": accounted, "saved_at": time.time(),
+                     "storing": self._storing}
             record = json.dumps(state).encode().ljust(STATE_BYTES)
             try:
                 if self._state_fd is not None and os.fstat(self._state_fd).st_nlink == 0:
