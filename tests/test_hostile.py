@@ -97,7 +97,7 @@ def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
 def test_bad_flags_and_environment_values_fail_in_one_line():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         runs = list(pool.map(lambda case: cli("run", *case[0], **case[1]), BAD))
-    for (args, env, needle), r in zip(BAD, runs):
+    for (_args, _env, needle), r in zip(BAD, runs, strict=True):
         _one_line_error(r, needle)
         assert "s3cr3t" not in r.stderr and "pw@" not in r.stderr
     print(f"\n{len(BAD)} bad flag and environment values: one line each, exit 2")
