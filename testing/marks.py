@@ -77,6 +77,10 @@ def mark_without_kill(limit_bytes: int = 64 * MiB, name: str = "") -> Mark:
         kills = oom_kill_counter(cg.leaf, version)
         libc.ptrace(PTRACE_DETACH, exiting.pid, None, None)
         exiting.wait(30)
+        for p in (exiting, finisher):
+            for stream in (p.stdin, p.stdout):
+                if stream is not None:
+                    stream.close()
         return Mark(exiting.pid, cg.rel, code, kills)
     finally:
         cg.remove()
