@@ -490,3 +490,19 @@ def test_kills_leave_no_file_descriptor_behind(start_agent):
         after = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
         assert after <= fds + 1, (fds, after)  # +1: a spool segment may be open at either moment
         assert agent.stop() == 0
+
+
+@pytest.mark.root
+def test_kernel_side_counters_keep_their_last_value_after_close():
+    # the final metric export runs after the probe is closed: before, the counters then read as
+    # absent (0), a counter reset for every increase() alert on ringbuf_full
+    require_root_bpf()
+    from otel_oom.kernel.probe import open_probe
+
+    probe = open_probe(lambda raw: None)
+    trigger_oom(limit_bytes=16 * MiB)
+    probe.poll(200)
+    before = probe.stats()
+    assert before["submitted"] >= 1 and "ringbuf_full" in before
+    probe.close()
+    assert probe.stats() == before

@@ -602,3 +602,24 @@ def test_a_timeout_in_milliseconds_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="otel_oom.otlp"):
         resolve_otlp({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"})
     assert "read as seconds" in caplog.text
+
+
+def test_an_empty_endpoint_variable_means_unset():
+    # before, '' passed validation, the ready line claimed localhost:4317 and the SDK got '' (every export failed)
+    for env in ({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "  "},
+                {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}):
+        s = resolve_otlp(env)
+        assert s.logs.endpoint.text == s.metrics.endpoint.text == "http://localhost:4317"
+        assert s.logs.endpoint.authority == "localhost:4317"
+    s = resolve_otlp({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    assert s.logs.endpoint.text == "http://localhost:4318/v1/logs"
+
+
+def test_the_resolved_endpoint_is_the_one_used(machine, clean_env):
+    # the environment handed to the agent decides, not whatever os.environ holds
+    with OtlpGrpcReceiver() as rx:
+        clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # a decoy
+        sender = LogSender(resource_for(machine), resolve_otlp({"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint}).logs)
+        assert sender.send([memcg_kill()]).ok
+        sender.shutdown()
+        assert rx.log_count() == 1
