@@ -266,6 +266,9 @@ class Agent:
             return False, "; ".join(f"thread {n} died: {why}" for n, why in sorted(self._dead.items()))
         if not self.source or self._closed:
             return False, "probes not attached"
+        problem = getattr(self.store, "problem", None)
+        if problem:
+            return False, f"spool unreadable: {problem}"
         if self.sender:
             stuck = self.sender.stuck_for()
             if stuck > 5 * RETRY_MAX_S:

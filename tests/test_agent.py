@@ -3,6 +3,8 @@ OTLP exporter into a real OTLP gRPC receiver, fed by `testing.events.ScriptedSou
 of the kernel side) instead of BPF, so faults can be placed exactly."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from otel_oom.attribution import enrich as enrich_module
@@ -203,3 +205,24 @@ def test_spool_write_failure_keeps_the_kill_in_memory_and_delivers_it(tmp_path, 
         finally:
             h.stop()
 
+
+
+def test_an_unreadable_spool_fails_readiness_and_is_logged_once(tmp_path, monkeypatch, caplog):
+    def unreadable(self, limit=100):
+        raise spool_module.SpoolError("cannot read spool: Input/output error")
+
+    h = Harness(tmp_path, f"http://127.0.0.1:{free_port()}").start()
+    try:
+        monkeypatch.setattr(spool_module.Spool, "pending", unreadable)
+        h.agent.sender.wake()
+        assert wait(lambda: not h.agent.readiness()[0])
+        assert h.agent.readiness() == (False, "spool unreadable: cannot read spool: Input/output error")
+        for _ in range(3):
+            h.agent.sender.wake()
+            time.sleep(0.05)
+        assert sum("Input/output error" in r.getMessage() for r in caplog.records) == 1
+        monkeypatch.undo()
+        h.agent.sender.wake()
+        assert wait(lambda: h.agent.readiness() == (True, "ok"))
+    finally:
+        h.stop()

@@ -94,6 +94,7 @@ class DeliveryStore:
         self.memory = MemoryStore()
         self._source: Spool | MemoryStore = spool
         self.spool_write_errors = 0
+        self.problem: "str | None" = None  # why the spool cannot be read now (for /readyz)
 
     @property
     def dropped(self) -> Mapping[str, int]:
@@ -141,8 +142,12 @@ class DeliveryStore:
         try:
             batch = self.spool.pending(limit)
         except SpoolError as e:
-            log.error("%s", e)
+            if str(e) != self.problem:  # once per kind of failure, not every second
+                log.error("%s; events in it wait until it can be read (/readyz says so)", e)
+            self.problem = str(e)
             batch = []
+        else:
+            self.problem = None
         self._source = self.spool if batch else self.memory
         return batch or self.memory.pending(limit)
 
