@@ -126,7 +126,6 @@ class OomEvent:
     pgtables_bytes: Optional[int]
     victim_memcgs: tuple[MemcgLevel, ...]  # leaf first, root last
     victim_memcgs_complete: bool           # False: deeper than captured
-    cgroup_name_cut: bool                  # a name in victim_memcgs is cut: resolve the path by id
     trigger_tgid: int
     trigger_pid: int
     trigger_comm: str
@@ -146,6 +145,7 @@ class OomEvent:
     # True: the kernel sent SIGKILL; False: it only marked a task already exiting (no kill counted);
     # None: unknown (no task was read: the pid-only tracepoint)
     killed: Optional[bool] = None
+    cgroup_name_cut: bool = False          # a name in victim_memcgs is cut: resolve the path by id
 
 
 # page_counter's "no limit" is PAGE_COUNTER_MAX = LONG_MAX / PAGE_SIZE; anything this large is unlimited
