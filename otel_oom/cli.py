@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="podman API socket (env OTEL_OOM_PODMAN_SOCKET, default auto)")
     rt.add_argument("--runtime-root", metavar="DIR",
                     help="auto-detect the sockets below DIR, where the host's / is mounted (env OTEL_OOM_RUNTIME_ROOT)")
-    rt.add_argument("--runtime-refresh", metavar="SECONDS", help="full list interval (env OTEL_OOM_RUNTIME_REFRESH, default 1)")
+    rt.add_argument("--runtime-refresh", metavar="SECONDS",
+                    help="full list interval (env OTEL_OOM_RUNTIME_REFRESH, default 1)")
     rt.add_argument("--runtime-lookup-wait-ms", metavar="MS",
-                    help="longest wait for a name the cache lacks at a kill (env OTEL_OOM_RUNTIME_LOOKUP_WAIT_MS, default 50)")
+                    help="longest wait for a name the cache lacks at a kill "
+                         "(env OTEL_OOM_RUNTIME_LOOKUP_WAIT_MS, default 50)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="env OTEL_OOM_LOG_LEVEL, default info")
 
