@@ -226,3 +226,26 @@ def test_an_unreadable_spool_fails_readiness_and_is_logged_once(tmp_path, monkey
         assert wait(lambda: h.agent.readiness() == (True, "ok"))
     finally:
         h.stop()
+
+
+def test_a_spool_directory_removed_while_kills_wait_loses_nothing_it_still_holds(tmp_path):
+    # collector down, 3 kills, the directory removed, 3 more, collector back. Before: 1 of 6
+    # delivered, then "cannot read spool" every second, /readyz ok, nothing counted
+    import shutil
+
+    port = free_port()
+    h = Harness(tmp_path, f"http://127.0.0.1:{port}").start()
+    try:
+        h.push(sample(441), sample(442), sample(443))
+        assert wait(lambda: h.agent.pipeline.kills_seen == 3)
+        shutil.rmtree(tmp_path / "spool")
+        h.push(sample(444), sample(445), sample(446))
+        assert wait(lambda: h.agent.pipeline.kills_seen == 6)
+        with OtlpGrpcReceiver(port=port) as rcv:
+            rcv.wait_for_logs(6, 40)
+            assert [r["attributes"]["process.pid"] for r in rcv.log_records()] == list(range(441, 447))
+            assert h.agent.readiness() == (True, "ok")
+        # the three were in the segment being appended to: rescued, so nothing was lost
+        assert h.agent.drop_counts().get("spool_lost", 0) == 0
+    finally:
+        h.stop()
