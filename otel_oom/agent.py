@@ -111,7 +111,8 @@ class Agent:
             from .sinks.webhook import WebhookNotifier
 
             notifier = WebhookNotifier(cfg.webhook)
-            self._cleanup.append(lambda: notifier.close(cfg.shutdown_timeout))
+            # what is left of --shutdown-timeout (see close()), at least half a second
+            self._cleanup.append(lambda: notifier.close(max(0.5, self._deadline - time.monotonic())))
 
         # the kernel's count and log are read before the probes attach (see reconcile.recovery); the
         # state lives in the spool directory, so only with the spool's lock held (an agent without
@@ -325,12 +326,12 @@ class Agent:
         # the worker first (every kill into the store), then the sender's last delivery attempt
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        if self.sender and any(t.is_alive() for t in self._threads):
-            # out of time: abort the exporter's own retries and its RPC in flight; what it was
-            # sending stays in the spool
+        if self.sender and any(t.is_alive() for t in self._threads if t.name == "otel-oom-sender"):
+            # out of time: abort the export in flight; what it was sending stays in the spool
             self.sender.exporter.shutdown()
-            for t in self._threads:
-                t.join(1.0)
+        grace = time.monotonic() + 1.0  # one second in all for what is still running, not one each
+        for t in self._threads:
+            t.join(max(0.0, grace - time.monotonic()))
         self._report_undelivered()
         if self.reconciler:
             self.reconciler.save()
