@@ -144,6 +144,15 @@ class Agent:
             health = HealthServer(cfg.listen, self.readiness, registry)
             self._cleanup.append(health.close)
 
+        # before the worker runs: kills that happened while no agent was running, from the kernel's
+        # own record, then those of the attach window that the probe did not catch (what it caught
+        # is in the sample queue by now); they are older than what the queue holds
+        missed = self.reconciler.recover_missed()
+        self.source.poll(0)
+        window = self.reconciler.recover_window(self._queued_victims())
+        self.reconciler.release_snapshot()
+        for kill in missed + window:
+            self.pipeline.handle_kill(kill)
         for i, watcher in enumerate(names.watchers if names else []):
             self._spawn(f"otel-oom-runtime-{watcher.client.kind}-{i}", functools.partial(watcher.run, self.stopping))
             if hasattr(watcher.client, "events"):
@@ -152,9 +161,6 @@ class Agent:
         self._spawn("otel-oom-worker", self._work)
         if self.sender:
             self._spawn("otel-oom-sender", self.sender.run)
-        # kills that happened while no agent was running, from the kernel's own record
-        for kill in self.reconciler.recover_missed():
-            self.pipeline.handle_kill(kill)
         plan = self.source.plan
         log.info("ready in %.0f ms: hooks victim=%s context=%s%s; delivery %s", (time.monotonic() - t0) * 1000,
                  plan.victim, plan.context, f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "",
@@ -219,6 +225,20 @@ class Agent:
         t = threading.Thread(target=supervised, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _queued_victims(self) -> set[int]:
+        """Victim pids (tgid and tid) of the samples waiting in the queue."""
+        from .kernel.wire import DecodeError, decode
+
+        pids: set[int] = set()
+        for raw in list(self._samples.queue):
+            try:
+                ev = decode(raw, os.sysconf("SC_PAGE_SIZE")) if raw is not None else None
+            except DecodeError:
+                continue
+            if ev is not None:
+                pids.update(p for p in (ev.victim_tgid, ev.victim_pid) if p)
+        return pids
 
     def _on_sample(self, raw: bytes) -> None:
         # runs inside the source's poll: copy and hand on, never block

@@ -228,3 +228,22 @@ def test_a_crash_between_counting_a_kill_and_spooling_it_neither_loses_nor_repea
         spool.close()
         _tree(tmp_path, 5, {"/": 0})
         (state / "reconcile.json").unlink()
+
+
+def test_kills_of_the_attach_window_are_recovered_unless_the_probe_caught_them(tmp_path):
+    # the counter and the log are read before the probes attach (which can take a second while
+    # refused hook plans are tried): a kill in between is in neither the snapshot nor, maybe, the
+    # probe's events. Counted only, a later restart would take a delivered kill's line for it.
+    proc, h = _tree(tmp_path, 5, {"/": 0})
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("".join(_killed_line(i, 100 + i) for i in range(1, 6)))
+    r = Reconciler(str(tmp_path / "state"), h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
+    assert r.recover_missed() == []
+    with open(kmsg, "a") as f:
+        f.write(_killed_line(6, 201) + _killed_line(7, 202))  # during the attach
+    _tree(tmp_path, 7, {"/": 2})
+    (k,) = r.recover_window({202})  # the probe caught 202: only 201 is recovered
+    assert k.victim_pid == 201 and k.recovered
+    r.observed(_kill(202, "/"))
+    assert r.accounted() == 7
+    r.release_snapshot()

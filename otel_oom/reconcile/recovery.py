@@ -54,6 +54,7 @@ class Reconciler:
         self.observed_count = 0
         self.missed_without_details = 0
         self.forgotten = 0  # observed kills lost before delivery: the next start recovers them
+        self.window_recovered = 0  # kernel counts of kills recovered from the attach window
         self._next_seq = next_seq  # the spool's next sequence number (None: no spool)
         self._storing: Optional[int] = None  # spool seq the kill being stored will get, until stored()
         # read now, before the worker's first save can overwrite the previous run's state
@@ -88,8 +89,10 @@ class Reconciler:
         from .kmsg import read_kmsg
 
         count = vmstat_oom_kills(self.proc_root)
-        if not self.state_path or self._missed_since(self._prior_state, count) <= 0:
+        if not self.state_path:
             return count, None, None
+        # read even with nothing missed: where the log ends now tells the kills of the attach
+        # window (recover_window) from the ones before it
         records, error = None, None
         for _ in range(5):
             try:
@@ -101,6 +104,34 @@ class Reconciler:
                 break
             count = again  # a kill happened while the log was read: read both again
         return count, records, error
+
+    def recover_window(self, seen_pids: set[int]) -> list[OomKill]:
+        """Kills of the attach window: counted after the snapshot, printed in the kernel log since,
+        and not among `seen_pids` (the victims the probe has caught so far). They are delivered as
+        recovered and accounted for, so no restart takes a later, delivered kill's line for them."""
+        from .kmsg import read_kmsg
+        from .oom_report import recovered_kills, to_oom_kill
+
+        last = max((r.seq for r in self._kmsg or ()), default=None)
+        now = vmstat_oom_kills(self.proc_root)
+        if last is None or self.baseline is None or now is None or now == self.baseline:
+            return []
+        try:
+            records = [r for r in read_kmsg(self.kmsg_path) if r.seq > last]
+        except OSError:
+            return []
+        kills = [r for r in recovered_kills(records) if r.pid not in seen_pids]
+        boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        with self._lock:
+            self.window_recovered += sum(r.kernel_counts for r in kills)
+        if kills:
+            log.info("%d OOM kill(s) happened while the probes were being attached; recovered from the kernel log",
+                     len(kills))
+        return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in kills]
+
+    def release_snapshot(self) -> None:
+        """The start-up reading of the kernel log is no longer needed."""
+        self._kmsg = None
 
     def forget(self, kills: int) -> None:
         """`kills` observed kills were lost before delivery (held in memory at shutdown): leave them
@@ -193,7 +224,8 @@ class Reconciler:
         with self._lock:
             if self.baseline is None or self._previous is None:
                 return None
-            return max(self._previous, self.baseline + self.observed_count + self.group_decisions) - self.forgotten
+            return max(self._previous, self.baseline + self.observed_count + self.group_decisions
+                       + self.window_recovered) - self.forgotten
 
     def save(self, durable: bool = True) -> None:
         if not self.state_path:
@@ -281,7 +313,6 @@ class Reconciler:
         from .oom_report import recovered_kills, to_oom_kill
 
         records, e = self._kmsg, self._kmsg_error
-        self._kmsg = None  # read once, at start-up
         if records is None:
             why = e.strerror if e is not None else "not read"
             log.warning("cannot read the kernel log %s (%s): recovered kills get no details; "
