@@ -9,8 +9,8 @@ kept that way in the record. Each destination then gets its own escaping, all de
   characters that make a terminal line lie about itself become visible escapes.
 - `for_json_line`: a JSON text printed on a terminal — what `json.dumps` leaves raw but a terminal
   would act on.
-- `for_otlp`: protobuf strings must be valid UTF-8 — raw bytes become "\\xNN" text and a backslash
-  "\\\\" (so the text `\\xff` and the byte 0xff stay apart), the rest is kept.
+- `for_otlp`: protobuf strings must be valid UTF-8 — valid text is kept as is, a string with raw
+  bytes goes as OTLP bytes_value (so the text `\\xff` and the byte 0xff stay apart).
 - `for_chat`: one line for Slack-compatible webhooks — as for a terminal, plus `&`, `<`, `>`.
 
 Every escaping is injective: two different kernel strings never look the same at a destination.
@@ -68,27 +68,37 @@ def for_json_line(json_text: str) -> str:
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
 
 
-_OTLP_ESCAPE = re.compile("[\\\\\ud800-\udfff]")
+def _has_raw_bytes(s: str) -> bool:
+    return not s.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in s)
 
 
-def _otlp_char(c: str) -> str:
-    o = ord(c)
-    if c == "\\":
-        return "\\\\"
-    if 0xDC80 <= o <= 0xDCFF:  # surrogateescape stand-in for the raw byte o - 0xDC00
-        return f"\\x{o - 0xDC00:02x}"
-    return f"\\u{o:04x}"     # a lone surrogate that did not come from the kernel
+def for_otlp(s: str) -> str | bytes:
+    """An OTLP attribute value for a kernel string, lossless and unambiguous.
 
-
-def for_otlp(s: str) -> str:
-    """Valid UTF-8 for protobuf: undecodable kernel bytes (lone surrogates) become "\\xNN" text and a
-    backslash "\\\\", so the byte 0xff and the four characters `\\xff` never look alike.
-
-    Control characters are kept: in an attribute they are data, and OTLP carries them intact.
+    Valid Unicode is sent exactly as it is (a systemd `\\x2d` in a cgroup name stays `\\x2d`, control
+    characters stay: in an attribute they are data). A string holding bytes that are not UTF-8 is
+    sent as `bytes_value` carrying exactly the kernel's bytes, as the OpenTelemetry specification
+    asks for strings that are not valid Unicode — so the byte 0xff and the text `\\xff` never look
+    alike, and nothing is lost.
     """
-    if "\\" not in s and (s.isascii() or not any(0xD800 <= ord(c) <= 0xDFFF for c in s)):
+    if not _has_raw_bytes(s):
         return s
-    return _OTLP_ESCAPE.sub(lambda m: _otlp_char(m.group()), s)
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # a lone surrogate that surrogateescape did not make never came from the kernel: keep it visible
+        return s.encode("utf-8", "backslashreplace")
+
+
+def for_otlp_label(s: str) -> str:
+    """A metric attribute value (always a string): raw bytes as "\\xNN" text. Only for bounded,
+    well-known values (runtime names, QoS classes), where that rendering cannot collide."""
+    if not _has_raw_bytes(s):
+        return s
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 CHAT_TEXT_MAX = 3000  # Slack truncates section text around 3000 characters

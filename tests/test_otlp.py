@@ -184,9 +184,11 @@ def test_log_attributes_omit_what_is_unknown():
 def test_attribute_strings_are_valid_utf8_and_keep_control_characters():
     a = log_attributes(memcg_kill(victim_comm="\x1b[31mred\x07\nx\udcff", cgroup_path="/a\udce9b",
                                   trigger_comm="\ud800odd"))
-    assert a["process.executable.name"] == "\x1b[31mred\x07\nx\\xff"
-    assert a["oom.victim.cgroup.path"] == "/a\\xe9b"
-    assert a["oom.trigger.executable.name"] == "\\ud800odd"
+    # not valid Unicode: sent as OTLP bytes_value, exactly the kernel's bytes (control characters kept)
+    assert a["process.executable.name"] == b"\x1b[31mred\x07\nx\xff"
+    assert a["oom.victim.cgroup.path"] == b"/a\xe9b"
+    assert a["oom.trigger.executable.name"] == b"\\ud800odd"  # a surrogate no kernel byte made: visible
+    assert a["process.pid"] == 1234
     for v in a.values():
         if isinstance(v, str):
             v.encode("utf-8")

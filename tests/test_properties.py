@@ -238,8 +238,13 @@ def test_each_escaping_is_injective_and_safe(a, b):
     sa, sb = from_kernel(a), from_kernel(b)
     for escape in (for_otlp, for_terminal):
         ea, eb = escape(sa), escape(sb)
-        ea.encode("utf-8")  # valid UTF-8: protobuf and terminals accept it
+        if isinstance(ea, bytes):  # OTLP bytes_value: exactly the kernel's bytes, for non-UTF-8 input only
+            assert escape is for_otlp and ea == a
+        else:
+            ea.encode("utf-8")  # valid UTF-8: protobuf and terminals accept it
         assert (ea == eb) == (a == b)
+    otlp = for_otlp(sa)
+    assert otlp == (sa if isinstance(otlp, str) else a)  # valid text is never rewritten
     t = for_terminal(sa)
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in t)
     c = for_chat(sa)

@@ -2,14 +2,15 @@
 
 Pure functions of the record, importing nothing from OpenTelemetry, so console/JSON output and the
 webhook use them without paying for the SDK's imports, and tests check them without an exporter.
-Every string attribute goes through `text.for_otlp` (protobuf needs valid UTF-8).
+Every string attribute goes through `text.for_otlp` (protobuf strings must be valid UTF-8: a string
+with raw kernel bytes is sent as bytes_value).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from ..model import OomKill
-from ..text import for_otlp, for_terminal
+from ..text import for_otlp, for_otlp_label, for_terminal
 
 SCOPE_NAME = "otel_oom"
 EVENT_NAME = "oom.kill"
@@ -19,8 +20,11 @@ MiB = 1 << 20
 RSS_BUCKETS = tuple(float(MiB * 4**i) for i in range(9))
 
 
-def log_attributes(kill: OomKill) -> dict[str, Any]:
-    """The record's attributes: the victim's identity in semconv names, the rest under oom.*."""
+def log_attributes(kill: OomKill, raw: bool = False) -> dict[str, Any]:
+    """The record's attributes: the victim's identity in semconv names, the rest under oom.*.
+
+    `raw` keeps kernel strings as decoded (lone surrogates for raw bytes), for encoders that escape
+    them losslessly themselves (the JSON line); otherwise each goes through `text.for_otlp`."""
     k = kill
     attrs: dict[str, Any] = {
         # the victim, with the standard process/container/k8s attributes
@@ -76,6 +80,8 @@ def log_attributes(kill: OomKill) -> dict[str, Any]:
         "oom.context_hook": k.context_hook,
         "oom.recovered": bool(k.recovered),
     }
+    if raw:
+        return {key: v for key, v in attrs.items() if v is not None}
     return {key: _otlp_value(v) for key, v in attrs.items() if v is not None}
 
 
@@ -120,7 +126,7 @@ def kill_metric_attributes(kill: OomKill) -> dict[str, str]:
     count connector, see docs/schema.md)."""
     attrs = {"oom.constraint": kill.constraint}
     if kill.container_runtime:
-        attrs["container.runtime.name"] = for_otlp(kill.container_runtime)
+        attrs["container.runtime.name"] = for_otlp_label(kill.container_runtime)
     if kill.pod_qos_class:
-        attrs["oom.victim.pod.qos_class"] = for_otlp(kill.pod_qos_class)
+        attrs["oom.victim.pod.qos_class"] = for_otlp_label(kill.pod_qos_class)
     return attrs

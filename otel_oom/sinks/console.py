@@ -149,6 +149,7 @@ def format_console(kill: OomKill) -> str:
 def format_json(kill: OomKill) -> str:
     """One JSON object on one line: `time` (RFC 3339), `event_name`, `body`, then the OTLP attributes."""
     doc = {"time": rfc3339(kill.time_unix_nano), "event_name": EVENT_NAME, "body": log_body(kill)}
-    doc.update(log_attributes(kill))
+    # raw kernel bytes (lone surrogates) become \udcNN escapes here: lossless, and never the text "\xNN"
+    doc.update(log_attributes(kill, raw=True))
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     return for_json_line(text)
