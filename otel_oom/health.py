@@ -26,7 +26,10 @@ Readiness = Callable[[], "tuple[bool, str]"]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """"HOST:PORT", ":PORT" (all interfaces) or "[v6addr]:PORT" -> (host, port)."""
+    """"HOST:PORT", ":PORT" (all interfaces) or "[address]:PORT" -> (host, port).
+
+    Brackets take an IPv4 address too, so a manifest can write `--listen=[$(POD_IP)]:9464` and work on
+    IPv4, IPv6 and dual-stack clusters alike."""
     text = listen.strip()
     usage = (f"--listen must be HOST:PORT, :PORT or [IPv6]:PORT with a port from 0 to 65535, "
              f"e.g. 0.0.0.0:9464, :9464 or [::1]:9464; got {listen!r}")
@@ -36,7 +39,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
             raise ListenError(usage)
         host, port_text = text[1:end], text[end + 2:]
         try:
-            ipaddress.IPv6Address(host)
+            ipaddress.ip_address(host)
         except ValueError:
             raise ListenError(usage) from None
     else:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 # the oldest Kubernetes minor the manifests promise to work on, and the newest schema shipped
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-EXPECTED_CAPS = {"BPF", "PERFMON", "DAC_READ_SEARCH", "SYSLOG"}
+EXPECTED_CAPS = {"BPF", "PERFMON", "SYSLOG"}
 
 
 def kubernetes_validate():
@@ -180,7 +180,14 @@ def test_args_are_ones_the_cli_accepts():
     from otel_oom.cli import build_parser
 
     parsed = build_parser().parse_args(container()["args"])
-    assert parsed.command == "run" and parsed.prometheus and parsed.listen == "0.0.0.0:9464"
+    assert parsed.command == "run" and parsed.prometheus and parsed.listen == "[$(POD_IP)]:9464"
+    # the kubelet substitutes the pod's address: the agent takes it on IPv4 and IPv6 pods alike
+    from otel_oom.health import parse_listen
+
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container()["env"]}
+    assert env["POD_IP"] == "status.podIP"
+    for pod_ip in ("10.244.1.7", "fd00:10:244::7"):
+        assert parse_listen(parsed.listen.replace("$(POD_IP)", pod_ip)) == (pod_ip, 9464)
     assert parsed.spool_dir.startswith("/var/lib/otel-oom/")
 
 

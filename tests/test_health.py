@@ -33,6 +33,7 @@ def get(url: str) -> tuple[int, str, str]:
     (":9464", ("", 9464)),
     ("[::1]:8080", ("::1", 8080)),
     ("[::]:1", ("::", 1)),
+    ("[10.1.2.3]:9464", ("10.1.2.3", 9464)),  # what --listen=[$(POD_IP)]:9464 gives on an IPv4 pod
     ("localhost:65535", ("localhost", 65535)),
 ])
 def test_parse_listen_accepts(text, expected):

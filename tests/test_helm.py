@@ -124,7 +124,7 @@ def test_values_change_what_they_say():
     c = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://gateway.example:4317"
-    assert "--listen=0.0.0.0:9555" in c["args"] and c["ports"][0]["containerPort"] == 9555
+    assert "--listen=[$(POD_IP)]:9555" in c["args"] and c["ports"][0]["containerPort"] == 9555
     assert ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9555"
     assert c["securityContext"]["capabilities"]["add"][-1] == "SYS_RESOURCE"
     spool = next(v for v in pod["volumes"] if v["name"] == "spool")

@@ -33,7 +33,7 @@ from testing.otlp_receiver import OtlpGrpcReceiver, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
-CAPS = {"BPF": 39, "PERFMON": 38, "DAC_READ_SEARCH": 2, "SYSLOG": 34}
+CAPS = {"BPF": 39, "PERFMON": 38, "SYSLOG": 34}
 pytestmark = pytest.mark.root
 
 
@@ -154,7 +154,7 @@ def test_the_agent_container_catches_a_kill_in_another_container(images, tmp_pat
             agent_id = run.stdout.strip()
             ready = _wait_ready(f"http://127.0.0.1:{port}/readyz", agent_name)
             assert ready, podman("logs", agent_name, check=False).stderr
-            # the privileges it really has: exactly the four capabilities, no new privileges
+            # the privileges it really has: exactly the three capabilities, no new privileges
             agent_pid = int(podman("inspect", "--format={{.State.Pid}}", agent_name).stdout)
             assert _cap_eff(agent_pid) == sum(1 << bit for bit in CAPS.values())
             assert "NoNewPrivs:\t1" in Path(f"/proc/{agent_pid}/status").read_text()
