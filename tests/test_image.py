@@ -143,7 +143,7 @@ def test_the_agent_container_catches_a_kill_in_another_container(images, tmp_pat
     port = free_port()
     args = [a if not a.startswith("--listen=") else f"--listen=127.0.0.1:{port}" for a in c["args"]] + ["--json"]
     with OtlpGrpcReceiver() as receiver:
-        env = {"K8S_NODE_NAME": "node-image-test", "HOST_IP": "127.0.0.1",
+        env = {"K8S_NODE_NAME": "node-image-test", "HOST_IP": "127.0.0.1", "POD_IP": "127.0.0.1",
                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_RESOURCE_ATTRIBUTES": "k8s.node.name=node-image-test",
                "OTEL_OOM_RUNTIME_ROOT": "/host"}
