@@ -24,7 +24,7 @@ CRICTL := /var/cache/otel-oom-crictl-$(CRICTL_VERSION)/crictl
 DOCKERD_CACHE := /var/cache/otel-oom-dockerd
 
 .PHONY: setup agent-setup system-packages test-packages crictl dockerd venv venv-test bpf run test \
-        test-tools collector victorialogs helm image bench clean
+        test-tools collector victorialogs helm jaeger earlyoom image bench clean
 # what `make run` needs, nothing more
 agent-setup: system-packages venv bpf
 # a developer's machine: also the test packages and the test extras (the Go-built test tools
@@ -90,15 +90,20 @@ victorialogs:
 	@tools/victorialogs/build.sh
 helm:
 	@tools/helm/build.sh
+jaeger:
+	@tools/jaeger/build.sh
+# Debian's earlyoom, unpacked rather than installed (its package would start a host-wide killer)
+earlyoom: venv-test
+	@$(VENV)/bin/python -c "from testing.story import earlyoom_binary; print(earlyoom_binary())"
 image: test-packages
 	@tools/image/build.sh
 
 # the downstream tools the tests use. The image (debootstrap and apt/pip downloads) is built
 # beside the Go builds (CPU), so a cold run overlaps the two.
-test-tools: test-packages
+test-tools: test-packages earlyoom
 	@start=$$(date +%s); log=$$(mktemp /tmp/otel-oom-image-build-XXXXXX.log); \
 	tools/image/build.sh > $$log 2>&1 & img=$$!; \
-	tools/collector/build.sh && tools/victorialogs/build.sh && tools/helm/build.sh; go=$$?; \
+	tools/collector/build.sh && tools/victorialogs/build.sh && tools/helm/build.sh && tools/jaeger/build.sh; go=$$?; \
 	wait $$img; im=$$?; \
 	grep -E "^(build-base|image):" $$log; [ $$im -eq 0 ] || tail -30 $$log >&2; \
 	tail -1 $$log; rm -f $$log; \

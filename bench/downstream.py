@@ -50,7 +50,8 @@ def measure(kills: int) -> dict:
                 deadline = time.monotonic() + 30
                 rows: list = []
                 while not rows and time.monotonic() < deadline:
-                    rows = stack.vl.query(f'process.pid:="{kill.victim_pid}" k8s.pod.uid:="{pod_uid}" | fields _time')
+                    rows = stack.vl.query(f'process.pid:="{kill.victim_pid}" k8s.pod.uid:="{pod_uid}" oom.event.id:* '
+                                          '| fields _time')
                     seen = time.time()
                     if not rows:
                         time.sleep(0.02)

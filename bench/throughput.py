@@ -39,7 +39,7 @@ from .profile import profile_or_none
 from .synthetic import build as build_synthetic
 
 EVENTS_PER_RUN = 64
-RING_EVENTS = (4 << 20) // (1472 + 8)  # default ring buffer / (event + ring record header)
+RING_EVENTS = (4 << 20) // (1728 + 8)  # default ring buffer / (event + ring record header)
 WINDOW = 2048                           # < RING_EVENTS: the kernel can never find the ring full
 
 

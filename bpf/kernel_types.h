@@ -22,10 +22,13 @@ typedef __s64 s64;
 typedef __u32 uid_t;
 typedef unsigned int gfp_t;
 typedef _Bool bool;
+#define true 1
+#define false 0
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 typedef struct { long counter; } atomic_long_t;
+typedef struct { int counter; } atomic_t;
 typedef struct { uid_t val; } kuid_t;
 
 /* x86_64 register layout with kernel names; __VMLINUX_H__ tells bpf_tracing.h to use them */
@@ -68,6 +71,8 @@ enum cgroup_subsys_id { memory_cgrp_id = 4 };
 struct page_counter {
 	atomic_long_t usage;
 	unsigned long max;
+	unsigned long watermark;
+	unsigned long failcnt;
 };
 /* before 4.18: count/limit */
 struct page_counter___old {
@@ -75,9 +80,14 @@ struct page_counter___old {
 	unsigned long limit;
 };
 
+/* memory.events counters; the kernel's enum values are read through CO-RE */
+enum memcg_memory_event { MEMCG_LOW, MEMCG_HIGH, MEMCG_MAX, MEMCG_OOM, MEMCG_OOM_KILL };
+
 struct mem_cgroup {
 	struct cgroup_subsys_state css; /* first member: a css pointer is the memcg pointer */
 	struct page_counter memory;
+	atomic_long_t memory_events_local[8]; /* 5.3+; length from BTF */
+	bool oom_lock;                        /* cgroup v1 code (always before 6.11, CONFIG_MEMCG_V1 after) */
 };
 
 struct percpu_counter {
@@ -112,6 +122,7 @@ struct signal_struct {
 	short oom_score_adj;
 	int group_exit_code;
 	unsigned int flags;
+	atomic_t live;  /* threads alive: 0 once the last one is in do_exit */
 };
 
 struct task_struct {
@@ -161,5 +172,30 @@ struct trace_event_raw_mark_victim {
 };
 
 #pragma clang attribute pop
+
+/* Classic tracepoint records read at their fixed offsets (stable since 3.x, identical on every
+ * kernel), deliberately without CO-RE: a kernel lacking a type would otherwise fail the load. */
+struct tp_signal_generate {
+	__u64 common;
+	int sig;
+	int errno_;
+	int code;
+	char comm[16];
+	int pid;
+	int group;
+	int result;
+};
+
+struct tp_pid_only {  /* oom:wake_reaper, start_task_reaping, finish_task_reaping, skip_task_reaping */
+	__u64 common;
+	int pid;
+};
+
+struct tp_exit_mmap {  /* mmap:exit_mmap (6.1+) */
+	__u64 common;
+	__u64 mm;
+};
+
+struct kernel_siginfo;
 
 #endif /* OTEL_OOM_KERNEL_TYPES_H */

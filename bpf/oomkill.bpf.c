@@ -16,6 +16,16 @@
  * task whose allocation failed), and oc->totalpages is the size of the OOM domain (the memcg
  * limit or RAM+swap), not the victim's size.
  *
+ * Around the kill (issue 13; optional, the agent loads them when it reports these records):
+ *   tp_btf|tracepoint signal:signal_generate  a SIGKILL from a process named in `killers` (a
+ *                               user-space OOM killer) becomes an oom_event with hook
+ *                               OOM_HOOK_SIGNAL, the victim read from its task like a kernel kill's.
+ *   tracepoint oom:wake_reaper, start_task_reaping, finish_task_reaping, skip_task_reaping,
+ *   tracepoint mmap:exit_mmap (6.1+: the victim's address space torn down, its pages freed) and
+ *   tracepoint sched:sched_process_exit (the victim's last thread; the time of the memory coming
+ *                               back where exit_mmap is missing, or the victim's mm was not seen)
+ *                               one struct oom_reclaim_event each, for the victims in `victims`.
+ *
  * Only collection happens here; names, lookups and policy live in the agent.
  */
 #include "kernel_types.h"
@@ -65,12 +75,60 @@ struct {
 	__type(value, struct oom_context);
 } contexts SEC(".maps");
 
+/* The user-space OOM killers' process names (comm), set by the agent before attaching. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32);
+	__type(key, char[OOM_COMM_LEN]);
+	__type(value, __u8);
+} killers SEC(".maps");
+
+/* Victims whose memory is awaited, by thread group (and by marked thread when it differs). */
+struct victim_mark {
+	__u64 marked_ns;
+	__u64 mm;              /* struct mm_struct *, 0 when the victim's task was not read */
+	__u32 pid;
+	__u32 tgid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct victim_mark);
+} victims SEC(".maps");
+
+/* The same victims by address space, for mmap:exit_mmap (which may run in another task). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct victim_mark);
+} victim_mms SEC(".maps");
+
+/* The victim's mm read by read_victim_task, for note_victim in the same program run. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} victim_mm_scratch SEC(".maps");
+
+/* OOM_SETTING_* bits, set by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} settings SEC(".maps");
+
 /* Ring-buffer memory is not zeroed and the event is too large for an inlined memset:
  * clear it by copying from this all-zero read-only block. */
 const volatile char zero_event[sizeof(struct oom_event)] = {};
 
-/* Keeps struct oom_event in the object's BTF: the agent checks its Python mirror against it. */
+/* Keep the record structs in the object's BTF: the agent checks its Python mirrors against them. */
 struct oom_event *unused_event_for_btf __attribute__((unused));
+struct oom_reclaim_event *unused_reclaim_for_btf __attribute__((unused));
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -109,6 +167,39 @@ static __always_inline struct cgroup_subsys_state *memory_css(struct task_struct
 	return BPF_CORE_READ(task, cgroups, subsys[id]);
 }
 
+/* Everything the kernel knows about one level at the kill, without reading anything racy twice:
+ * usage (can already have dropped: the reaper uncharges concurrently), and what an uncharge never
+ * lowers: the watermark, the fail count, the OOM count, and oom_lock (held for the OOMing memcg
+ * and the cgroups below it while the OOM killer runs, on kernels with the cgroup v1 code). */
+static __always_inline void read_level(struct mem_cgroup *memcg, struct oom_cgroup_level *l)
+{
+	int oom = bpf_core_enum_value(enum memcg_memory_event, MEMCG_OOM);
+
+	if (bpf_core_field_exists(struct page_counter___old, limit)) {
+		struct page_counter___old *pc = (void *)&memcg->memory;
+
+		l->usage_pages = BPF_CORE_READ(pc, count.counter);
+		l->limit_pages = BPF_CORE_READ(pc, limit);
+	} else {
+		l->usage_pages = BPF_CORE_READ(memcg, memory.usage.counter);
+		l->limit_pages = BPF_CORE_READ(memcg, memory.max);
+	}
+	l->watermark_pages = BPF_CORE_READ(memcg, memory.watermark);
+	l->failcnt = BPF_CORE_READ(memcg, memory.failcnt);
+	if (bpf_core_field_exists(memcg->oom_lock)) {
+		l->level_flags |= OOM_L_HAS_OOM_LOCK;
+		if (BPF_CORE_READ(memcg, oom_lock))
+			l->level_flags |= OOM_L_OOM_LOCK;
+	}
+	if (bpf_core_field_exists(memcg->memory_events_local) && oom >= 0 &&
+	    oom < bpf_core_field_size(memcg->memory_events_local) / sizeof(atomic_long_t)) {
+		atomic_long_t *counts = __builtin_preserve_access_index(&memcg->memory_events_local[0]);
+
+		bpf_probe_read_kernel(&l->oom_events, sizeof(l->oom_events), &counts[oom & 0xff]);
+		l->level_flags |= OOM_L_HAS_OOM_COUNT;
+	}
+}
+
 static __always_inline void read_page_counter(struct mem_cgroup *memcg, __u64 *usage, __u64 *limit)
 {
 	if (bpf_core_field_exists(struct page_counter___old, limit)) {
@@ -144,8 +235,7 @@ static __always_inline void read_victim_memcgs(struct oom_event *e, struct task_
 		    OOM_CGROUP_NAME_LEN &&
 		    !bpf_probe_read_kernel(&next, 1, name + OOM_CGROUP_NAME_LEN - 1) && next)
 			e->flags |= OOM_F_CGROUP_NAME_CUT;
-		read_page_counter((struct mem_cgroup *)css, &e->victim_memcg[i].usage_pages,
-				  &e->victim_memcg[i].limit_pages);
+		read_level((struct mem_cgroup *)css, &e->victim_memcg[i]);
 		e->victim_memcg_levels = i + 1;
 		css = BPF_CORE_READ(css, parent);
 	}
@@ -167,6 +257,28 @@ static __always_inline void read_trigger_memcgs(struct oom_event *e, struct task
 		e->trigger_memcg_levels = i + 1;
 		css = BPF_CORE_READ(css, parent);
 	}
+}
+
+static __always_inline void scratch_mm(__u64 mm)
+{
+	__u32 zero = 0;
+	__u64 *slot = bpf_map_lookup_elem(&victim_mm_scratch, &zero);
+
+	if (slot)
+		*slot = mm;
+}
+
+static __always_inline __u64 take_scratch_mm(void)
+{
+	__u32 zero = 0;
+	__u64 *slot = bpf_map_lookup_elem(&victim_mm_scratch, &zero);
+	__u64 mm = 0;
+
+	if (slot) {
+		mm = *slot;
+		*slot = 0;
+	}
+	return mm;
 }
 
 static __always_inline __u64 clamp_counter(long v)
@@ -203,6 +315,7 @@ static __always_inline void read_victim_task(struct oom_event *e, struct task_st
 	mm = BPF_CORE_READ(task, mm);
 	if (!mm)
 		return;
+	scratch_mm((__u64)mm);
 	e->total_vm = BPF_CORE_READ(mm, total_vm);
 	e->anon_rss = MM_COUNTER(mm, MM_ANONPAGES);
 	e->file_rss = MM_COUNTER(mm, MM_FILEPAGES);
@@ -226,6 +339,7 @@ static __always_inline struct oom_event *start_event(__u8 hook, struct oom_conte
 		return NULL;
 	}
 	bpf_probe_read_kernel(e, sizeof(*e), (const void *)zero_event);
+	scratch_mm(0);
 	e->version = OOM_EVENT_VERSION;
 	e->hook = hook;
 	e->timestamp_ns = now_ns(&e->flags);
@@ -254,8 +368,22 @@ static __always_inline struct oom_event *start_event(__u8 hook, struct oom_conte
 	return e;
 }
 
+/* A victim the kernel marked (or a user-space killer's): await its memory. */
+static __always_inline void note_victim(struct oom_event *e)
+{
+	__u32 pid = e->victim_pid, tgid = e->victim_tgid;
+	struct victim_mark mark = { .marked_ns = e->timestamp_ns, .mm = take_scratch_mm(), .pid = pid, .tgid = tgid };
+
+	bpf_map_update_elem(&victims, tgid ? &tgid : &pid, &mark, BPF_ANY);
+	if (tgid && tgid != pid)
+		bpf_map_update_elem(&victims, &pid, &mark, BPF_ANY);  /* the reaper names the marked thread */
+	if (mark.mm)
+		bpf_map_update_elem(&victim_mms, &mark.mm, &mark, BPF_ANY);
+}
+
 static __always_inline void finish_event(struct oom_event *e)
 {
+	note_victim(e);
 	bpf_ringbuf_submit(e, 0);
 	stat_inc(OOM_STAT_SUBMITTED);
 }
@@ -399,4 +527,187 @@ SEC("kretprobe/oom_kill_process")
 int BPF_KRETPROBE(oom_kill_kretprobe)
 {
 	return drop_context();
+}
+
+
+/* ---- around the kill (issue 13) ------------------------------------------------------------- */
+
+/* A SIGKILL to report: not the kernel's own (the OOM killer's among them), and sent by a task named
+ * in `killers` (1 when to report). */
+static __always_inline int killer_sigkill(bool kernel_sent)
+{
+	char comm[OOM_COMM_LEN] = {};
+
+	if (kernel_sent)
+		return 0;
+	bpf_get_current_comm(comm, sizeof(comm));
+	return bpf_map_lookup_elem(&killers, comm) ? 1 : 0;
+}
+
+/* TRACE_SIGNAL_DELIVERED 0, TRACE_SIGNAL_LOSE_INFO 4: the signal was queued; others were dropped */
+#define SIGNAL_QUEUED(result) ((result) == 0 || (result) == 4)
+#define SIGKILL 9
+
+SEC("tp_btf/signal_generate")
+int BPF_PROG(signal_generate_btf, int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+	     int result)
+{
+	struct oom_context *decision;
+	struct oom_event *e;
+
+	if (sig != SIGKILL || !SIGNAL_QUEUED(result))
+		return 0;
+	/* SEND_SIG_PRIV is the pointer value 1: the kernel itself (the OOM killer among others) */
+	if (!killer_sigkill((unsigned long)info == 1))
+		return 0;
+	e = start_event(OOM_HOOK_SIGNAL, &decision);
+	if (!e)
+		return 0;
+	e->flags &= ~OOM_F_CONTEXT;  /* the killer runs no OOM decision */
+	read_victim_task(e, task);
+	stat_inc(OOM_STAT_SIGNAL_KILLS);
+	finish_event(e);
+	return 0;
+}
+
+SEC("tracepoint/signal/signal_generate")
+int signal_generate_tp(struct tp_signal_generate *args)
+{
+	struct oom_context *decision;
+	struct oom_event *e;
+	int sig = 0, result = 0, code = 0, pid = 0;
+
+	bpf_probe_read_kernel(&sig, sizeof(sig), &args->sig);
+	bpf_probe_read_kernel(&result, sizeof(result), &args->result);
+	if (sig != SIGKILL || !SIGNAL_QUEUED(result))
+		return 0;
+	bpf_probe_read_kernel(&code, sizeof(code), &args->code);
+	bpf_probe_read_kernel(&pid, sizeof(pid), &args->pid);
+	/* SEND_SIG_PRIV shows as SI_KERNEL (0x80) */
+	if (!killer_sigkill(code == 0x80))
+		return 0;
+	e = start_event(OOM_HOOK_SIGNAL, &decision);
+	if (!e)
+		return 0;
+	e->flags &= ~OOM_F_CONTEXT;
+	e->victim_pid = pid;  /* no task here: the agent reads the rest from /proc */
+	bpf_probe_read_kernel_str(e->victim_comm, sizeof(e->victim_comm), args->comm);
+	stat_inc(OOM_STAT_SIGNAL_KILLS);
+	finish_event(e);
+	return 0;
+}
+
+static __always_inline int write_reclaim(struct victim_mark *v, __u8 kind)
+{
+	struct oom_reclaim_event *r;
+	__u32 flags = 0;
+
+	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		stat_inc(OOM_STAT_RINGBUF_FULL);
+		return 0;
+	}
+	r->timestamp_ns = now_ns(&flags);
+	r->marked_ns = v->marked_ns;
+	r->version = OOM_RECLAIM_EVENT_VERSION;
+	r->flags = flags;
+	r->pid = v->pid;
+	r->tgid = v->tgid;
+	r->kind = kind;
+	__builtin_memset(r->__pad, 0, sizeof(r->__pad));
+	bpf_ringbuf_submit(r, 0);
+	stat_inc(OOM_STAT_RECLAIM);
+	return 0;
+}
+
+/* The victim's memory is back: report it and forget the victim under every key. */
+static __always_inline int victim_done(struct victim_mark *v, __u8 kind)
+{
+	struct victim_mark mark = *v;
+
+	write_reclaim(&mark, kind);
+	bpf_map_delete_elem(&victims, &mark.tgid);
+	bpf_map_delete_elem(&victims, &mark.pid);
+	if (mark.mm)
+		bpf_map_delete_elem(&victim_mms, &mark.mm);
+	return 0;
+}
+
+static __always_inline int reclaim_event(__u32 key, __u8 kind, bool last)
+{
+	struct victim_mark *v = bpf_map_lookup_elem(&victims, &key);
+
+	if (!v)
+		return 0;
+	return last ? victim_done(v, kind) : write_reclaim(v, kind);
+}
+
+static __always_inline __u32 reaper_pid(struct tp_pid_only *args)
+{
+	int pid = 0;
+
+	bpf_probe_read_kernel(&pid, sizeof(pid), &args->pid);
+	return pid;
+}
+
+SEC("tracepoint/oom/wake_reaper")
+int reaper_wake(struct tp_pid_only *args)
+{
+	return reclaim_event(reaper_pid(args), OOM_RECLAIM_REAPER_WAKE, false);
+}
+
+SEC("tracepoint/oom/start_task_reaping")
+int reaper_start(struct tp_pid_only *args)
+{
+	return reclaim_event(reaper_pid(args), OOM_RECLAIM_REAPER_START, false);
+}
+
+SEC("tracepoint/oom/finish_task_reaping")
+int reaper_finish(struct tp_pid_only *args)
+{
+	return reclaim_event(reaper_pid(args), OOM_RECLAIM_REAPER_FINISH, false);
+}
+
+SEC("tracepoint/oom/skip_task_reaping")
+int reaper_skip(struct tp_pid_only *args)
+{
+	return reclaim_event(reaper_pid(args), OOM_RECLAIM_REAPER_SKIP, false);
+}
+
+/* do_exit(): exit_mm() has run when this fires; the victim's memory is back once its last thread is here */
+SEC("tracepoint/sched/sched_process_exit")
+int victim_exit(void *args)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	struct victim_mark *v = bpf_map_lookup_elem(&victims, &tgid);
+	__u32 zero = 0, *setting;
+
+	if (!v)
+		return 0;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;  /* other threads still hold the address space */
+	/* on recent kernels (6.18 here) this fires before exit_mm(): where exit_mmap will report the
+	 * pages freed, this is only noted */
+	setting = bpf_map_lookup_elem(&settings, &zero);
+	if (v->mm && setting && (*setting & OOM_SETTING_EXIT_MMAP)) {
+		write_reclaim(v, OOM_RECLAIM_EXITED);
+		return 0;
+	}
+	return victim_done(v, OOM_RECLAIM_EXIT);
+}
+
+/* exit_mmap() has unmapped and freed every page of the address space when it fires */
+SEC("tracepoint/mmap/exit_mmap")
+int victim_mm_freed(struct tp_exit_mmap *args)
+{
+	struct victim_mark *v;
+	__u64 mm = 0;
+
+	bpf_probe_read_kernel(&mm, sizeof(mm), &args->mm);
+	v = bpf_map_lookup_elem(&victim_mms, &mm);
+	if (!v)
+		return 0;
+	return victim_done(v, OOM_RECLAIM_MM_FREED);
 }

@@ -11,7 +11,9 @@
 #ifndef OTEL_OOM_OOMKILL_H
 #define OTEL_OOM_OOMKILL_H
 
-#define OOM_EVENT_VERSION 1
+/* 2: per-level watermark, failcnt, OOM count and oom_lock (issue 13, the sturdier OOMing-memcg
+ * derivation); hook OOM_HOOK_SIGNAL */
+#define OOM_EVENT_VERSION 2
 #define OOM_COMM_LEN 16
 /* memory-cgroup levels captured, leaf first; kubepods paths are 4 deep */
 #define OOM_CGROUP_DEPTH 8
@@ -24,6 +26,7 @@ enum oom_hook {
 	OOM_HOOK_TP_BTF = 1,      /* tp_btf/mark_victim: task pointer, everything */
 	OOM_HOOK_TRACEPOINT = 2,  /* tracepoint/oom/mark_victim: fields only */
 	OOM_HOOK_SYNTHETIC = 3,   /* bench/: written by BPF_PROG_TEST_RUN, never a real kill */
+	OOM_HOOK_SIGNAL = 4,      /* signal:signal_generate: a user-space OOM killer's SIGKILL (trigger = the killer) */
 };
 
 /* Which program supplied the per-decision context (oom_event.context_hook). */
@@ -61,15 +64,54 @@ enum oom_stat {
 	OOM_STAT_SUBMITTED = 0,     /* events written into the ring buffer */
 	OOM_STAT_RINGBUF_FULL = 1,  /* events lost: ring buffer full */
 	OOM_STAT_CONTEXT_SEEN = 2,  /* oom_kill_process entries (decisions) */
-	OOM_STAT_MAX = 3,
+	OOM_STAT_SIGNAL_KILLS = 3,  /* user-space killers' SIGKILLs reported */
+	OOM_STAT_RECLAIM = 4,       /* reclaim events written */
+	OOM_STAT_MAX = 5,
 };
+
+/* oom_cgroup_level.level_flags */
+#define OOM_L_OOM_LOCK      (1u << 0) /* memcg->oom_lock: an OOM of this cgroup or an ancestor is running */
+#define OOM_L_HAS_OOM_LOCK  (1u << 1) /* the kernel has memcg->oom_lock (cgroup v1 code built in) */
+#define OOM_L_HAS_OOM_COUNT (1u << 2) /* oom_events is memory_events_local[MEMCG_OOM] */
 
 /* One memory cgroup on the victim's path, leaf first. */
 struct oom_cgroup_level {
-	__u64 id;          /* kernfs id == inode number of the cgroup directory */
-	__u64 usage_pages; /* memcg page_counter usage at the kill */
-	__u64 limit_pages; /* memcg page_counter max (PAGE_COUNTER_MAX: unlimited) */
+	__u64 id;              /* kernfs id == inode number of the cgroup directory */
+	__u64 usage_pages;     /* memcg page_counter usage at the kill */
+	__u64 limit_pages;     /* memcg page_counter max (PAGE_COUNTER_MAX: unlimited) */
+	__u64 watermark_pages; /* page_counter watermark: highest usage since reset; never lowered by an uncharge */
+	__u64 failcnt;         /* page_counter failcnt: charges refused at this level's limit (0 where not counted) */
+	__u64 oom_events;      /* memory_events_local[MEMCG_OOM]: OOMs declared in this cgroup (OOM_L_HAS_OOM_COUNT) */
+	__u32 level_flags;     /* OOM_L_* */
+	__u32 __pad;
 	char name[OOM_CGROUP_NAME_LEN]; /* directory name; "" for the root */
+};
+
+/* The second ring-buffer record: what happened to a victim's memory after the kill. Told apart
+ * from struct oom_event by its size; otel_oom/kernel/reclaim_wire.py mirrors it. */
+#define OOM_RECLAIM_EVENT_VERSION 1
+enum oom_reclaim_kind {
+	OOM_RECLAIM_EXIT = 1,           /* the victim's last thread passed exit_mm (sched_process_exit) */
+	OOM_RECLAIM_REAPER_WAKE = 2,    /* oom:wake_reaper: the reaper was queued for it */
+	OOM_RECLAIM_REAPER_START = 3,   /* oom:start_task_reaping */
+	OOM_RECLAIM_REAPER_FINISH = 4,  /* oom:finish_task_reaping: its memory was unmapped */
+	OOM_RECLAIM_REAPER_SKIP = 5,    /* oom:skip_task_reaping: the reaper could not or need not */
+	OOM_RECLAIM_MM_FREED = 6,       /* mmap:exit_mmap (6.1+): the victim's address space was torn down */
+	OOM_RECLAIM_EXITED = 7,         /* its last thread is exiting; exit_mmap will tell when the pages are freed */
+};
+
+/* Index 0 of the "settings" array map, written by the agent after attaching. */
+#define OOM_SETTING_EXIT_MMAP (1u << 0) /* mmap:exit_mmap is attached: a victim's exit waits for it */
+
+struct oom_reclaim_event {
+	__u64 timestamp_ns;  /* same clock as oom_event.timestamp_ns */
+	__u64 marked_ns;     /* when the victim was marked (mark_victim, or the killer's SIGKILL) */
+	__u32 version;       /* OOM_RECLAIM_EVENT_VERSION */
+	__u32 flags;         /* OOM_F_BOOT_CLOCK */
+	__u32 pid;           /* the marked thread (mark_victim's pid) */
+	__u32 tgid;          /* its thread group; 0 when not known */
+	__u8 kind;           /* enum oom_reclaim_kind */
+	__u8 __pad[7];
 };
 
 struct oom_event {
@@ -114,7 +156,8 @@ struct oom_event {
 	__u32 __pad1;
 };
 
-_Static_assert(sizeof(struct oom_cgroup_level) == 152, "oom_cgroup_level layout");
-_Static_assert(sizeof(struct oom_event) == 1472, "oom_event layout: bump OOM_EVENT_VERSION");
+_Static_assert(sizeof(struct oom_cgroup_level) == 184, "oom_cgroup_level layout");
+_Static_assert(sizeof(struct oom_event) == 1728, "oom_event layout: bump OOM_EVENT_VERSION");
+_Static_assert(sizeof(struct oom_reclaim_event) == 40, "oom_reclaim_event layout: bump OOM_RECLAIM_EVENT_VERSION");
 
 #endif /* OTEL_OOM_OOMKILL_H */

@@ -2,12 +2,18 @@
 
     main thread    source.poll() -> callback copies the sample -> samples queue; reconciliation
     worker thread  pipeline.handle_sample: decode -> attribute -> store -> console/JSON/webhook -> metrics
+                   (and pipeline.handle_record for what the watchers queued, pipeline.tick once a second)
     sender thread  delivery.sender: store -> OTLP export -> ack   (retries with backoff)
+    pressure       watchers.build: kernel notifications -> oom.pressure / oom.no_kill -> samples queue
 
 Set-up happens in `start()`, in data-flow order; every part registers its teardown, and `close()`
 runs them once, in reverse order (it can be called twice). Signals only set a flag. A supervised
 thread that dies makes `/readyz` fail and the agent stop with exit code 1 after its teardown, so an
 orchestrator restarts it; what was stored stays in the spool for the next start.
+
+It is over 400 lines because it is the one place where every stage is wired and its thread
+supervised (kernel, attribution and runtime names, delivery, OTLP, and the watchers around the
+kill); the parts themselves live in their modules (`watchers.py` for issue 13's).
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO, Union
 
+from . import watchers as watcher_parts
 from .attribution import clock
 from .attribution.cgroups import CgroupResolver, detect_memory_hierarchy
 from .attribution.enrich import Enricher
@@ -31,11 +38,13 @@ from .delivery.parked import ParkedEvents
 from .delivery.sender import RETRY_MAX_S, SpoolSender
 from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .kernel.source import SampleSource, SourceFactory
+from .model import Record
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
 
 if TYPE_CHECKING:
     from .otlp.metrics import Metrics
+    from .watchers import Watchers
 
 log = logging.getLogger("otel_oom.agent")
 
@@ -44,6 +53,7 @@ POLL_MS = 100
 RECONCILE_S = 5.0          # compare with /proc/vmstat oom_kill
 RECONCILE_MEMCGS_S = 30.0  # compare with every memory cgroup's own oom_kill counter
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TICK_S = 1.0               # the worker's tick: reclaim timeouts, episodes that ran too long
 PARKED_MIN_BYTES = 64 << 10  # events the collector refused for good, kept for inspection (spool_max_bytes / 16)
 
 
@@ -57,10 +67,12 @@ class Agent:
         self.drops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
-        self._samples: queue.Queue[Optional[bytes]] = queue.Queue(SAMPLE_QUEUE_MAX)
+        # ring-buffer samples, and the records the watchers made (pressure, no-kill); None stops the worker
+        self._samples: queue.Queue[Optional[Union[bytes, Record]]] = queue.Queue(SAMPLE_QUEUE_MAX)
         self._threads: list[threading.Thread] = []
         self._dead: dict[str, str] = {}  # supervised thread name -> why it ended
         self._cleanup: list[Callable[[], None]] = []
+        self._stoppers: list[Callable[[], None]] = []  # wake threads that wait on their own descriptors
         self._deadline = 0.0
         self._closed = False
         self.source: Optional[SampleSource] = None
@@ -69,6 +81,7 @@ class Agent:
         self.metrics: Optional["Metrics"] = None
         self.reconciler: Optional[Reconciler] = None
         self.pipeline: Optional[Pipeline] = None
+        self.watchers: Optional["Watchers"] = None
         self.exit_code = 0
 
     # ---- set-up, in data-flow order --------------------------------------------------------
@@ -90,7 +103,7 @@ class Agent:
         store: Store = open_store(cfg) if cfg.otlp_settings is not None else MemoryStore()
         self.store = store
         self._cleanup.append(store.close)
-        log_sender = None
+        log_sender = trace_sender = None
         if cfg.otlp or cfg.prometheus:
             from .otlp.logs import LogSender
             from .otlp.metrics import Metrics
@@ -106,6 +119,9 @@ class Agent:
                 log_sender = LogSender(resource, cfg.otlp_settings.logs,
                                        on_failure=lambda: metrics.record_export_failure("logs"))
                 self._cleanup.append(log_sender.shutdown)
+                trace_sender = watcher_parts.trace_sender(cfg, resource, lambda: metrics.record_export_failure("traces"))
+                if trace_sender is not None:
+                    self._cleanup.append(trace_sender.shutdown)
         notifier = None
         if cfg.webhook:
             from .sinks.webhook import WebhookNotifier
@@ -130,12 +146,19 @@ class Agent:
             self.sender = SpoolSender(store, log_sender, self.drops, self.stopping,
                                       burst_in_progress=lambda: not self._samples.empty(),
                                       spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
-                                      parked=parked, commit_lock=commit_lock)
+                                      parked=parked, commit_lock=commit_lock, span_exporter=trace_sender)
+        # issue 13: pressure, OOMs without a kill, reclaim times, episode traces (watchers.py)
+        watchers = self.watchers = watcher_parts.build(
+            cfg, hierarchy, enricher.boot_id, self.submit, faults=self.faults,
+            reclaim_events=bool(getattr(self.source, "reclaim_events", False)))
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if log_sender else None,
                                  commit_lock=commit_lock,
                                  on_stored=self.sender.wake if self.sender else (lambda: None),
                                  reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
-                                 notifier=notifier, metrics=self.metrics)
+                                 notifier=notifier, metrics=self.metrics, reclaim=watchers.reclaim,
+                                 no_kill=watchers.no_kill, episodes=watchers.episodes)
+        if self.metrics is not None:
+            watchers.feed_metrics(self.metrics)
 
         if cfg.listen:
             from .health import HealthServer
@@ -161,15 +184,22 @@ class Agent:
         self._spawn("otel-oom-worker", self._work)
         if self.sender:
             self._spawn("otel-oom-sender", self.sender.run)
+        if watchers.pressure is not None:
+            pressure = watchers.pressure
+            self._cleanup.append(pressure.close)  # after the thread stopped (close() joins it first)
+            self._spawn("otel-oom-pressure", pressure.run)
+            self._stoppers.append(pressure.stop)
         plan = self.source.plan
-        log.info("ready in %.0f ms: hooks victim=%s context=%s%s; delivery %s", (time.monotonic() - t0) * 1000,
-                 plan.victim, plan.context, f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "",
-                 self._delivery_summary(log_sender))
+        log.info("ready in %.0f ms: hooks victim=%s context=%s%s; delivery %s; also %s",
+                 (time.monotonic() - t0) * 1000, plan.victim, plan.context,
+                 f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", self._delivery_summary(log_sender),
+                 watchers.describe())
 
     def _open_probe(self, on_sample: Callable[[bytes], None]) -> SampleSource:
         from .kernel.probe import open_probe
 
-        return open_probe(on_sample, self.cfg.victim_hook, self.cfg.context_hook, ring_bytes=self.cfg.ring_buffer_bytes)
+        return open_probe(on_sample, self.cfg.victim_hook, self.cfg.context_hook, ring_bytes=self.cfg.ring_buffer_bytes,
+                          extras=watcher_parts.probe_extras(self.cfg))  # issue 13: killers, reclaim
 
     def _delivery_summary(self, log_sender: object) -> str:
         parts = []
@@ -232,8 +262,10 @@ class Agent:
 
         pids: set[int] = set()
         for raw in list(self._samples.queue):
+            if not isinstance(raw, bytes):
+                continue  # a watcher's record (issue 13), or the stop
             try:
-                ev = decode(raw, os.sysconf("SC_PAGE_SIZE")) if raw is not None else None
+                ev = decode(raw, os.sysconf("SC_PAGE_SIZE"))
             except DecodeError:
                 continue
             if ev is not None:
@@ -247,13 +279,32 @@ class Agent:
         except queue.Full:
             self.drops["queue_full"] += 1
 
+    def submit(self, record: Record) -> None:
+        """A record from a watcher thread, for the worker (never blocks)."""
+        try:
+            self._samples.put_nowait(record)
+        except queue.Full:
+            self.drops["queue_full"] += 1
+
     def _work(self) -> None:
         assert self.pipeline is not None
+        next_tick = time.monotonic() + TICK_S
         while True:
-            raw = self._samples.get()
-            if raw is None:
+            try:
+                item = self._samples.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                item = b""
+            if item is None:
+                self.pipeline.close()  # the open episodes' spans, before the sender's last attempt
                 return
-            self.pipeline.handle_sample(raw)
+            if isinstance(item, bytes):
+                if item:
+                    self.pipeline.handle_sample(item)
+            else:
+                self.pipeline.handle_record(item)
+            if time.monotonic() >= next_tick:
+                self.pipeline.tick()
+                next_tick = time.monotonic() + TICK_S
 
     # ---- observability of the agent itself ----------------------------------------------------
     def drop_counts(self) -> dict[str, int]:
@@ -339,6 +390,11 @@ class Agent:
                 self.source.poll(0)  # drain what the kernel already submitted
             except Exception:  # noqa: BLE001 - teardown goes on; what stays in the ring buffer is counted by the kernel
                 log.exception("could not drain the ring buffer at shutdown")
+        for stop in self._stoppers:
+            stop()
+        for t in self._threads:
+            if t.name == "otel-oom-pressure":  # its last records go into the queue before the worker's stop
+                t.join(max(0.0, deadline - time.monotonic()))
         self._samples.put(None)
         if self.sender:
             self.sender.deadline = deadline

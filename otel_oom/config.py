@@ -33,6 +33,17 @@ ENV_JSON = "OTEL_OOM_JSON"                        # "true": --json
 ENV_NO_OTLP = "OTEL_OOM_NO_OTLP"                  # "true": --no-otlp
 ENV_NO_SPOOL = "OTEL_OOM_NO_SPOOL"                # "true": --no-spool
 ENV_SHUTDOWN_TIMEOUT = "OTEL_OOM_SHUTDOWN_TIMEOUT"  # seconds, default 5
+# ---- issue 13: the records around the kill ----
+ENV_EVENTS = "OTEL_OOM_EVENTS"                    # default pressure,no_kill,reclaim,userspace_kill; "none"
+ENV_TRACES = "OTEL_OOM_TRACES"                    # "true": each OOM episode as a span over OTLP traces
+ENV_USERSPACE_KILLERS = "OTEL_OOM_USERSPACE_KILLERS"  # process names, default systemd-oomd,earlyoom,oomd,nohang,lmkd
+ENV_STALL_PERCENT = "OTEL_OOM_PRESSURE_STALL_PERCENT"  # PSI some, % of the window, default 10
+ENV_USAGE_PERCENT = "OTEL_OOM_PRESSURE_USAGE_PERCENT"  # of the memcg limit, default 90
+ENV_PSI_WINDOW = "OTEL_OOM_PRESSURE_WINDOW"            # seconds: 2, 4, 6, 8 or 10; default 2
+ENV_CLEAR_SECONDS = "OTEL_OOM_PRESSURE_CLEAR_SECONDS"  # below the clear levels this long ends an episode; 10
+ENV_SCAN_INTERVAL = "OTEL_OOM_PRESSURE_SCAN_INTERVAL"  # seconds between limit (and v2 usage) sweeps; 10
+ENV_MAX_CGROUPS = "OTEL_OOM_PRESSURE_MAX_CGROUPS"      # limited memory cgroups watched at most; 10000
+ENV_RECLAIM_TIMEOUT = "OTEL_OOM_RECLAIM_TIMEOUT"       # seconds a victim's memory may take; 30
 
 DEFAULT_SPOOL_DIR = "/var/lib/otel-oom/spool"
 DEFAULT_SPOOL_MAX_BYTES = 64 << 20
@@ -42,6 +53,27 @@ DEFAULT_SPOOL_MAX_AGE = 7 * 86400
 DEFAULT_OOM_SCORE_ADJ = -900
 DEFAULT_RING_BUFFER = 4 << 20
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+EVENT_KINDS = ("pressure", "no_kill", "reclaim", "userspace_kill")
+DEFAULT_KILLERS = ("systemd-oomd", "earlyoom", "oomd", "nohang", "lmkd")
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    """What otel-oom reports besides the kernel's kills (issue 13), checked once here."""
+
+    kinds: frozenset[str] = frozenset(EVENT_KINDS)
+    traces: bool = False
+    userspace_killers: tuple[str, ...] = DEFAULT_KILLERS
+    stall_percent: float = 10.0
+    usage_percent: float = 90.0
+    psi_window_s: int = 2
+    clear_seconds: float = 10.0
+    scan_interval_s: float = 10.0
+    max_cgroups: int = 10000
+    reclaim_timeout_s: float = 30.0
+
+    def on(self, kind: str) -> bool:
+        return kind in self.kinds
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,7 @@ class RunConfig:
     log_level: str = "info"
     otlp_settings: Optional["OtlpSettings"] = None  # resolved when OTLP export is on
     runtimes: RuntimeSettings = RuntimeSettings()    # container runtime sockets for names (auto-detected)
+    events: EventSettings = EventSettings()         # issue 13: pressure, no-kill, reclaim, user-space kills, traces
 
 
 def _pick(flag: Any, environ: Mapping[str, str], env: str, default: Any) -> Any:
@@ -163,4 +196,48 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
                           "--log-level", ("debug", "info", "warning", "error")),
         otlp_settings=otlp_settings,
         runtimes=resolve_runtimes(flags, environ),
+        events=resolve_events(flags, environ, otlp),
+    )
+
+
+def _names(value: str, what: str, choices: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+    for n in names:
+        if choices is not None and n not in choices:
+            raise UsageError(f"{what}: unknown item {n!r}; choose from {', '.join(choices)} (or none)")
+        if choices is None and (len(n.encode()) > 15 or "/" in n):
+            raise UsageError(f"{what}: {n!r} is not a process name: at most 15 bytes, the kernel's comm "
+                             f"(a longer name shows truncated, e.g. {n.encode()[:15].decode(errors='ignore')!r})")
+    return names
+
+
+def resolve_events(flags: Mapping[str, object], environ: Mapping[str, str], otlp: bool) -> EventSettings:
+    """The issue-13 settings: which records besides oom.kill, their thresholds, the killers' names."""
+    kinds_text = str(_pick(flags.get("events"), environ, ENV_EVENTS, ",".join(EVENT_KINDS)))
+    kinds = () if kinds_text.strip().lower() == "none" else _names(kinds_text, "--events", EVENT_KINDS)
+    traces = _bool(_pick(flags.get("traces") or None, environ, ENV_TRACES, False), ENV_TRACES)
+    if traces and not otlp:
+        raise UsageError("--traces exports over OTLP: it cannot be combined with --no-otlp")
+    window = _int(_pick(flags.get("pressure_window"), environ, ENV_PSI_WINDOW, 2), "--pressure-window", 2, 10)
+    if window % 2:
+        raise UsageError(f"--pressure-window must be 2, 4, 6, 8 or 10 seconds (PSI triggers without "
+                         f"CAP_SYS_RESOURCE need a multiple of 2 s), got {window}")
+    return EventSettings(
+        kinds=frozenset(kinds),
+        traces=traces,
+        userspace_killers=_names(_pick(flags.get("userspace_killers"), environ, ENV_USERSPACE_KILLERS,
+                                       ",".join(DEFAULT_KILLERS)), "--userspace-killers"),
+        stall_percent=float(_int(_pick(flags.get("pressure_stall_percent"), environ, ENV_STALL_PERCENT, 10),
+                                 "--pressure-stall-percent", 1, 99)),
+        usage_percent=float(_int(_pick(flags.get("pressure_usage_percent"), environ, ENV_USAGE_PERCENT, 90),
+                                 "--pressure-usage-percent", 11, 100)),
+        psi_window_s=window,
+        clear_seconds=float(_int(_pick(flags.get("pressure_clear_seconds"), environ, ENV_CLEAR_SECONDS, 10),
+                                 "--pressure-clear-seconds", 1, 3600)),
+        scan_interval_s=float(_int(_pick(flags.get("pressure_scan_interval"), environ, ENV_SCAN_INTERVAL, 10),
+                                   "--pressure-scan-interval", 1, 3600)),
+        max_cgroups=_int(_pick(flags.get("pressure_max_cgroups"), environ, ENV_MAX_CGROUPS, 10000),
+                         "--pressure-max-cgroups", 0, 1_000_000),
+        reclaim_timeout_s=float(_int(_pick(flags.get("reclaim_timeout"), environ, ENV_RECLAIM_TIMEOUT, 30),
+                                     "--reclaim-timeout", 1, 3600)),
     )

@@ -1,11 +1,13 @@
 """One event's way through the agent: decode -> attribute -> store durably -> show -> count.
 
 `handle_sample` runs on the worker thread for every ring-buffer sample, `handle_kill` also for the
-kills recovered from the kernel log at start-up. A kill counts as handled once it is in the store;
-from there the sender delivers it. Nothing in here may lose a kill silently: an undecodable sample
-is counted as a drop (`decode_error`); a fault while attributing one kill is counted as a fault
-(`enrich`), logged with the event id, and the kill still goes out with what the kernel reported; a
-failing sink (webhook, metrics, reconciler) is counted as a fault and never stops the others.
+kills recovered from the kernel log at start-up, `handle_record` for the records the watchers
+queue (pressure, no-kill) and the trackers make (reclaim; with --traces, the episode spans). A kill
+counts as handled once it is in the store; from there the sender delivers it. Nothing in here may
+lose a kill silently: an undecodable sample is counted as a drop (`decode_error`); a fault while
+attributing one kill is counted as a fault (`enrich`), logged with the event id, and the kill still
+goes out with what the kernel reported; a failing sink (webhook, metrics, reconciler, the trackers)
+is counted as a fault and never stops the others.
 """
 from __future__ import annotations
 
@@ -16,12 +18,16 @@ from collections import Counter
 from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO
 
 from .attribution.enrich import Enricher, bare_kill
+from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
-from .model import OomKill
-from .sinks.console import format_console, format_json
+from .model import KILLER_KERNEL, OomEpisode, OomKill, Record
+from .sinks.console import format_console, format_record_console, format_record_json
 
 if TYPE_CHECKING:
+    from .episode import EpisodeTracker
+    from .no_kill import NoKillTracker
     from .otlp.metrics import Metrics
+    from .reclaim import ReclaimTracker
     from .reconcile.recovery import Reconciler
     from .sinks.webhook import WebhookNotifier
 
@@ -37,7 +43,8 @@ class Pipeline:
                  on_stored: Callable[[], None] = lambda: None, reconciler: Optional["Reconciler"] = None,
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
-                 commit_lock: Optional[threading.Lock] = None) -> None:
+                 commit_lock: Optional[threading.Lock] = None, reclaim: Optional["ReclaimTracker"] = None,
+                 no_kill: Optional["NoKillTracker"] = None, episodes: Optional["EpisodeTracker"] = None) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
@@ -50,11 +57,17 @@ class Pipeline:
         self.json = json
         self.notifier = notifier
         self.metrics = metrics
+        self.reclaim = reclaim        # times each kill until its memory is back (oom.reclaim)
+        self.no_kill = no_kill        # told about kills, so an OOM that did kill is not reported as without
+        self.episodes = episodes      # --traces: stamps records with their episode's trace, makes the spans
         self.kills_seen = 0           # live kills handled (in the store when there is one)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._failed_sinks: set[str] = set()
 
     def handle_sample(self, raw: bytes) -> None:
+        if len(raw) == RECLAIM_EVENT_SIZE:
+            self._handle_reclaim(raw)
+            return
         try:
             ev = decode(raw, self._page_size)
         except DecodeError as e:
@@ -70,11 +83,83 @@ class Pipeline:
                           "delivering it with the fields the kernel reported", kill.event_id)
         self.handle_kill(kill)
 
+    def _handle_reclaim(self, raw: bytes) -> None:
+        try:
+            ev = decode_reclaim(raw)
+        except ReclaimDecodeError as e:
+            self.drops["decode_error"] += 1
+            log.error("undecodable reclaim event dropped (counted as decode_error): %s", e)
+            return
+        if self.reclaim is not None:
+            record = self.reclaim.observe(ev)
+            if record is not None:
+                self.handle_record(record)
+
+    def _episode(self, record: Record) -> tuple[Record, list[OomEpisode]]:
+        """--traces: the record stamped with its episode's trace, and the episodes that ended with it."""
+        if self.episodes is None or isinstance(record, OomEpisode):
+            return record, []
+        try:
+            return self.episodes.observe(record)
+        except Exception:  # noqa: BLE001 - the record goes out without its trace rather than not at all
+            self.faults["episodes"] += 1
+            if "episodes" not in self._failed_sinks:
+                self._failed_sinks.add("episodes")
+                log.exception("episode tracking failed (counted in otel_oom.faults{stage=episodes})")
+            return record, []
+
+    def handle_record(self, record: Record) -> None:
+        """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics."""
+        if isinstance(record, OomKill):
+            self.handle_kill(record)
+            return
+        record, finished = self._episode(record)
+        if self.store is not None:
+            with self.commit_lock:
+                self.store.append(record.to_json().encode())
+                for span in finished:
+                    self.store.append(span.to_json().encode())
+            self.on_stored()
+        if isinstance(record, OomEpisode):
+            return
+        if self.console:
+            self._write(format_record_console(record))
+        if self.json:
+            self._write(format_record_json(record) + "\n")
+        if self.metrics is not None:
+            metrics, other = self.metrics, record
+            self._sink("metrics", lambda: metrics.record_event(other))
+
+    def tick(self) -> None:
+        """About once a second on the worker thread: kills whose memory never came back, episodes too long."""
+        if self.reclaim is not None:
+            for record in self.reclaim.expire():
+                self.handle_record(record)
+        if self.episodes is not None:
+            self._store_spans(self.episodes.expire())
+
+    def close(self) -> None:
+        """At shutdown, after the last record: the open episodes end as they are."""
+        if self.episodes is not None:
+            self._store_spans(self.episodes.close_all())
+
+    def _store_spans(self, spans: list[OomEpisode]) -> None:
+        if spans and self.store is not None:
+            with self.commit_lock:
+                for span in spans:
+                    self.store.append(span.to_json().encode())
+            self.on_stored()
+
     def handle_kill(self, kill: OomKill) -> None:
+        stamped, finished = self._episode(kill)
+        assert isinstance(stamped, OomKill)
+        kill = stamped
+        # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
+        kernel_kill = kill.killer == KILLER_KERNEL
         # stored and accounted for as one step: the sender takes the same lock to read the store, so
         # it never delivers a kill the reconciliation state does not count yet (a SIGKILL in between
         # would have the next start recover it from the kernel log: a second report of one kill)
-        reconciler = self.reconciler if not kill.recovered else None
+        reconciler = self.reconciler if not kill.recovered and kernel_kill else None
         with self.commit_lock:
             if reconciler is not None:
                 # counted with the spool's next seq first: see Reconciler.observed for why no crash
@@ -82,16 +167,19 @@ class Pipeline:
                 self._sink("reconciler", lambda: reconciler.observed(kill))
             if self.store is not None:
                 self.store.append(kill.to_json().encode())
+                for span in finished:
+                    self.store.append(span.to_json().encode())
             if reconciler is not None:
                 reconciler.stored()
             if not kill.recovered:
                 self.kills_seen += 1
         if self.store is not None:
             self.on_stored()
+        self._around(kill)
         if self.console:
             self._write(format_console(kill))
         if self.json:
-            self._write(format_json(kill) + "\n")
+            self._write(format_record_json(kill) + "\n")
         if self.notifier is not None:
             from .otlp.mapping import log_body
 
@@ -100,6 +188,19 @@ class Pipeline:
         if self.metrics is not None:
             metrics = self.metrics
             self._sink("metrics", lambda: metrics.record_kill(kill))
+
+    def _around(self, kill: OomKill) -> None:
+        """The trackers hear of every kill: the reclaim timer, and the no-kill tracker (an OOM that
+        did kill is no OOM without one; a victim only marked because it was exiting starts one)."""
+        if self.reclaim is not None:
+            reclaim = self.reclaim
+            self._sink("reclaim", lambda: reclaim.killed(kill))
+        if self.no_kill is not None and kill.killer == KILLER_KERNEL and not kill.recovered:
+            no_kill = self.no_kill
+            if kill.killed is False:
+                self._sink("no_kill", lambda: no_kill.victim_exiting(kill))
+            else:
+                self._sink("no_kill", lambda: no_kill.kill_seen(kill))
 
     def _write(self, text: str) -> None:
         if self.out is None:

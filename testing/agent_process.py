@@ -15,9 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 class AgentProcess:
     """A real `otel-oom run` child process, its stdout and stderr collected by threads."""
 
-    def __init__(self, args: list[str], env: dict[str, str], ready_timeout: float = 30.0) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], ready_timeout: float = 30.0,
+                 prefix: tuple[str, ...] = ()) -> None:
+        """`prefix`: a command that execs the rest (e.g. unshare into a namespace first)."""
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "otel_oom", "run", *args], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "otel_oom", "run", *args], cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []

@@ -36,7 +36,9 @@ class Harness:
     def __init__(self, tmp_path, endpoint: "str | None", *flags: str, **env: str) -> None:
         from otel_oom.cli import build_parser
 
-        args = build_parser().parse_args(["run", "--oom-score-adj=keep", "--shutdown-timeout=2", *flags])
+        # --events=none: the host's real memory cgroups are not these tests' business (a later flag wins)
+        args = build_parser().parse_args(["run", "--oom-score-adj=keep", "--shutdown-timeout=2", "--events=none",
+                                          *flags])
         flag_map = {k: v for k, v in vars(args).items() if k != "command"}
         if not any(f.startswith("--spool-dir") or f == "--no-spool" for f in flags):
             flag_map["spool_dir"] = str(tmp_path / "spool")

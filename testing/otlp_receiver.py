@@ -45,12 +45,15 @@ from google.rpc.error_details_pb2 import RetryInfo
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-SIGNALS = ("logs", "metrics")
+SIGNALS = ("logs", "metrics", "traces")
 _REQUEST_TYPES: dict[str, Any] = {"logs": logs_service_pb2.ExportLogsServiceRequest,
-                  "metrics": metrics_service_pb2.ExportMetricsServiceRequest}
+                  "metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+                  "traces": trace_service_pb2.ExportTraceServiceRequest}
 _RESPONSE_TYPES: dict[str, Any] = {"logs": logs_service_pb2.ExportLogsServiceResponse,
-                   "metrics": metrics_service_pb2.ExportMetricsServiceResponse}
+                   "metrics": metrics_service_pb2.ExportMetricsServiceResponse,
+                   "traces": trace_service_pb2.ExportTraceServiceResponse}
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,26 @@ def flatten_logs(request, received_ns: int) -> list[dict[str, Any]]:
                     "dropped_attributes_count": lr.dropped_attributes_count,
                     "trace_id": lr.trace_id.hex(),
                     "span_id": lr.span_id.hex(),
+                    "received_ns": received_ns,
+                })
+    return out
+
+
+def flatten_spans(request, received_ns: int) -> list[dict[str, Any]]:
+    out = []
+    for rs in request.resource_spans:
+        resource = key_values(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            scope = _scope(ss.scope)
+            for sp in ss.spans:
+                out.append({
+                    "resource": resource, "scope": scope, "name": sp.name, "kind": sp.kind,
+                    "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex(),
+                    "parent_span_id": sp.parent_span_id.hex(),
+                    "start_time_unix_nano": sp.start_time_unix_nano, "end_time_unix_nano": sp.end_time_unix_nano,
+                    "attributes": key_values(sp.attributes), "status_code": sp.status.code,
+                    "events": [{"name": e.name, "time_unix_nano": e.time_unix_nano,
+                                "attributes": key_values(e.attributes)} for e in sp.events],
                     "received_ns": received_ns,
                 })
     return out
@@ -304,7 +327,7 @@ class _Receiver:
     # -- reading what arrived --
     def _records(self, signal: str) -> list[dict]:
         with self._cond:
-            flatten = flatten_logs if signal == "logs" else flatten_metrics
+            flatten = {"logs": flatten_logs, "metrics": flatten_metrics, "traces": flatten_spans}[signal]
             raw = self._raw[signal]
             for received, request in raw[self._flattened[signal]:]:
                 self._flat[signal].extend(flatten(request, received))
@@ -314,6 +337,13 @@ class _Receiver:
     def log_records(self) -> list[dict]:
         """Every log record accepted so far, in arrival order, flattened."""
         return self._records("logs")
+
+    def spans(self) -> list[dict]:
+        """Every span accepted so far, in arrival order, flattened."""
+        return self._records("traces")
+
+    def wait_for_spans(self, predicate: Callable[[list[dict]], bool], timeout: float = 10.0) -> list[dict]:
+        return self._wait("spans matching the predicate", self.spans, predicate, timeout)
 
     def log_count(self) -> int:
         """How many log records were accepted (cheap: nothing is flattened)."""
@@ -414,6 +444,11 @@ class OtlpGrpcReceiver(_Receiver):
                 def Export(self, request, context):  # noqa: N802 - generated name
                     return export(request, context)
             return Logs()
+        if signal == "traces":
+            class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+                def Export(self, request, context):  # noqa: N802
+                    return export(request, context)
+            return Traces()
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
             def Export(self, request, context):  # noqa: N802
@@ -428,6 +463,7 @@ class OtlpGrpcReceiver(_Receiver):
                                       ("grpc.max_receive_message_length", 64 << 20)])
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(self._service("logs"), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self._service("metrics"), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self._service("traces"), server)
         address = f"{self.host}:{self.port}"
         try:
             if self.tls:
@@ -517,7 +553,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
         receiver: OtlpHttpReceiver = self.server.receiver  # type: ignore[attr-defined]
-        signal = {"/v1/logs": "logs", "/v1/metrics": "metrics"}.get(self.path.split("?")[0])
+        signal = {"/v1/logs": "logs", "/v1/metrics": "metrics", "/v1/traces": "traces"}.get(self.path.split("?")[0])
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if signal is None:

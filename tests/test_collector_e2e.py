@@ -43,8 +43,14 @@ def kill_in(pod_uid: str, container_id: str, comm: str = "shop-worker"):
     return trigger_oom(limit_bytes=32 * MiB, cgroup=kube_cgroup(pod_uid, container_id), comm=comm)
 
 
+def kills_of(pod_uid: str) -> str:
+    """The pod's kill records (oom.event.id is on kills only; the pressure and reclaim records around
+    them carry the pod too)."""
+    return f'k8s.pod.uid:="{pod_uid}" oom.event.id:*'
+
+
 def by_pod_and_container(pod_uid: str, container_id: str) -> str:
-    return f'k8s.pod.uid:="{pod_uid}" container.id:="{container_id}"'
+    return f'k8s.pod.uid:="{pod_uid}" container.id:="{container_id}" oom.event.id:*'
 
 
 def test_a_kill_is_queryable_by_pod_and_container_with_the_names_k8s_attributes_added(tmp_path):
@@ -145,7 +151,7 @@ def test_no_kill_is_lost_through_backend_outage_collector_crash_and_agent_restar
         agent = start_agent(stack, spool)
         try:
             pids.append(kill_in(pod_uid, cid).victim_pid)
-            assert len(stack.vl.wait_for(f'k8s.pod.uid:="{pod_uid}"', timeout=30)) == 1
+            assert len(stack.vl.wait_for(kills_of(pod_uid), timeout=30)) == 1
 
             # 1. the log backend goes down, for longer than the (shrunk) default retry window
             stack.vl.stop()
@@ -175,7 +181,7 @@ def test_no_kill_is_lost_through_backend_outage_collector_crash_and_agent_restar
             time.sleep(3)
             stack.vl.start()
             expected = len(pids)
-            rows = stack.vl.wait_for(f'k8s.pod.uid:="{pod_uid}" | fields oom.event.id, process.pid',
+            rows = stack.vl.wait_for(kills_of(pod_uid) + ' | fields oom.event.id, process.pid',
                                      lambda rs: len({r["oom.event.id"] for r in rs}) >= expected, timeout=60)
         finally:
             agent.stop()
@@ -199,7 +205,7 @@ def test_negative_control_the_default_retry_window_drops_a_long_outage(tmp_path)
         agent = start_agent(stack, tmp_path / "spool", OTEL_EXPORTER_OTLP_TIMEOUT="60")
         try:
             first = kill_in(pod_uid, cid).victim_pid
-            assert len(stack.vl.wait_for(f'k8s.pod.uid:="{pod_uid}"', timeout=30)) == 1
+            assert len(stack.vl.wait_for(kills_of(pod_uid), timeout=30)) == 1
             stack.vl.stop()
             lost = kill_in(pod_uid, cid).victim_pid
             # the agent reports every kill on this host, other test runs' too, so the first "no
@@ -212,9 +218,9 @@ def test_negative_control_the_default_retry_window_drops_a_long_outage(tmp_path)
                 time.sleep(0.5)
             stack.vl.start()
             after = kill_in(pod_uid, cid).victim_pid
-            rows = stack.vl.wait_for(f'k8s.pod.uid:="{pod_uid}"', lambda rs: len(rs) >= 2, timeout=30)
+            rows = stack.vl.wait_for(kills_of(pod_uid), lambda rs: len(rs) >= 2, timeout=30)
             time.sleep(3)
-            rows = stack.vl.query(f'k8s.pod.uid:="{pod_uid}" | fields process.pid')
+            rows = stack.vl.query(kills_of(pod_uid) + ' | fields process.pid')
         finally:
             agent.stop()
         # each record was handed over once: the drop below is the Collector's, not a resend's race

@@ -53,7 +53,7 @@ def test_tracepoint_fields_are_in_kb():
 
 
 def test_short_or_foreign_samples_are_refused():
-    with pytest.raises(DecodeError, match="expected 1472"):
+    with pytest.raises(DecodeError, match="expected 1728"):
         decode(b"\0" * 100, PAGE)
     with pytest.raises(DecodeError, match="version 9"):
         decode(raw_event([], [], version=9), PAGE)
@@ -77,7 +77,7 @@ def test_the_oom_memcg_is_the_lowest_shared_ancestor_at_its_limit():
     # sibling container of the same pod: the pod is the OOM domain, not the victim's own cgroup
     chain = [(50, b"c1", 10000, UNLIMITED), (40, b"pod", 16384, 16384), (1, b"", 99999, UNLIMITED)]
     ev = decode(raw_event(chain, [51, 40, 1]), PAGE)
-    assert derive_oom_memcg(ev) == 1
+    assert derive_oom_memcg(ev) == (1, "usage")
     kill = Enricher(V1, BOOT).enrich(ev)
     assert kill.memcg_path == "/pod" and kill.memcg_limit_bytes == 64 * MiB
 
@@ -128,7 +128,7 @@ def test_a_chain_deeper_than_captured_is_marked_partial():
 
 
 def test_raw_event_size_is_the_contract():
-    assert ctypes.sizeof(RawEvent) == 1472
+    assert ctypes.sizeof(RawEvent) == 1728
 
 
 def test_a_group_member_without_a_chain_names_its_oom_memcg_from_the_chosen_victims_event():

@@ -59,13 +59,15 @@ def kill(n: int = 1, **kw) -> list:
 def by_pid(receiver) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
     for rec in receiver.log_records():
-        out.setdefault(rec["attributes"].get("process.pid"), []).append(rec)
+        if rec["event_name"] == "oom.kill":  # not the records around it (oom.reclaim names the pid too)
+            out.setdefault(rec["attributes"].get("process.pid"), []).append(rec)
     return out
 
 
 def wait_pids(receiver, pids, timeout: float) -> dict[int, list[dict]]:
     want = set(pids)
-    receiver.wait_for_logs(lambda recs: want <= {r["attributes"].get("process.pid") for r in recs}, timeout)
+    receiver.wait_for_logs(lambda recs: want <= {r["attributes"].get("process.pid") for r in recs
+                                                 if r["event_name"] == "oom.kill"}, timeout)
     return by_pid(receiver)
 
 
@@ -376,7 +378,8 @@ def test_storm_every_victim_arrives_nothing_unobserved(receivers, start_agent):
     victims = set(storm.victim_pids)
     assert len(victims) == len(storm.victim_pids) == storm.kills_caused
 
-    rx.wait_for_logs(lambda recs: victims <= {r["attributes"].get("process.pid") for r in recs}, 90)
+    rx.wait_for_logs(lambda recs: victims <= {r["attributes"].get("process.pid") for r in recs
+                                              if r["event_name"] == "oom.kill"}, 90)
     drain = time.monotonic() - t_storm
     got = by_pid(rx)
     assert_one_event_each(got, victims)

@@ -28,6 +28,16 @@ MiB = 1 << 20
 DOWN = "http://127.0.0.1:9"  # discard port: nothing answers
 
 
+def kill_records(recs: list[dict]) -> list[dict]:
+    """The kill records (oom.kill): the records around them (pressure, reclaim) name pids and pods too."""
+    return [r for r in recs if r["event_name"] == "oom.kill"]
+
+
+def killed_pids(recs: list[dict]) -> set[int]:
+    return {r["attributes"]["process.pid"] for r in kill_records(recs)}
+
+
+
 def cli(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "otel_oom", *args], cwd=REPO, env=agent_env(**env),
                           capture_output=True, text=True, timeout=timeout)
@@ -198,7 +208,8 @@ def test_a_full_then_read_only_spool_filesystem_loses_no_kill(ext4_fs, start_age
     require_root_bpf()
     fs, make_read_only = ext4_fs
     rx = OtlpGrpcReceiver(port=free_port())  # down at first
-    agent = start_agent([f"--spool-dir={fs / 'spool'}", "--spool-max-bytes=65536"], rx.endpoint)
+    # --events=none: the messages counted below count every stored record, and this test counts kills
+    agent = start_agent([f"--spool-dir={fs / 'spool'}", "--spool-max-bytes=65536", "--events=none"], rx.endpoint)
     _fill(fs)
     full = trigger_oom(limit_bytes=16 * MiB)
     _wait_text(agent, "No space left on device; free disk space on that filesystem; keeping the event in memory")
@@ -211,8 +222,8 @@ def test_a_full_then_read_only_spool_filesystem_loses_no_kill(ext4_fs, start_age
     rx.start()
     pids = [full.victim_pid, later.victim_pid, ro.victim_pid]
     try:
-        got = rx.wait_for_logs(lambda recs: set(pids) <= {r["attributes"]["process.pid"] for r in recs}, 90)
-        assert [r["attributes"]["process.pid"] for r in got if r["attributes"]["process.pid"] in pids] == pids
+        got = rx.wait_for_logs(lambda recs: set(pids) <= killed_pids(recs), 90)
+        assert [r["attributes"]["process.pid"] for r in kill_records(got) if r["attributes"]["process.pid"] in pids] == pids
         assert agent.stop() == 0
     finally:
         rx.stop()
@@ -249,9 +260,9 @@ def test_kills_in_memory_at_shutdown_are_recovered_at_the_next_start(small_fs, s
     try:
         second = start_agent([f"--spool-dir={spool}"], rx.endpoint)
         got = rx.wait_for_logs(lambda recs: {k.victim_pid for k in kills} <= {r["attributes"]["process.pid"]
-                                                                                for r in recs}, 60)
+                                                                                for r in kill_records(recs)}, 60)
         for k in kills:
-            (rec,) = [r for r in got if r["attributes"]["process.pid"] == k.victim_pid]
+            (rec,) = [r for r in kill_records(got) if r["attributes"]["process.pid"] == k.victim_pid]
             assert rec["attributes"]["oom.recovered"] is True and rec["attributes"]["oom.hook"] == "kmsg"
         assert second.stop() == 0
     finally:
@@ -310,7 +321,7 @@ def test_a_collector_answering_garbage_keeps_the_kill_until_a_real_one_answers(c
     assert garbage.served > 0 and "collector did not accept" in agent.stderr
     garbage.close()
     with cls(port=port) as rx:
-        rx.wait_for_logs(lambda recs: k.victim_pid in {r["attributes"]["process.pid"] for r in recs}, 60)
+        rx.wait_for_logs(lambda recs: k.victim_pid in killed_pids(recs), 60)
         assert agent.stop() == 0
     assert "Traceback" not in agent.stderr
 
@@ -343,7 +354,7 @@ def test_sighup_stops_cleanly(start_agent):
 
 def _delivered(rx, pids) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
-    for r in rx.log_records():
+    for r in kill_records(rx.log_records()):
         if r["attributes"]["process.pid"] in pids:
             out.setdefault(r["attributes"]["process.pid"], []).append(r)
     return out
@@ -363,7 +374,7 @@ def test_sigstop_for_15_s_during_30_kills_loses_none(start_agent):
             agent.proc.send_signal(signal.SIGCONT)
         victims = set(storm.victim_pids)
         assert len(victims) == 30
-        rx.wait_for_logs(lambda recs: victims <= {r["attributes"]["process.pid"] for r in recs}, 60)
+        rx.wait_for_logs(lambda recs: victims <= killed_pids(recs), 60)
         got = _delivered(rx, victims)
         assert all(len({r["attributes"]["oom.event.id"] for r in got[p]}) == 1 for p in victims)
         assert agent.stop() == 0
@@ -391,9 +402,9 @@ def test_sigkill_mid_burst_then_restart_delivers_every_kill_once(start_agent, tm
         assert len(victims) == 40
         second = start_agent([f"--spool-dir={spool}"], rx.endpoint)
         try:
-            rx.wait_for_logs(lambda recs: victims <= {r["attributes"]["process.pid"] for r in recs}, 30)
+            rx.wait_for_logs(lambda recs: victims <= killed_pids(recs), 30)
         except AssertionError:
-            missing = sorted(victims - {r["attributes"]["process.pid"] for r in rx.log_records()})
+            missing = sorted(victims - {r["attributes"]["process.pid"] for r in kill_records(rx.log_records())})
             raise AssertionError(f"missing {missing} of {sorted(victims)}; state after the SIGKILL {state_after_kill}, "
                                  f"spool files {segs}; second agent:\n{second.stderr}") from None
         got = _delivered(rx, victims)
@@ -423,9 +434,9 @@ def test_2200_cgroups_every_kill_attributed(start_agent):
             kills = [trigger_oom(limit_bytes=16 * MiB, cgroup=f"{rel}/team-{i}/app-{i * 100 + 7}/victim")
                      for i in (0, 9, 21)]
             got = rx.wait_for_logs(lambda recs: {k.victim_pid for k in kills} <= {r["attributes"]["process.pid"]
-                                                                                    for r in recs}, 60)
+                                                                                    for r in kill_records(recs)}, 60)
             for k in kills:
-                (rec,) = [r for r in got if r["attributes"]["process.pid"] == k.victim_pid]
+                (rec,) = [r for r in kill_records(got) if r["attributes"]["process.pid"] == k.victim_pid]
                 assert rec["attributes"]["oom.victim.cgroup.path"] == k.cgroup_path
                 assert rec["attributes"]["oom.victim.killed"] is True
             assert agent.stop() == 0
@@ -447,8 +458,8 @@ def test_a_real_mark_of_an_exiting_task_is_reported_as_no_kill(start_agent):
         agent = start_agent(["--json"], rx.endpoint)
         mark = mark_without_kill()
         assert mark.finisher_exit == 0 and mark.memcg_oom_kills == 0  # the kernel killed nobody there
-        got = rx.wait_for_logs(lambda recs: mark.pid in {r["attributes"]["process.pid"] for r in recs}, 30)
-        (rec,) = [r for r in got if r["attributes"]["process.pid"] == mark.pid]
+        got = rx.wait_for_logs(lambda recs: mark.pid in killed_pids(recs), 30)
+        (rec,) = [r for r in kill_records(got) if r["attributes"]["process.pid"] == mark.pid]
         assert rec["attributes"]["oom.victim.killed"] is False
         assert rec["attributes"]["oom.victim.cgroup.path"] == mark.cgroup_path
         assert rec["body"].startswith(f"Memory cgroup out of memory: Marked exiting process {mark.pid} ")
@@ -466,8 +477,8 @@ def test_a_cgroup_name_longer_than_captured_is_resolved_not_cut(start_agent):
         with OtlpGrpcReceiver() as rx:
             agent = start_agent([], rx.endpoint)
             k = trigger_oom(limit_bytes=16 * MiB, cgroup=f"/{long_name}/leaf")
-            got = rx.wait_for_logs(lambda recs: k.victim_pid in {r["attributes"]["process.pid"] for r in recs}, 30)
-            (rec,) = [r for r in got if r["attributes"]["process.pid"] == k.victim_pid]
+            got = rx.wait_for_logs(lambda recs: k.victim_pid in killed_pids(recs), 30)
+            (rec,) = [r for r in kill_records(got) if r["attributes"]["process.pid"] == k.victim_pid]
             assert rec["attributes"]["oom.victim.cgroup.path"] == f"/{long_name}/leaf"
             assert "oom.victim.cgroup.truncated" not in rec["attributes"]
             assert agent.stop() == 0
@@ -481,11 +492,11 @@ def test_kills_leave_no_file_descriptor_behind(start_agent):
     with OtlpGrpcReceiver() as rx:
         agent = start_agent(["--prometheus", f"--listen=127.0.0.1:{free_port()}"], rx.endpoint)
         warm = trigger_storm(cgroups=2, kills=20)  # first kills open what stays open (segments, sockets)
-        rx.wait_for_logs(lambda recs: set(warm.victim_pids) <= {r["attributes"]["process.pid"] for r in recs}, 60)
+        rx.wait_for_logs(lambda recs: set(warm.victim_pids) <= killed_pids(recs), 60)
         time.sleep(1.5)
         fds = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
         storm = trigger_storm(cgroups=4, kills=100)
-        rx.wait_for_logs(lambda recs: set(storm.victim_pids) <= {r["attributes"]["process.pid"] for r in recs}, 60)
+        rx.wait_for_logs(lambda recs: set(storm.victim_pids) <= killed_pids(recs), 60)
         time.sleep(1.5)
         after = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
         assert after <= fds + 1, (fds, after)  # +1: a spool segment may be open at either moment

@@ -9,6 +9,7 @@ from conftest import REPO, require_tool
 
 from otel_oom.kernel import libbpf as L
 from otel_oom.kernel.btf import check_event_layout, layout_differences, struct_fields
+from otel_oom.kernel.reclaim_wire import RECLAIM_EVENT_SIZE
 from otel_oom.kernel.wire import EVENT_SIZE, RawEvent
 
 
@@ -33,11 +34,13 @@ def test_every_field_matches_btf(built_object):
         btf = L.bpf_object__btf(obj)
         assert layout_differences(btf) == []
         fields = struct_fields(btf, "oom_event")
-        assert fields["<size>"] == (0, EVENT_SIZE) == (0, 1472)
+        assert fields["<size>"] == (0, EVENT_SIZE) == (0, 1728)
         # spot-check the contract's ends and a nested array, in bytes
         assert fields["timestamp_ns"] == (0, 8)
-        assert fields["victim_memcg"] == (RawEvent.victim_memcg.offset, 8 * 152)
-        assert fields["__pad1"] == (1468, 4)
+        assert fields["victim_memcg"] == (RawEvent.victim_memcg.offset, 8 * 184)
+        assert fields["__pad1"] == (1724, 4)
+        # the second record (issue 13): what happened to a victim's memory after the kill
+        assert struct_fields(btf, "oom_reclaim_event")["<size>"] == (0, RECLAIM_EVENT_SIZE) == (0, 40)
     finally:
         L.bpf_object__close(obj)
 

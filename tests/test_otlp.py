@@ -98,7 +98,7 @@ FULL_ATTRIBUTES = {
     "oom.memcg.limit": 32 * MiB, "oom.memcg.usage": 32 * MiB - 4096, "oom.memcg.source": "kernel",
     "oom.domain.size": 32 * MiB, "oom.badness": 1950, "oom.gfp_mask": 0xCC0, "oom.order": 0,
     "oom.decision.id": "boot:1234567890", "oom.event.id": "boot:1234567890:1234", "oom.hook": "tp_btf",
-    "oom.context_hook": "fentry", "oom.recovered": False,
+    "oom.context_hook": "fentry", "oom.recovered": False, "oom.killer": "kernel",
 }
 
 
@@ -178,6 +178,7 @@ def test_log_attributes_omit_what_is_unknown():
         "process.pid": 4321, "process.executable.name": "java", "oom.victim.tid": 4321,
         "oom.constraint": "global", "oom.constraint.source": "none", "oom.memcg.source": "none",
         "oom.event.id": "boot:99:4321", "oom.hook": "kmsg", "oom.context_hook": "none", "oom.recovered": True,
+        "oom.killer": "kernel",
     }
 
 
@@ -402,8 +403,8 @@ def test_metrics_reach_the_collector(machine, clean_env):
             # bounded: never the container id or pod uid (a series per restart), counted per container
             # from the log records instead
             (("container.runtime.name", "containerd"), ("oom.constraint", "memcg"),
-             ("oom.victim.pod.qos_class", "burstable")): 2,
-            (("oom.constraint", "global"),): 2,
+             ("oom.killer", "kernel"), ("oom.victim.pod.qos_class", "burstable")): 2,
+            (("oom.constraint", "global"), ("oom.killer", "kernel")): 2,
         }
         p = next(iter(kills.values()))
         assert p["unit"] == "{kill}" and p["is_monotonic"] and p["resource"] == dict(resource.attributes)
@@ -463,7 +464,7 @@ def test_prometheus_registry_without_otlp(machine):
     m2 = Metrics(resource_for(machine), None, prometheus=True)  # registries do not collide
     m.record_kill(memcg_kill())
     text = generate_latest(m.prometheus_registry).decode()
-    assert 'oom_kills_total{container_runtime_name="containerd",oom_constraint="memcg",' \
+    assert 'oom_kills_total{container_runtime_name="containerd",oom_constraint="memcg",oom_killer="kernel",' \
            'oom_victim_pod_qos_class="burstable"' in text
     assert CID not in text and POD not in text
     assert 'oom_victim_rss_bytes_bucket{le="67108864.0",oom_constraint="memcg"' in text

@@ -255,7 +255,7 @@ def test_http_unknown_path_and_json_are_refused():
     import urllib.request
 
     with OtlpHttpReceiver() as r:
-        for path, ctype, status in (("/v1/traces", "application/x-protobuf", 404),
+        for path, ctype, status in (("/v1/profiles", "application/x-protobuf", 404),
                                     ("/v1/logs", "application/json", 415)):
             req = urllib.request.Request(r.endpoint + path, data=b"{}", headers={"Content-Type": ctype})
             with pytest.raises(urllib.error.HTTPError) as e:

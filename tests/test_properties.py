@@ -18,7 +18,7 @@ from otel_oom.attribution.containers import parse_cgroup_path
 from otel_oom.delivery.spool import MAGIC, Spool
 from otel_oom.errors import UsageError
 from otel_oom.health import parse_listen
-from otel_oom.kernel.wire import EVENT_SIZE, DecodeError, decode
+from otel_oom.kernel.wire import EVENT_SIZE, OOM_EVENT_VERSION, DecodeError, RawEvent, decode
 from otel_oom.otlp.env import ConfigError, parse_headers
 from otel_oom.reconcile.kmsg import parse_kmsg, parse_record
 from otel_oom.reconcile.oom_report import parse_oom_kill_line, recovered_kills
@@ -132,8 +132,8 @@ def test_names_captured_leaf_first_join_to_the_path(names):
 @FAST
 @given(st.binary(min_size=EVENT_SIZE, max_size=EVENT_SIZE))
 def test_any_sample_decodes_or_is_refused(data):
-    version_offset = 8 * 13 + 8 * 8 + 152 * 8
-    data = data[:version_offset] + struct.pack("<I", 1) + data[version_offset + 4:]  # a valid version
+    version_offset = RawEvent.version.offset
+    data = data[:version_offset] + struct.pack("<I", OOM_EVENT_VERSION) + data[version_offset + 4:]  # a valid version
     ev = decode(data, 4096)
     assert len(ev.victim_memcgs) <= 8 and len(ev.victim_comm) <= 16
 

@@ -47,9 +47,14 @@ def receiver():
         yield r
 
 
+def _kill(rec: dict, cid: str) -> bool:
+    """The container's oom.kill (not the records around it: pressure in its cgroup, the reclaim)."""
+    return rec["event_name"] == "oom.kill" and rec["attributes"].get("container.id") == cid
+
+
 def _record_for_container(receiver, cid: str, timeout: float = 20.0) -> dict:
-    receiver.wait_for_logs(lambda recs: any(r["attributes"].get("container.id") == cid for r in recs), timeout)
-    return next(r for r in receiver.log_records() if r["attributes"].get("container.id") == cid)
+    receiver.wait_for_logs(lambda recs: any(_kill(r, cid) for r in recs), timeout)
+    return next(r for r in receiver.log_records() if _kill(r, cid))
 
 
 def _wait_exited(containerd: Containerd, cid: str, timeout: float = 20.0) -> None:

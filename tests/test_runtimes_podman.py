@@ -42,9 +42,14 @@ def receiver():
         yield r
 
 
+def _kill(rec: dict, cid: str) -> bool:
+    """The container's oom.kill (not the records around it: pressure in its cgroup, the reclaim)."""
+    return rec["event_name"] == "oom.kill" and rec["attributes"].get("container.id") == cid
+
+
 def _record_for_container(receiver, cid: str, timeout: float = 20.0) -> dict:
-    receiver.wait_for_logs(lambda recs: any(r["attributes"].get("container.id") == cid for r in recs), timeout)
-    return next(r for r in receiver.log_records() if r["attributes"].get("container.id") == cid)
+    receiver.wait_for_logs(lambda recs: any(_kill(r, cid) for r in recs), timeout)
+    return next(r for r in receiver.log_records() if _kill(r, cid))
 
 
 def _run_victim(podman: Podman, name: str, delay_ms: int, *extra: str) -> str:
@@ -78,7 +83,7 @@ def test_a_killed_podman_container_is_named_even_when_removed_right_after(podman
     # console and JSON show the names, escaped like every other untrusted string
     out = agent.wait_stdout(lambda s: f"container={name}" in s)
     assert f"Names:   container={name} image=localhost/otel-oom-wt12-victim:1 (names: cache)" in out
-    line = next(json.loads(x) for x in out.splitlines() if x.startswith("{") and cid in x)
+    line = next(json.loads(x) for x in out.splitlines() if x.startswith("{") and cid in x and '"oom.kill"' in x)
     assert line["container.name"] == name and line["oom.names.source"] == "cache"
     assert agent.stop() == 0
 

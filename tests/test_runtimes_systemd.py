@@ -59,9 +59,14 @@ def systemd_containerd(systemd):
         c.close()
 
 
+def _kill(rec: dict, cid: str) -> bool:
+    """The container's oom.kill (not the records around it: pressure in its cgroup, the reclaim)."""
+    return rec["event_name"] == "oom.kill" and rec["attributes"].get("container.id") == cid
+
+
 def _record_for_container(receiver, cid: str, timeout: float = 20.0) -> dict:
-    receiver.wait_for_logs(lambda recs: any(r["attributes"].get("container.id") == cid for r in recs), timeout)
-    return next(r for r in receiver.log_records() if r["attributes"].get("container.id") == cid)
+    receiver.wait_for_logs(lambda recs: any(_kill(r, cid) for r in recs), timeout)
+    return next(r for r in receiver.log_records() if _kill(r, cid))
 
 
 def test_a_pod_under_the_systemd_driver_is_named_from_the_cri(systemd_containerd, start_agent):
@@ -74,9 +79,9 @@ def test_a_pod_under_the_systemd_driver_is_named_from_the_cri(systemd_containerd
         pod = containerd.run_pod("checkout-sd", NAMESPACE, uid, slice_)
         cid = containerd.create_container(pod, "api", ["/victim", "alloc", "2500"], 32 * MiB)
         containerd.crictl("start", cid)
-        receiver.wait_for_logs(lambda recs: any(r["attributes"].get("container.id") == cid for r in recs), 20)
+        receiver.wait_for_logs(lambda recs: any(_kill(r, cid) for r in recs), 20)
         containerd.remove_pod(pod)  # right after the kill
-        a = next(r for r in receiver.log_records() if r["attributes"].get("container.id") == cid)["attributes"]
+        a = next(r for r in receiver.log_records() if _kill(r, cid))["attributes"]
         assert a["oom.victim.cgroup.path"] == (f"{ns.cgroup_prefix()}/kubepods.slice/kubepods-burstable.slice/"
                                                f"{slice_}/cri-containerd-{cid}.scope")
         assert a["container.runtime.name"] == "containerd"

@@ -3,9 +3,16 @@
 Attribution: the victim's memory-cgroup path comes from the names the BPF program captured at the
 kill (so a cgroup removed right after the kill still resolves), falling back to the inode lookup
 when the path was deeper than captured; the path then names the container and the pod.
-The OOMing memory cgroup comes from the context hook when one ran; without it, it is derived:
-the lowest ancestor of the victim that the trigger shares and whose usage sits at its limit
-(for the members of a memory.oom.group kill after the first, the memcg derived for the first).
+The OOMing memory cgroup comes from the context hook when one ran; without it, it is derived
+from what the kernel holds at mark_victim for each level the victim and the trigger share
+(`derive_oom_memcg`, evidence in `oom.memcg.evidence`): the highest level holding the memcg OOM
+lock (`oom_lock`, kernels with the cgroup v1 code); else the lowest level whose OOM count rose
+since the agent last saw it (`oom_events`); else the lowest whose usage sits at its limit
+(`usage`); else the lowest whose watermark reached its limit (`watermark`: never lowered by the
+reaper's uncharge, so a kill right after a reaped victim still finds its memcg). For the members
+of a memory.oom.group kill after the first, the memcg derived for the first. A user-space
+killer's SIGKILL (hook signal_generate) carries the killer in the trigger fields: it is reported
+with `oom.killer` naming it and no OOM decision.
 Last, the container runtime's names for that container and pod (`runtime.cache`), within a
 bounded wait.
 """
@@ -15,8 +22,8 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Optional
 
-from ..kernel.wire import CGROUP_NAME_LEN, MemcgLevel, OomEvent
-from ..model import SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
+from ..kernel.wire import CGROUP_NAME_LEN, HOOK_SIGNAL, MemcgLevel, OomEvent
+from ..model import KILLER_KERNEL, SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
 from ..text import to_kernel_bytes
 from . import clock
 from .cgroups import CgroupResolver, MemoryHierarchy, cgroup_line, path_from_names
@@ -49,12 +56,32 @@ def memcg_paths(levels: tuple[MemcgLevel, ...], leaf_path: str) -> list[str]:
     return paths
 
 
-def derive_oom_memcg(ev: OomEvent) -> Optional[int]:
-    """Index in ev.victim_memcgs of the memcg whose limit was hit, when no context hook told us."""
+def peaked_at_limit(level: MemcgLevel) -> bool:
+    """The watermark (highest usage since reset) reached the limit: an uncharge does not lower it."""
+    if level.limit_bytes is None or level.watermark_bytes is None:
+        return False
+    slack = max(_AT_LIMIT_SLACK_BYTES, level.limit_bytes // 64)
+    return level.watermark_bytes + slack >= level.limit_bytes
+
+
+def derive_oom_memcg(ev: OomEvent, oom_counts: Optional[dict[int, int]] = None) -> Optional[tuple[int, str]]:
+    """(index in ev.victim_memcgs, evidence) of the memcg whose limit was hit, when no context hook
+    told us; `oom_counts`: each memcg's OOM count when the agent last saw it."""
     trigger_ids = set(ev.trigger_memcg_ids)
-    for i, level in enumerate(ev.victim_memcgs):
-        if level.id in trigger_ids and at_limit(level):
-            return i
+    shared = [(i, lvl) for i, lvl in enumerate(ev.victim_memcgs) if lvl.id in trigger_ids]
+    locked = [i for i, lvl in shared if lvl.oom_lock]
+    if locked:
+        return max(locked), "oom_lock"  # held for the OOMing memcg and the cgroups below it
+    for i, lvl in shared:
+        before = (oom_counts or {}).get(lvl.id)
+        if lvl.oom_events is not None and before is not None and lvl.oom_events > before and lvl.limit_bytes:
+            return i, "oom_events"
+    for i, lvl in shared:
+        if at_limit(lvl):
+            return i, "usage"
+    for i, lvl in shared:
+        if peaked_at_limit(lvl):
+            return i, "watermark"
     return None
 
 
@@ -75,6 +102,8 @@ class Enricher:
         self.proc_root = proc_root
         # (trigger tgid, kernel timestamp, memcg id) of the last derived memcg OOM (no context hook)
         self._last_derived: Optional[tuple[int, int, int]] = None
+        # memcg id -> its OOM count at the last event that captured it (the oom_events evidence)
+        self._oom_counts: dict[int, int] = {}
         # cgroup id -> path, learned from the chains the kernel captured with names: a later victim
         # of the same decision (a group member reported by the pid-only or tracepoint path) names its
         # OOMing memcg by id only, and that cgroup may be newer than the resolver's last scan
@@ -209,7 +238,10 @@ class Enricher:
         paths = memcg_paths(ev.victim_memcgs, path) if path and ev.victim_memcgs else []
         if paths and path and not path.startswith("/..."):  # never learn from a partial (deeper than captured) path
             self._learn(ev.victim_memcgs, paths)
-        if ev.context:
+        evidence = None
+        if ev.hook == HOOK_SIGNAL:
+            pass  # a user-space killer decided: no kernel OOM decision to report
+        elif ev.context:
             constraint, constraint_source = ev.constraint, SOURCE_KERNEL
             if ev.memcg_id:
                 memcg_limit, memcg_usage, memcg_source = ev.memcg_limit_bytes, ev.memcg_usage_bytes, SOURCE_KERNEL
@@ -219,9 +251,10 @@ class Enricher:
                 else:
                     memcg_path = self.path_for_id(ev.memcg_id)
         else:
-            idx = derive_oom_memcg(ev)
-            if idx is None:
-                idx = self._same_group_kill(ev)
+            found = derive_oom_memcg(ev, self._oom_counts)
+            idx, evidence = found if found else (self._same_group_kill(ev), None)
+            if idx is not None and evidence is None:
+                evidence = "group"
             if idx is not None:
                 self._last_derived = (ev.trigger_tgid, ev.timestamp_ns, ev.victim_memcgs[idx].id)
                 level = ev.victim_memcgs[idx]
@@ -229,6 +262,11 @@ class Enricher:
                 memcg_limit, memcg_usage, memcg_source = level.limit_bytes, level.usage_bytes, SOURCE_DERIVED
                 memcg_path = paths[idx] if paths else None
 
+        for level in ev.victim_memcgs:
+            if level.oom_events is not None:
+                self._oom_counts[level.id] = level.oom_events
+        while len(self._oom_counts) > _LEARNED_MAX:
+            del self._oom_counts[next(iter(self._oom_counts))]
         kill = dataclasses.replace(
             bare_kill(ev, self.boot_id),
             victim_pid=tgid,
@@ -246,6 +284,7 @@ class Enricher:
             memcg_source=memcg_source,
             oom_group_path=self.oom_group(path, memcg_path),
             cgroup_truncated=ev.cgroup_name_cut and path is None,
+            memcg_evidence=evidence,
         )
         # last: a bounded wait at most (the cache is warm before the kill), never an exception
         return self.names.annotate(kill) if self.names is not None else kill
@@ -257,6 +296,7 @@ def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:
     What the agent delivers when attribution fails for an event (the failure is counted): it shares
     no code with the attribution above, so the same fault cannot strike twice.
     """
+    user_space = ev.hook == HOOK_SIGNAL  # the trigger fields hold the killer, who sent SIGKILL
     return OomKill(
         event_id=clock.event_id(boot_id, ev.timestamp_ns, ev.victim_pid),
         time_unix_nano=clock.to_wall_ns(ev.timestamp_ns, ev.boot_clock),
@@ -275,9 +315,11 @@ def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:
         file_rss_bytes=ev.file_rss_bytes,
         shmem_rss_bytes=ev.shmem_rss_bytes,
         pgtables_bytes=ev.pgtables_bytes,
-        trigger_pid=ev.trigger_tgid,
-        trigger_tid=ev.trigger_pid,
-        trigger_comm=ev.trigger_comm,
+        trigger_pid=None if user_space else ev.trigger_tgid,
+        trigger_tid=None if user_space else ev.trigger_pid,
+        trigger_comm=None if user_space else ev.trigger_comm,
+        killer=ev.trigger_comm if user_space else KILLER_KERNEL,
+        killer_pid=ev.trigger_tgid if user_space else None,
         constraint=ev.constraint if ev.context else "unknown",
         constraint_source=SOURCE_KERNEL if ev.context else SOURCE_NONE,
         domain_bytes=ev.domain_bytes,

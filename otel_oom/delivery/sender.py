@@ -21,9 +21,10 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
-from ..model import OomKill
+from ..model import OomEpisode, Record, record_from_json
 from ..text import for_terminal
 from .parked import ParkedEvents
 
@@ -51,8 +52,23 @@ class Result(Protocol):
 
 
 class Exporter(Protocol):
-    def send(self, kills: Sequence[OomKill], timeout_s: Optional[float] = None) -> Result: ...
+    def send(self, kills: Sequence[Record], timeout_s: Optional[float] = None) -> Result: ...
     def shutdown(self) -> None: ...
+
+
+class SpanExporter(Protocol):
+    """--traces: the OOM episodes' spans (otlp/traces.py); True when the collector took them."""
+
+    def send(self, episodes: Sequence[OomEpisode]) -> bool: ...
+    def shutdown(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _SpansNotTaken:
+    outcome: str = "retry"
+    rejected: int = 0
+    message: str = "the trace export of the batch's episode spans failed"
+    retry_after: Optional[float] = None
 
 
 class SpoolSender:
@@ -61,11 +77,12 @@ class SpoolSender:
     def __init__(self, store: Store, exporter: Exporter, drops: Counter[str], stopping: threading.Event,
                  burst_in_progress: Callable[[], bool] = lambda: False,
                  spooled: Callable[[], int] = lambda: 0, parked: Optional[ParkedEvents] = None,
-                 commit_lock: Optional[threading.Lock] = None) -> None:
+                 commit_lock: Optional[threading.Lock] = None, span_exporter: Optional[SpanExporter] = None) -> None:
         self.store = store
         self.exporter = exporter
         self.drops = drops
         self.stopping = stopping
+        self.span_exporter = span_exporter  # --traces: the OOM episodes' spans
         self.parked = parked or ParkedEvents(None, 0)
         # the pipeline holds it while it stores a kill and accounts for it (pipeline.handle_kill)
         self._commit_lock = commit_lock or threading.Lock()
@@ -130,13 +147,24 @@ class SpoolSender:
 
     def _deliver(self, batch: list[tuple[int, bytes]]) -> Optional[Result]:
         """Send `batch` (split as the collector asks); ack what was settled. The failure that stopped it, or None."""
-        decoded: list[tuple[int, OomKill, bytes]] = []
+        decoded: list[tuple[int, Record, bytes]] = []
         undecodable: list[int] = []
+        spans: list[OomEpisode] = []
         for seq, payload in batch:
             try:
-                decoded.append((seq, OomKill.from_json(payload), payload))
+                record = record_from_json(payload)
             except (ValueError, TypeError):
                 undecodable.append(seq)
+                continue
+            if isinstance(record, OomEpisode):
+                spans.append(record)
+            else:
+                decoded.append((seq, record, payload))
+        # the batch's episode spans first: acknowledging the log records after them acknowledges them too
+        if spans and self.span_exporter is None:
+            self.drops["span_without_traces"] += len(spans)  # spooled with --traces, replayed without
+        elif spans and not self.span_exporter.send(spans):  # type: ignore[union-attr]
+            return _SpansNotTaken()
 
         def ack(upto: int) -> None:
             # settled in order: acknowledge as we go, so a retry starts after what is done

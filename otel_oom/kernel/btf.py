@@ -10,6 +10,7 @@ import ctypes
 from typing import Optional
 
 from . import libbpf as L
+from .reclaim_wire import RawReclaimEvent
 from .wire import RawCgroupLevel, RawEvent
 
 
@@ -54,7 +55,8 @@ def mirror_fields(struct: type[ctypes.Structure]) -> dict[str, tuple[int, int]]:
 def layout_differences(btf: int) -> list[str]:
     """Every field whose name, offset or size differs between the object and the Python mirror."""
     problems = []
-    for c_name, mirror in (("oom_event", RawEvent), ("oom_cgroup_level", RawCgroupLevel)):
+    for c_name, mirror in (("oom_event", RawEvent), ("oom_cgroup_level", RawCgroupLevel),
+                           ("oom_reclaim_event", RawReclaimEvent)):
         want, have = struct_fields(btf, c_name), mirror_fields(mirror)
         for field in sorted(set(want) | set(have)):
             if want.get(field) != have.get(field):

@@ -103,6 +103,9 @@ bpf_map__fd = _fn("bpf_map__fd", c_int, c_void_p)
 bpf_map__set_max_entries = _fn("bpf_map__set_max_entries", c_int, c_void_p, ctypes.c_uint32)
 # int bpf_map_lookup_elem(int fd, const void *key, void *value);
 bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
+
+# int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags);
+bpf_map_update_elem = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, ctypes.c_uint64)
 # int libbpf_num_possible_cpus(void);
 libbpf_num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
 

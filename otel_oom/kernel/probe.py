@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import resource
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,7 +30,7 @@ from .features import (
     missing_capabilities,
 )
 from .source import HookPlan
-from .wire import STAT_CONTEXT_SEEN, STAT_RINGBUF_FULL, STAT_SUBMITTED
+from .wire import STAT_CONTEXT_SEEN, STAT_RECLAIM, STAT_RINGBUF_FULL, STAT_SIGNAL_KILLS, STAT_SUBMITTED
 
 log = logging.getLogger("otel_oom.probe")
 
@@ -46,6 +47,32 @@ PROGRAMS = {
     "none": (),
 }
 REBUILD_HINT = "rebuild it: `make -C bpf` in the checkout, or reinstall the package (`pip install .`)"
+
+# issue 13: optional programs around the kill, loaded with any plan; if the kernel refuses them the
+# plan is loaded again without them (the kills are what must not fail)
+SIGNAL_PROGRAMS = ("signal_generate_btf", "signal_generate_tp")   # preferred first
+RECLAIM_PROGRAMS = ("reaper_wake", "reaper_start", "reaper_finish", "reaper_skip", "victim_exit", "victim_mm_freed")
+# optional within the optional: a kernel without the tracepoint (exit_mmap is 6.1+) keeps the rest
+SOFT_PROGRAMS = ("victim_mm_freed",)
+SETTING_EXIT_MMAP = 1 << 0  # OOM_SETTING_EXIT_MMAP
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Which optional programs to load: the signal hook (user-space killers, and telling a killed
+    victim from an exiting one) with the killers' names, and the reclaim hooks."""
+
+    signals: bool = False
+    killers: tuple[str, ...] = ()
+    reclaim: bool = False
+
+    def attempts(self) -> list[tuple[str, ...]]:
+        """Program sets to try, best first; the last is always none."""
+        reclaim = RECLAIM_PROGRAMS if self.reclaim else ()
+        out = [(sig, *reclaim) for sig in SIGNAL_PROGRAMS] if self.signals else []
+        if reclaim:
+            out.append(reclaim)
+        return out + [()]
 
 
 def _permission_hint() -> str:
@@ -75,8 +102,11 @@ class Probe:
     """A loaded and attached object. `on_sample(bytes)` is called from `poll()`; it must not block."""
 
     def __init__(self, plan: HookPlan, on_sample: Callable[[bytes], None],
-                 object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES) -> None:
+                 object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES,
+                 extras: tuple[str, ...] = (), killers: tuple[str, ...] = ()) -> None:
         self.plan = plan
+        self.extras = extras    # optional programs loaded and attached with the plan (issue 13)
+        self._killers = killers
         self._on_sample = on_sample
         self._obj: Optional[int] = None   # struct bpf_object *
         self._links: list[int] = []
@@ -114,7 +144,7 @@ class Probe:
         except LayoutMismatch as e:
             raise ProbeError(f"BPF object {object_path} is stale (event layout differs: {e}); {REBUILD_HINT}")
 
-        wanted = set(PROGRAMS[self.plan.victim]) | set(PROGRAMS[self.plan.context])
+        wanted = set(PROGRAMS[self.plan.victim]) | set(PROGRAMS[self.plan.context]) | set(self.extras)
         prog = L.bpf_object__next_program(obj, None)
         while prog:
             name = L.bpf_program__name(prog).decode()
@@ -135,12 +165,47 @@ class Probe:
             raise ProbeError(f"loading BPF programs ({self.plan.describe()}) failed: {_errno_text(err)}; {hint}",
                              errno_value=err)
 
+        if self.signals_watched:
+            self._fill_killers(obj)
         for name in sorted(wanted):
+            if name in SOFT_PROGRAMS:
+                try:
+                    self._attach(name)
+                except ProbeError as e:
+                    log.info("%s not attached (%s): reclaim times are taken at the victim's exit", name, e)
+                    self.extras = tuple(p for p in self.extras if p != name)
+                continue
             self._attach(name)
+        if "victim_mm_freed" in self.extras:
+            self._set_setting(obj, SETTING_EXIT_MMAP)
         self._stats_fd = L.bpf_map__fd(L.bpf_object__find_map_by_name(obj, b"stats"))
         self._rb = L.ring_buffer__new(L.bpf_map__fd(events), self._callback, None, None)
         if not self._rb:
             raise ProbeError(f"cannot set up the ring buffer: {_errno_text(ctypes.get_errno())}")
+
+    @property
+    def signals_watched(self) -> bool:
+        """The signal hook runs: user-space killers are reported, and a victim the kernel sent no
+        SIGKILL to was marked while already exiting."""
+        return any(p in self.extras for p in SIGNAL_PROGRAMS)
+
+    @property
+    def reclaim_events(self) -> bool:
+        return all(p in self.extras for p in RECLAIM_PROGRAMS if p not in SOFT_PROGRAMS)
+
+    def _set_setting(self, obj: int, bits: int) -> None:
+        fd = L.bpf_map__fd(L.bpf_object__find_map_by_name(obj, b"settings"))
+        key, value = ctypes.c_uint32(0), ctypes.c_uint32(bits)
+        if L.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), 0) < 0:
+            raise ProbeError(f"cannot write the settings map: {_errno_text(ctypes.get_errno())}")
+
+    def _fill_killers(self, obj: int) -> None:
+        fd = L.bpf_map__fd(L.bpf_object__find_map_by_name(obj, b"killers"))
+        one = ctypes.c_uint8(1)
+        for name in self._killers:
+            key = ctypes.create_string_buffer(name.encode()[:15], 16)
+            if L.bpf_map_update_elem(fd, key, ctypes.byref(one), 0) < 0:
+                raise ProbeError(f"cannot set the user-space killer name {name!r}: {_errno_text(ctypes.get_errno())}")
 
     def _attach(self, name: str) -> None:
         prog = L.bpf_object__find_program_by_name(self._obj, name.encode())
@@ -184,7 +249,8 @@ class Probe:
         values = (ctypes.c_uint64 * ncpu)()
         out = {}
         for idx, name in ((STAT_SUBMITTED, "submitted"), (STAT_RINGBUF_FULL, "ringbuf_full"),
-                          (STAT_CONTEXT_SEEN, "decisions")):
+                          (STAT_CONTEXT_SEEN, "decisions"), (STAT_SIGNAL_KILLS, "signal_kills"),
+                          (STAT_RECLAIM, "reclaim_events")):
             key = ctypes.c_uint32(idx)
             if L.bpf_map_lookup_elem(self._stats_fd, ctypes.byref(key), values) == 0:
                 out[name] = sum(values)
@@ -213,7 +279,7 @@ class Probe:
 
 def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context: str = "auto",
                object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES,
-               features: Optional[KernelFeatures] = None) -> Probe:
+               features: Optional[KernelFeatures] = None, extras: Extras = Extras()) -> Probe:
     """Load the best hook plan the kernel accepts; raise ProbeError saying why none worked."""
     L.route_messages_to_logging()
     features = features or detect_features()
@@ -235,7 +301,7 @@ def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context
         # unless no plan works at all
         L.captured = []
         try:
-            probe = Probe(plan, on_sample, object_path, ring_bytes)
+            probe = _with_extras(plan, on_sample, object_path, ring_bytes, extras)
         except ProbeError as e:
             refused.extend(L.captured)
             if "stale" in str(e) or "missing" in str(e):
@@ -253,6 +319,36 @@ def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context
         return probe
     _replay(refused)
     raise ProbeError("every hook plan failed: " + " | ".join(failures))
+
+
+def _with_extras(plan: HookPlan, on_sample: Callable[[bytes], None], object_path: Path, ring_bytes: int,
+                 extras: Extras) -> Probe:
+    """The plan with the most optional programs the kernel accepts; a plan that fails alone raises."""
+    attempts = extras.attempts()
+    best, fallbacks = attempts[0], attempts[1:-1]
+    if not best:
+        return Probe(plan, on_sample, object_path, ring_bytes)
+    try:
+        return Probe(plan, on_sample, object_path, ring_bytes, extras=best, killers=extras.killers)
+    except ProbeError as e:
+        if "stale" in str(e) or "missing" in str(e):
+            raise
+        why = e
+    probe = Probe(plan, on_sample, object_path, ring_bytes)  # raises when the plan itself is refused
+    log.info("optional programs %s refused with %s: %s", ",".join(best), plan.describe(), why)
+    if fallbacks:
+        # only one object may be attached at a time (two would deliver every kill twice): the
+        # plan is known to work, so try the smaller sets in its place (a start-up moment unwatched)
+        probe.close()
+        for programs in fallbacks:
+            try:
+                return Probe(plan, on_sample, object_path, ring_bytes, extras=programs, killers=extras.killers)
+            except ProbeError as e:
+                log.info("optional programs %s refused: %s", ",".join(programs), e)
+        probe = Probe(plan, on_sample, object_path, ring_bytes)
+    log.warning("the kernel refused the hooks for user-space OOM killers and reclaim times: kills are "
+                "reported, those records are not")
+    return probe
 
 
 def _replay(messages: list[tuple[int, str]], level: Optional[int] = None) -> None:

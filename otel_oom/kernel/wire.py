@@ -13,13 +13,14 @@ from typing import Optional
 
 from ..text import from_kernel_cstr
 
-OOM_EVENT_VERSION = 1
+OOM_EVENT_VERSION = 2  # 2: per-level watermark, failcnt, OOM count, oom_lock; hook signal_generate
 COMM_LEN = 16
 CGROUP_DEPTH = 8
 CGROUP_NAME_LEN = 128
 
 # enum oom_hook / oom_context_hook / oom_constraint_kind
-HOOKS = {0: "none", 1: "tp_btf", 2: "tracepoint", 3: "synthetic"}
+HOOKS = {0: "none", 1: "tp_btf", 2: "tracepoint", 3: "synthetic", 4: "signal_generate"}
+HOOK_SIGNAL = "signal_generate"  # a user-space OOM killer's SIGKILL; the trigger fields hold the killer
 CONTEXT_HOOKS = {0: "none", 1: "fentry", 2: "kprobe"}
 CONSTRAINTS = {0: "unknown", 1: "global", 2: "cpuset", 3: "mempolicy", 4: "memcg"}
 
@@ -33,8 +34,11 @@ F_MM_SIZES = 1 << 5
 F_SIGKILLED = 1 << 6        # with F_VICTIM_TASK: exiting on SIGKILL; without it, only marked (already exiting)
 F_CGROUP_NAME_CUT = 1 << 7  # a captured memcg name is cut at CGROUP_NAME_LEN - 1 bytes
 
+# oom_cgroup_level.level_flags
+L_OOM_LOCK, L_HAS_OOM_LOCK, L_HAS_OOM_COUNT = 1 << 0, 1 << 1, 1 << 2
+
 # stats map indexes
-STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_CONTEXT_SEEN, STAT_MAX = 0, 1, 2, 3
+STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_CONTEXT_SEEN, STAT_SIGNAL_KILLS, STAT_RECLAIM, STAT_MAX = 0, 1, 2, 3, 4, 5
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 s16, s32, s64 = ctypes.c_int16, ctypes.c_int32, ctypes.c_int64
@@ -45,6 +49,11 @@ class RawCgroupLevel(ctypes.Structure):
         ("id", u64),
         ("usage_pages", u64),
         ("limit_pages", u64),
+        ("watermark_pages", u64),
+        ("failcnt", u64),
+        ("oom_events", u64),
+        ("level_flags", u32),
+        ("__pad", u32),
         ("name", ctypes.c_char * CGROUP_NAME_LEN),
     ]
 
@@ -103,6 +112,11 @@ class MemcgLevel:
     name: str
     usage_bytes: int
     limit_bytes: Optional[int]  # None: unlimited
+    # what an uncharge never lowers (the sturdier OOMing-memcg derivation, enrich.derive_oom_memcg)
+    watermark_bytes: Optional[int] = None   # highest usage since reset
+    failcnt: Optional[int] = None           # charges refused at this limit (0 on v2 kernels since 6.12)
+    oom_events: Optional[int] = None        # OOMs declared in this cgroup (memory.events.local oom)
+    oom_lock: Optional[bool] = None         # None: the kernel has no memcg->oom_lock
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,10 @@ def decode(data: bytes, page_size: int) -> OomEvent:
             name=from_kernel_cstr(lvl.name),
             usage_bytes=lvl.usage_pages * page_size,
             limit_bytes=_limit_bytes(lvl.limit_pages, page_size),
+            watermark_bytes=lvl.watermark_pages * page_size if has_task else None,
+            failcnt=lvl.failcnt if has_task else None,
+            oom_events=lvl.oom_events if lvl.level_flags & L_HAS_OOM_COUNT else None,
+            oom_lock=bool(lvl.level_flags & L_OOM_LOCK) if lvl.level_flags & L_HAS_OOM_LOCK else None,
         )
         for lvl in r.victim_memcg[: min(r.victim_memcg_levels, CGROUP_DEPTH)]
     )

@@ -60,18 +60,20 @@ class OtlpSettings:
     logs: SignalSettings
     metrics: SignalSettings
     metric_export_interval_ms: float
+    traces: Optional[SignalSettings] = None  # the OOM episodes' spans (--traces)
 
     def secrets(self) -> list[str]:
         """Every credential these settings hold (header values, URL user info), for log redaction."""
         out: list[str] = []
-        for s in (self.logs, self.metrics):
+        for s in (self.logs, self.metrics, *([self.traces] if self.traces else [])):
             out.extend(v for _, v in s.headers)
             out.extend(s.endpoint.credentials())
         return sorted({x for x in out if len(x) >= 3}, key=len, reverse=True)
 
 
 _PREFIX = "OTEL_EXPORTER_OTLP_"
-_SIGNALS = ("", "LOGS_", "METRICS_")  # generic first, then the per-signal overrides
+_SIGNALS = ("", "LOGS_", "METRICS_", "TRACES_")  # generic first, then the per-signal overrides
+_ALL = ("LOGS", "METRICS", "TRACES")  # TRACES: the OOM episodes' spans (--traces)
 
 
 def _parse_endpoint(var: str, value: str) -> Url:
@@ -83,13 +85,13 @@ def _parse_endpoint(var: str, value: str) -> Url:
 
 
 def otlp_protocol(environ: Mapping[str, str], signal: str) -> str:
-    """The protocol for "LOGS" or "METRICS": per-signal variable, else the generic one, else grpc."""
+    """The protocol for "LOGS", "METRICS" or "TRACES": per-signal variable, else the generic one, else grpc."""
     value = environ.get(f"{_PREFIX}{signal}_PROTOCOL") or environ.get(f"{_PREFIX}PROTOCOL") or DEFAULT_PROTOCOL
     return value.strip().lower()
 
 
 def otlp_endpoint(environ: Mapping[str, str], signal: str, protocol: str) -> str:
-    """The endpoint for "LOGS" or "METRICS", resolved as the SDK would (an empty variable is unset)."""
+    """The endpoint for "LOGS", "METRICS" or "TRACES", resolved as the SDK would (an empty variable is unset)."""
     specific = environ.get(f"{_PREFIX}{signal}_ENDPOINT", "").strip()
     if specific:
         return specific
@@ -184,7 +186,7 @@ def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
     if bool(key) != bool(cert):
         raise ConfigError(f"mutual TLS needs both {_PREFIX}{sig}CLIENT_KEY and {_PREFIX}{sig}CLIENT_CERTIFICATE; "
                           "set both or neither")
-    grpc_signals = [s for s in (("LOGS", "METRICS") if not sig else (sig.rstrip("_"),))
+    grpc_signals = [s for s in (_ALL if not sig else (sig.rstrip("_"),))
                     if otlp_protocol(environ, s) == "grpc"]
     if key and not environ.get(f"{_PREFIX}{sig}CERTIFICATE") and grpc_signals:
         # the gRPC exporter loads the client certificate only together with a CA file
@@ -211,7 +213,7 @@ def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
     value = environ.get(var)
     if value:
         value = value.strip().lower()
-        for s in (("LOGS", "METRICS") if not sig else (sig.rstrip("_"),)):
+        for s in (_ALL if not sig else (sig.rstrip("_"),)):
             allowed = ("gzip",) if otlp_protocol(environ, s) == "grpc" else ("gzip", "deflate", "none")
             if value not in allowed:
                 raise ConfigError(f"{var} must be {' or '.join(allowed)} (or unset) for "
@@ -265,6 +267,7 @@ def resolve_otlp(environ: Mapping[str, str] = os.environ) -> OtlpSettings:
         logs=_signal(environ, "LOGS"),
         metrics=_signal(environ, "METRICS"),
         metric_export_interval_ms=metric_export_interval_ms(environ),
+        traces=_signal(environ, "TRACES"),
     )
 
 

@@ -1,4 +1,5 @@
-"""Acknowledged export of OOM kills as `oom.kill` log records.
+"""Acknowledged export of OOM kills as `oom.kill` log records (and the records around them:
+`oom.pressure`, `oom.no_kill`, `oom.reclaim`, mapped by `records.log_record`).
 
 OOM events do not go through the SDK's BatchLogRecordProcessor: it drops a batch the collector
 did not take and keeps nothing on disk. `LogSender.send()` builds the records exactly as the SDK's
@@ -14,9 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from .. import __version__
-from ..model import OomKill
+from ..model import Record
 from .env import SignalSettings
-from .mapping import EVENT_NAME, SCOPE_NAME, log_attributes, log_body
+from .mapping import SCOPE_NAME
+from .records import log_record
 from .transport import RETRY, ExportResult, log_transport
 
 if TYPE_CHECKING:
@@ -51,22 +53,31 @@ class LogSender:
     def describe(self) -> str:
         return f"{self.protocol} to {self.endpoint.redacted}"
 
-    def records(self, kills: Iterable[OomKill], observed_ns: Optional[int] = None) -> list[Any]:
+    def records(self, kills: Iterable[Record], observed_ns: Optional[int] = None) -> list[Any]:
         """The SDK's ReadableLogRecords for `kills`, built exactly as its own processors build them."""
         from opentelemetry._logs import LogRecord, SeverityNumber
         from opentelemetry.sdk._logs import ReadableLogRecord, ReadWriteLogRecord
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
         now = observed_ns if observed_ns is not None else time.time_ns()
         out = []
         for kill in kills:
+            fields = log_record(kill)
+            # with --traces the record carries its OOM episode's trace, for a jump to the trace backend
+            context = None
+            if kill.trace_id and kill.span_id:
+                span = SpanContext(int(kill.trace_id, 16), int(kill.span_id, 16), is_remote=False,
+                                   trace_flags=TraceFlags(TraceFlags.SAMPLED))
+                context = set_span_in_context(NonRecordingSpan(span))
             api_record = LogRecord(
                 timestamp=kill.time_unix_nano or None,
                 observed_timestamp=now,
-                severity_number=SeverityNumber.ERROR,
-                severity_text="ERROR",
-                body=log_body(kill),
-                attributes=log_attributes(kill),
-                event_name=EVENT_NAME,
+                severity_number=SeverityNumber(fields.severity_number),
+                severity_text=fields.severity_text,
+                body=fields.body,
+                attributes=fields.attributes,
+                event_name=fields.event_name,
+                context=context,
             )
             # ReadWriteLogRecord applies the attribute limits (OTEL_ATTRIBUTE_*_LIMIT), as Logger.emit does
             rw = ReadWriteLogRecord(log_record=api_record, resource=self.resource,
@@ -75,7 +86,7 @@ class LogSender:
                                          instrumentation_scope=self._scope, limits=self._limits))
         return out
 
-    def send(self, kills: Sequence[OomKill], timeout_s: Optional[float] = None) -> ExportResult:
+    def send(self, kills: Sequence[Record], timeout_s: Optional[float] = None) -> ExportResult:
         """Export now, one attempt of at most `timeout_s` (default OTEL_EXPORTER_OTLP_TIMEOUT)."""
         if not kills:
             return ExportResult("accepted")

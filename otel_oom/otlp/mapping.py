@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import OomKill
+from ..model import KILLER_KERNEL, OomKill
 from ..text import for_otlp, for_otlp_label, for_terminal
 
 SCOPE_NAME = "otel_oom"
@@ -74,6 +74,10 @@ def log_attributes(kill: OomKill, raw: bool = False) -> dict[str, Any]:
         "oom.order": k.order,
         "oom.decision.id": k.decision_id,
         "oom.group.path": k.oom_group_path,
+        "oom.memcg.evidence": k.memcg_evidence,
+        # who killed: the kernel's OOM killer or a user-space one (issue 13)
+        "oom.killer": k.killer,
+        "oom.killer.pid": k.killer_pid,
         # how it was observed
         "oom.event.id": k.event_id,
         "oom.hook": k.hook,
@@ -101,6 +105,10 @@ def log_body(kill: OomKill) -> str:
     """One line in the kernel's own wording; unknown fields are left out, names are escaped."""
     k = kill
     prefix = "Memory cgroup out of memory" if k.constraint == "memcg" else "Out of memory"
+    if k.killer != KILLER_KERNEL:
+        # a user-space OOM killer sent the SIGKILL: say who, where the kernel would say why
+        killer_pid = k.killer_pid if k.killer_pid is not None else "?"
+        prefix = f"User-space OOM killer {for_terminal(k.killer)} (pid {killer_pid})"
     # a task already exiting is only marked (it frees its memory itself): the kernel prints no kill
     verb = "Marked exiting process" if k.killed is False else "Killed process"
     text = f"{prefix}: {verb} {k.victim_pid} ({for_terminal(k.victim_comm)})"
@@ -120,11 +128,11 @@ def log_body(kill: OomKill) -> str:
 
 
 def kill_metric_attributes(kill: OomKill) -> dict[str, str]:
-    """Bounded attributes for oom.kills: the constraint, and the container runtime and pod QoS class when
+    """Bounded attributes for oom.kills: the constraint, the killer, and the container runtime and pod QoS class when
     known (at most 5 x 5 x 4 series). Never a container id, pod uid or pid: each restart would add a series
     forever. Per-container and per-pod counts come from counting the `oom.kill` log records (the Collector's
     count connector, see docs/schema.md)."""
-    attrs = {"oom.constraint": kill.constraint}
+    attrs = {"oom.constraint": kill.constraint, "oom.killer": for_otlp_label(kill.killer)}
     if kill.container_runtime:
         attrs["container.runtime.name"] = for_otlp_label(kill.container_runtime)
     if kill.pod_qos_class:

@@ -9,8 +9,9 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from .. import __version__
-from ..model import OomKill
+from ..model import OomKill, Record
 from .env import OtlpSettings
+from .episode_metrics import EpisodeMetrics
 from .exporters import metric_exporter
 from .mapping import RSS_BUCKETS, SCOPE_NAME, kill_metric_attributes
 
@@ -119,6 +120,8 @@ class Metrics:
             "oom.kills.unobserved", unit="{kill}",
             description="OOM kills the kernel counted that otel-oom did not observe",
             callbacks=[guarded("oom.kills.unobserved", lambda: [Observation(int(self._unobserved()))])])
+        # issue 13: pressure, no-kill and reclaim metrics (their gauges' sources are set by the agent)
+        self.episodes = EpisodeMetrics(meter)
 
     def record_kill(self, kill: OomKill) -> None:
         if kill.killed is False:
@@ -127,6 +130,10 @@ class Metrics:
         rss = kill.rss_bytes
         if rss is not None:
             self._rss.record(rss, {"oom.constraint": kill.constraint})
+
+    def record_event(self, record: Record) -> None:
+        """A record other than a kill: pressure and no-kill episodes, reclaim times."""
+        self.episodes.record(record)
 
     def record_export_failure(self, signal: str) -> None:
         """Count an export the collector did not accept; signal is "logs" or "metrics"."""

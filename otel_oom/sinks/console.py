@@ -1,4 +1,5 @@
-"""Human and JSON renderings of an OomKill for stdout (`--console`, `--json`), both terminal-safe.
+"""Human and JSON renderings of an OomKill (and of the records around it) for stdout (`--console`,
+`--json`), both terminal-safe.
 
 Process names and cgroup paths come from the kernel as arbitrary bytes: every untrusted string
 goes through `text.for_terminal` (console) or the JSON encoder plus `text.for_json_line` (JSON
@@ -11,8 +12,9 @@ import json
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from ..model import OomKill
+from ..model import OomKill, Record
 from ..otlp.mapping import EVENT_NAME, log_attributes, log_body
+from ..otlp.records import log_record
 from ..text import for_json_line, for_terminal
 
 
@@ -153,3 +155,27 @@ def format_json(kill: OomKill) -> str:
     doc.update(log_attributes(kill, raw=True))
     text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     return for_json_line(text)
+
+
+# ---- issue 13: every record type ----------------------------------------------------------------
+
+def format_record_console(record: Record) -> str:
+    """A kill as its block; the records around it (pressure, no-kill, reclaim) as one line each."""
+    if isinstance(record, OomKill):
+        return format_console(record)
+    fields = log_record(record)
+    label = fields.event_name.upper().replace("OOM.", "OOM ").replace("_", "-")
+    state = getattr(record, "state", None)
+    if state:
+        label += f" {state.upper()}"
+    return f"[{format_time(record.time_unix_nano)} UTC] {label}: {fields.body}\n"
+
+
+def format_record_json(record: Record) -> str:
+    """Any record as one JSON line: `time`, `event_name`, `body`, trace ids when set, then the attributes."""
+    fields = log_record(record, raw=True)  # raw kernel bytes become lossless \udcNN escapes, as in format_json
+    doc = {"time": rfc3339(record.time_unix_nano), "event_name": fields.event_name, "body": fields.body}
+    if record.trace_id:
+        doc.update(trace_id=record.trace_id, span_id=record.span_id or "")
+    doc.update(fields.attributes)
+    return for_json_line(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))

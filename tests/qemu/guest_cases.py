@@ -427,7 +427,7 @@ def _records_for(receiver, pids: list[int], timeout: float) -> list[dict]:
 
     def mine(recs):
         return [r for r in recs if r["attributes"].get("process.pid") in want
-                and not r["attributes"].get("oom.recovered")]
+                and not r["attributes"].get("oom.recovered") and r["event_name"] == "oom.kill"]
     try:
         receiver.wait_for_logs(lambda recs: {r["attributes"]["process.pid"] for r in mine(recs)} >= want, timeout)
     except (AssertionError, TimeoutError):
