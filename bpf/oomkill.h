@@ -49,6 +49,11 @@ enum oom_constraint_kind {
 #define OOM_F_BOOT_CLOCK    (1u << 3) /* timestamp_ns is CLOCK_BOOTTIME, else CLOCK_MONOTONIC */
 #define OOM_F_CGROUP_DEEPER (1u << 4) /* victim memcg is deeper than OOM_CGROUP_DEPTH */
 #define OOM_F_MM_SIZES      (1u << 5) /* total_vm/rss/pgtables are valid */
+/* bits 6-15: kept for flags about the victim and its cgroups */
+/* The victim's task_struct came from the per-victim hook on mark_oom_victim (pid-only kernels):
+ * the tracepoint emits the event, the hook that ran just before it in the same call gave the task. */
+#define OOM_F_TASK_FENTRY   (1u << 16) /* fentry/mark_oom_victim */
+#define OOM_F_TASK_KPROBE   (1u << 17) /* kprobe/mark_oom_victim */
 
 /* Indexes of the per-CPU "stats" array map. */
 enum oom_stat {

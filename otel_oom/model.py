@@ -81,6 +81,10 @@ class OomKill:
     order: Optional[int] = None
     decision_id: Optional[str] = None        # same for every victim of one decision (group kills)
     oom_group_path: Optional[str] = None     # cgroup v2 memory.oom.group that made this a group kill
+    # how the victim was observed: "task" (its task_struct, in the kernel), "tracepoint" (the
+    # tracepoint's fields), "pid" (the pid alone, the rest from /proc); None for recovered kills
+    victim_source: Optional[str] = None
+    task_hook: Optional[str] = None          # "fentry" | "kprobe": mark_oom_victim supplied the victim's task
 
     def to_json(self) -> str:
         # ensure_ascii keeps lone surrogates and control characters escaped and lossless

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import platform
 import subprocess
 
 import pytest
@@ -18,7 +19,7 @@ def built_object(tmp_path_factory):
     require_tool("clang")
     out = tmp_path_factory.mktemp("bpf")
     subprocess.run(["make", "-s", "-C", str(REPO / "bpf"), f"OUT={out}"], check=True)
-    return out / "oomkill.bpf.o"
+    return out / f"oomkill.{platform.machine()}.bpf.o"
 
 
 def _open(path):

@@ -375,6 +375,63 @@ def bystander_case(tag: str, mount: str, version: int) -> dict:
         cg.remove()
 
 
+PTRACE_CONT, PTRACE_DETACH, PTRACE_SEIZE = 7, 17, 0x4206
+PTRACE_O_TRACEEXIT, PTRACE_EVENT_EXIT = 0x40, 6
+
+
+def _ptrace(libc: ctypes.CDLL, request: int, pid: int, data: int = 0) -> None:
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(request, pid, None, ctypes.c_void_p(data)) != 0:
+        raise CaseError(f"ptrace({request:#x}, {pid}) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def exiting_case(tag: str, mount: str, version: int) -> dict:
+    """The kernel's task_will_free_mem() shortcut: the task it picks is already exiting, so it is
+    marked as a victim (mark_oom_victim, the mark_victim tracepoint) without being killed or
+    counted: no "Killed process" line, no oom_kill count. The exiting task is a SIGKILLed process
+    held at its exit by a ptrace PTRACE_EVENT_EXIT stop (group exit set, memory not yet freed), with
+    oom_score_adj 1000 so it is chosen. After the OOM reaper took its memory, the allocator hits the
+    limit again and is killed the ordinary way (a second decision)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    cg = TestCgroup(mount, version, f"/kmx-{tag}-exiting", 48 * MiB)
+    exiting = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEMBER, f"{cg.leaf}/cgroup.procs", "8", "bystander"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held, allocator = True, None
+    try:
+        _wait_line(exiting, 60)
+        _ptrace(libc, PTRACE_SEIZE, exiting.pid, PTRACE_O_TRACEEXIT)
+        os.kill(exiting.pid, signal.SIGKILL)
+        _, status = os.waitpid(exiting.pid, 0x40000000)  # __WALL
+        if not os.WIFSTOPPED(status) or status >> 8 != signal.SIGTRAP | (PTRACE_EVENT_EXIT << 8):
+            raise CaseError(f"pid {exiting.pid} did not stop at its exit (wait status {status:#x})")
+        allocator = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEMBER, f"{cg.leaf}/cgroup.procs", "2",
+                                      "allocator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait_line(allocator, 60)
+        allocator.stdin.write(b"g")
+        allocator.stdin.flush()
+        codes = _reap([allocator], 120)
+        events = cg.events()
+        # let the exiting task finish its exit
+        _ptrace(libc, PTRACE_DETACH, exiting.pid)
+        _, status = os.waitpid(exiting.pid, 0)
+        held = False
+        exiting.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        codes[exiting.pid] = exiting.returncode
+    finally:
+        if held and exiting.returncode is None:
+            try:
+                os.kill(exiting.pid, signal.SIGKILL)
+                _ptrace(libc, PTRACE_DETACH, exiting.pid)
+            except (OSError, CaseError):
+                pass
+        _reap([p for p in (exiting, allocator) if p], 10)
+        cg.remove()
+    return {"victims": [exiting.pid, allocator.pid], "roles": {str(exiting.pid): "exiting",
+                                                               str(allocator.pid): "allocator"},
+            "returncodes": {str(k): v for k, v in codes.items()}, "memory_events": events, "cgroup": cg.rel,
+            "limit": cg.limit, "hierarchy_version": version}
+
+
 def global_case() -> dict:
     before = _vmstat_oom_kill()
     # this process holds the receiver: the global OOM must never pick it. Only for this case, since

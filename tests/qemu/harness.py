@@ -24,7 +24,9 @@ import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
+
+from . import apt
 
 CACHE_ENV = "OTEL_OOM_QEMU_CACHE"
 DEFAULT_CACHE = "/var/cache/otel-oom-qemu"
@@ -37,15 +39,26 @@ CACHE_FORMAT = 2  # bump when the cached layout changes; older entries are re-fe
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     name: str
-    package_re: str  # full-match regex over Debian package names; group 1 is the ABI/patch number
+    package_re: str  # full-match regex over Debian package names; group 1 orders them (ABI or version)
     description: str
+    suite: Optional[str] = None  # None: the system's APT sources; else a private list (apt.py)
+    order: tuple[int, ...] = ()  # sorts available_kernels(), oldest first
 
 
-# The *generic* amd64 flavour, not -cloud-amd64: Debian's cloud kernels are built without 9p
+# The *generic* -amd64 flavour, not -cloud-amd64: Debian's cloud kernels are built without 9p
 # (CONFIG_NET_9P is not set), so they cannot see the host tree the way this harness shares it.
 KERNELS: dict[str, KernelSpec] = {
-    "6.1": KernelSpec("6.1", r"linux-image-6\.1\.0-(\d+)-amd64", "Debian 12 (bookworm) 6.1 LTS, amd64"),
-    "6.12": KernelSpec("6.12", r"linux-image-6\.12\.(\d+)\+deb12-amd64", "Debian 6.12 LTS (bookworm/trixie), amd64"),
+    "5.10": KernelSpec("5.10", r"linux-image-5\.10\.0-(32)-amd64",
+                       "Debian 11 (bullseye) 5.10 LTS, amd64, ABI 32: the last with the pid-only mark_victim",
+                       suite="bullseye", order=(5, 10)),
+    "6.1": KernelSpec("6.1", r"linux-image-6\.1\.0-(\d+)-amd64", "Debian 12 (bookworm) 6.1 LTS, amd64", order=(6, 1)),
+    "6.12": KernelSpec("6.12", r"linux-image-6\.12\.(\d+)\+deb12-amd64", "Debian 6.12 LTS (bookworm/trixie), amd64",
+                       order=(6, 12)),
+    "6.12-rt": KernelSpec("6.12-rt", r"linux-image-6\.12\.(\d+)\+deb12-rt-amd64",
+                          "Debian 6.12 LTS with PREEMPT_RT (bookworm), amd64", order=(6, 12, 1)),
+    # whatever sid carries now: the newest Debian kernel (7.2 when this was written)
+    "sid": KernelSpec("sid", r"linux-image-(\d+\.\d+\.\d+)\+deb\d+-amd64", "Debian unstable (sid), newest, amd64",
+                      suite="sid", order=(99,)),
 }
 
 # Module roots the initramfs needs; their dependencies are found from each module's .modinfo.
@@ -113,7 +126,7 @@ def cache_dir() -> str:
 
 def available_kernels() -> list[str]:
     """Kernel names this harness can fetch and boot, oldest first."""
-    return sorted(KERNELS, key=lambda k: tuple(int(p) for p in k.split(".")))
+    return sorted(KERNELS, key=lambda k: KERNELS[k].order)
 
 
 def _spec(kernel: str) -> KernelSpec:
@@ -168,31 +181,38 @@ def kernel_info(kernel: str, cache: str | None = None) -> KernelInfo | None:
 
 def _run(cmd: Sequence[str], **kw) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True, **kw)
-    except FileNotFoundError:
-        raise PrepareError(f"{cmd[0]} not found: this harness needs Debian's apt tools") from None
-    except subprocess.CalledProcessError as e:
-        raise PrepareError(f"{shlex.join(cmd)} failed: {(e.stderr or e.stdout).strip()[-300:]}") from None
+        return apt.run(cmd, **kw)
+    except apt.AptError as e:
+        raise PrepareError(str(e)) from None
 
 
-def _candidates(spec: KernelSpec) -> list[str]:
-    prefix = spec.package_re.split("\\")[0]  # e.g. "linux-image-6" — pkgnames takes a plain prefix
-    names = _run(["apt-cache", "pkgnames", prefix]).stdout.split()
-    found = [(int(m.group(1)), n) for n in names if (m := re.fullmatch(spec.package_re, n))]
+def _apt(spec: KernelSpec, cache: str) -> apt.Apt:
+    return apt.Apt(cache, spec.suite)
+
+
+def _candidates(spec: KernelSpec, cache: str) -> list[str]:
+    prefix = re.split(r"[\\(\[]", spec.package_re)[0]  # e.g. "linux-image-6" — pkgnames takes a plain prefix
+    try:
+        names = _apt(spec, cache).names(prefix)
+    except apt.AptError as e:
+        raise PrepareError(str(e)) from None
+    found = [(tuple(int(x) for x in m.group(1).split(".")), n) for n in names if (m := re.fullmatch(spec.package_re, n))]
     return [n for _, n in sorted(found, reverse=True)]
 
 
-def _pick_package(spec: KernelSpec) -> str:
-    pinned = os.environ.get(f"OTEL_OOM_QEMU_PACKAGE_{spec.name.replace('.', '_')}")
+def pin_variable(kernel: str) -> str:
+    """The environment variable that pins `kernel` to one package name."""
+    return "OTEL_OOM_QEMU_PACKAGE_" + re.sub(r"[^A-Za-z0-9]", "_", kernel)
+
+
+def _pick_package(spec: KernelSpec, cache: str) -> str:
+    pinned = os.environ.get(pin_variable(spec.name))
     if pinned:
         return pinned
-    names = _candidates(spec)
-    if not names and os.geteuid() == 0:
-        _run(["apt-get", "update", "-qq"], timeout=600)  # fresh CI images ship without package lists
-        names = _candidates(spec)
+    names = _candidates(spec, cache)
     if not names:
-        raise PrepareError(f"no Debian package matches {spec.package_re}: run apt-get update "
-                           f"(bookworm + bookworm-security in sources) and retry")
+        where = spec.suite or "the system's sources (bookworm + bookworm-security)"
+        raise PrepareError(f"no Debian package in {where} matches {spec.package_re}: run apt-get update and retry")
     return names[0]
 
 
@@ -313,6 +333,23 @@ def _ensure_cache(cache: str) -> None:
         raise PrepareError(f"kernel cache {cache} is not writable: set {CACHE_ENV} to a writable directory")
 
 
+def _find_kernel(tree: str, package: str) -> tuple[str, str, str]:
+    """(vmlinuz, config, release) in an unpacked kernel package: /boot/vmlinuz-<release> and
+    /boot/config-<release>, or (7.x) /usr/lib/modules/<release>/vmlinuz and .../config."""
+    boot = os.path.join(tree, "boot")
+    found = [(os.path.join(boot, f), os.path.join(boot, "config-" + f[len("vmlinuz-"):]), f[len("vmlinuz-"):])
+             for f in (os.listdir(boot) if os.path.isdir(boot) else []) if f.startswith("vmlinuz-")]
+    mods = os.path.join(tree, "usr", "lib", "modules")
+    found += [(os.path.join(mods, r, "vmlinuz"), os.path.join(mods, r, "config"), r)
+              for r in (os.listdir(mods) if os.path.isdir(mods) else [])
+              if os.path.isfile(os.path.join(mods, r, "vmlinuz"))]
+    if len(found) != 1:
+        raise PrepareError(f"{package} has {len(found)} kernel images, expected one")
+    if not os.path.isfile(found[0][1]):
+        raise PrepareError(f"{package} has no kernel config next to {found[0][0]}")
+    return found[0]
+
+
 def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> KernelInfo:
     """Fetch and unpack `kernel` into the cache (no-op when cached; refresh=True re-fetches)."""
     spec = _spec(kernel)
@@ -323,31 +360,33 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
     with _Lock(os.path.join(cache, f".{kernel}.lock")):
         if not refresh and (info := kernel_info(kernel, cache)):
             return info  # another process prepared it while we waited
-        package = _pick_package(spec)
+        package = _pick_package(spec, cache)
         with tempfile.TemporaryDirectory(prefix=f".{kernel}-", dir=cache) as tmp:
-            _run(["apt-get", "download", package], cwd=tmp, timeout=900)
-            debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
-            if len(debs) != 1:
-                raise PrepareError(f"apt-get download {package} left {debs!r} in {tmp}")
-            deb = os.path.join(tmp, debs[0])
-            version = _run(["dpkg-deb", "-f", deb, "Version"]).stdout.strip()
             tree = os.path.join(tmp, "tree")
-            _run(["dpkg-deb", "-x", deb, tree], timeout=900)
-            boot = os.path.join(tree, "boot")
-            vmlinuz = [f for f in os.listdir(boot) if f.startswith("vmlinuz-")]
-            if len(vmlinuz) != 1:
-                raise PrepareError(f"{package} has {len(vmlinuz)} vmlinuz files, expected one")
-            release = vmlinuz[0][len("vmlinuz-"):]
+            try:
+                repo = _apt(spec, cache)
+                deb = repo.download(package, tmp)
+                version = _run(["dpkg-deb", "-f", deb, "Version"]).stdout.strip()
+                # since 7.x (sid) linux-image-* is a meta package: the kernel is in linux-binary-*,
+                # its modules in linux-modules-*, its config in linux-base-*, at /usr/lib/modules/<release>/
+                suffix = package[len("linux-image-"):]
+                parts = [d.split()[0] for d in repo.depends(package)
+                         if d.split()[0] in (f"linux-{p}-{suffix}" for p in ("binary", "modules", "base"))]
+                for part in [deb] + [repo.download(p, tmp) for p in parts]:
+                    _run(["dpkg-deb", "-x", part, tree], timeout=900)
+            except apt.AptError as e:
+                raise PrepareError(str(e)) from None
+            kernel_file, config_file, release = _find_kernel(tree, package)
             moddir = os.path.join(tree, "lib", "modules", release)
             if not os.path.isdir(moddir):
                 moddir = os.path.join(tree, "usr", "lib", "modules", release)
             modules = _resolve_modules(moddir, MODULE_ROOTS)
-            with open(os.path.join(boot, f"config-{release}")) as f:
+            with open(config_file) as f:
                 config_text = f.read()
 
             out = os.path.join(tmp, "out")
             os.makedirs(os.path.join(out, "modules"))
-            shutil.copyfile(os.path.join(boot, vmlinuz[0]), os.path.join(out, "vmlinuz"))
+            shutil.copyfile(kernel_file, os.path.join(out, "vmlinuz"))
             if re.search(r"^CONFIG_PVH=y$", config_text, re.M):
                 with open(os.path.join(out, "vmlinuz"), "rb") as f:
                     elf = _extract_vmlinux(f.read())
@@ -372,6 +411,40 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
     if info is None:
         raise PrepareError(f"prepared {kernel} in {cache} but the result is incomplete")
     return info
+
+
+def headers(kernel: str, cache: str | None = None) -> str:
+    """The kernel's headers (Debian's linux-headers-<release> and the -common package it depends
+    on), unpacked once into the cache; returns the directory /lib/modules/<release>/build names
+    on a node that installed them (what BCC compiles against)."""
+    cache = cache or cache_dir()
+    info = prepare(kernel, cache)
+    spec = _spec(kernel)
+    root = os.path.join(info.directory, "headers")
+    build = os.path.join(root, "usr", "src", f"linux-headers-{info.release}")
+    done = os.path.join(root, ".complete")
+    if os.path.isfile(done):
+        return build
+    with _Lock(os.path.join(cache, f".{kernel}.lock")):
+        if os.path.isfile(done):
+            return build
+        repo = _apt(spec, cache)
+        package = f"linux-headers-{info.release}"
+        try:
+            wanted = [package] + [d.split()[0] for d in repo.depends(package) if d.startswith("linux-headers-")]
+            with tempfile.TemporaryDirectory(prefix=f".{kernel}-headers-", dir=cache) as tmp:
+                debs = [repo.download(p, tmp) for p in wanted]
+                if os.path.exists(root):
+                    shutil.rmtree(root)
+                for deb in debs:
+                    _run(["dpkg-deb", "-x", deb, root], timeout=900)
+        except apt.AptError as e:
+            raise PrepareError(str(e)) from None
+        if not os.path.isfile(os.path.join(build, ".config")):
+            raise PrepareError(f"{package} unpacked without {build}/.config")
+        with open(done, "w") as f:
+            f.write(" ".join(wanted) + "\n")
+    return build
 
 
 # --- initramfs -------------------------------------------------------------------------------
