@@ -11,7 +11,8 @@
  *
  * The agent defines: OTEL_OOM_PERF_BUFFER (kernels before 5.8: no ring buffer), OTEL_OOM_RING_PAGES,
  * OTEL_OOM_TP_RICH (the tracepoint has the 6.9 field set). Every kernel pointer is read with
- * bpf_probe_read_kernel() explicitly, so nothing depends on BCC rewriting dereferences.
+ * bpf_probe_read_kernel() explicitly, so nothing depends on BCC rewriting dereferences. Helpers carry
+ * an oo_ prefix: the kernel headers are in scope and define many short names (mm_counter, ...).
  */
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
@@ -58,7 +59,7 @@ struct pending_victim {
 };
 BPF_HASH(pending_victims, u64, struct pending_victim, 256);
 
-static __always_inline void stat_inc(u32 idx)
+static __always_inline void oo_stat_inc(u32 idx)
 {
 	u64 *v = stats.lookup(&idx);
 
@@ -66,7 +67,7 @@ static __always_inline void stat_inc(u32 idx)
 		(*v)++;
 }
 
-static __always_inline u64 now_ns(u32 *flags)
+static __always_inline u64 oo_now_ns(u32 *flags)
 {
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 8, 0)
 	*flags |= OOM_F_BOOT_CLOCK;
@@ -76,7 +77,7 @@ static __always_inline u64 now_ns(u32 *flags)
 #endif
 }
 
-static __always_inline u64 kernfs_id(struct kernfs_node *kn)
+static __always_inline u64 oo_kernfs_id(struct kernfs_node *kn)
 {
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 5, 0)
 	u64 id = 0;
@@ -91,7 +92,7 @@ static __always_inline u64 kernfs_id(struct kernfs_node *kn)
 #endif
 }
 
-static __always_inline struct cgroup_subsys_state *memory_css(struct task_struct *task)
+static __always_inline struct cgroup_subsys_state *oo_memory_css(struct task_struct *task)
 {
 	struct css_set *cgroups = NULL;
 	struct cgroup_subsys_state *css = NULL;
@@ -102,7 +103,7 @@ static __always_inline struct cgroup_subsys_state *memory_css(struct task_struct
 	return css;
 }
 
-static __always_inline void read_page_counter(struct mem_cgroup *memcg, u64 *usage, u64 *limit)
+static __always_inline void oo_read_page_counter(struct mem_cgroup *memcg, u64 *usage, u64 *limit)
 {
 	long u = 0;
 	unsigned long l = 0;
@@ -118,9 +119,9 @@ static __always_inline void read_page_counter(struct mem_cgroup *memcg, u64 *usa
 	*limit = l;
 }
 
-static __always_inline void read_victim_memcgs(struct oom_event *e, struct task_struct *task)
+static __always_inline void oo_read_victim_memcgs(struct oom_event *e, struct task_struct *task)
 {
-	struct cgroup_subsys_state *css = memory_css(task);
+	struct cgroup_subsys_state *css = oo_memory_css(task);
 	int i;
 
 #pragma unroll
@@ -135,11 +136,11 @@ static __always_inline void read_victim_memcgs(struct oom_event *e, struct task_
 		if (cgrp)
 			KREAD(kn, cgrp->kn);
 		if (kn) {
-			e->victim_memcg[i].id = kernfs_id(kn);
+			e->victim_memcg[i].id = oo_kernfs_id(kn);
 			KREAD(name, kn->name);
 			bpf_probe_read_kernel_str(e->victim_memcg[i].name, OOM_CGROUP_NAME_LEN, name);
 		}
-		read_page_counter((struct mem_cgroup *)css, &e->victim_memcg[i].usage_pages,
+		oo_read_page_counter((struct mem_cgroup *)css, &e->victim_memcg[i].usage_pages,
 				  &e->victim_memcg[i].limit_pages);
 		e->victim_memcg_levels = i + 1;
 		KREAD(css, css->parent);
@@ -148,9 +149,9 @@ static __always_inline void read_victim_memcgs(struct oom_event *e, struct task_
 		e->flags |= OOM_F_CGROUP_DEEPER;
 }
 
-static __always_inline void read_trigger_memcgs(struct oom_event *e, struct task_struct *task)
+static __always_inline void oo_read_trigger_memcgs(struct oom_event *e, struct task_struct *task)
 {
-	struct cgroup_subsys_state *css = memory_css(task);
+	struct cgroup_subsys_state *css = oo_memory_css(task);
 	int i;
 
 #pragma unroll
@@ -164,13 +165,13 @@ static __always_inline void read_trigger_memcgs(struct oom_event *e, struct task
 		if (cgrp)
 			KREAD(kn, cgrp->kn);
 		if (kn)
-			e->trigger_memcg_ids[i] = kernfs_id(kn);
+			e->trigger_memcg_ids[i] = oo_kernfs_id(kn);
 		e->trigger_memcg_levels = i + 1;
 		KREAD(css, css->parent);
 	}
 }
 
-static __always_inline u64 mm_counter(struct mm_struct *mm, int idx)
+static __always_inline u64 oo_mm_counter(struct mm_struct *mm, int idx)
 {
 	long v = 0;
 
@@ -182,7 +183,7 @@ static __always_inline u64 mm_counter(struct mm_struct *mm, int idx)
 	return v < 0 ? 0 : v;  /* percpu sums can be transiently negative */
 }
 
-static __always_inline void read_victim_task(struct oom_event *e, struct task_struct *task)
+static __always_inline void oo_read_victim_task(struct oom_event *e, struct task_struct *task)
 {
 	struct task_struct *parent = NULL;
 	const struct cred *cred = NULL;
@@ -210,23 +211,23 @@ static __always_inline void read_victim_task(struct oom_event *e, struct task_st
 		KREAD(adj, signal->oom_score_adj);
 	e->oom_score_adj = adj;
 	bpf_probe_read_kernel_str(e->victim_comm, sizeof(e->victim_comm), task->comm);
-	read_victim_memcgs(e, task);
+	oo_read_victim_memcgs(e, task);
 	e->flags |= OOM_F_VICTIM_TASK;
 
 	KREAD(mm, task->mm);
 	if (!mm)
 		return;
 	KREAD(e->total_vm, mm->total_vm);
-	e->anon_rss = mm_counter(mm, MM_ANONPAGES);
-	e->file_rss = mm_counter(mm, MM_FILEPAGES);
-	e->shmem_rss = mm_counter(mm, MM_SHMEMPAGES);
-	e->swap_ents = mm_counter(mm, MM_SWAPENTS);
+	e->anon_rss = oo_mm_counter(mm, MM_ANONPAGES);
+	e->file_rss = oo_mm_counter(mm, MM_FILEPAGES);
+	e->shmem_rss = oo_mm_counter(mm, MM_SHMEMPAGES);
+	e->swap_ents = oo_mm_counter(mm, MM_SWAPENTS);
 	KREAD(pgtables, mm->pgtables_bytes.counter);
 	e->pgtables_bytes = pgtables;
 	e->flags |= OOM_F_MM_SIZES;
 }
 
-static __always_inline void merge_context(struct oom_event *e, u64 pid_tgid)
+static __always_inline void oo_merge_context(struct oom_event *e, u64 pid_tgid)
 {
 	struct oom_context *ctx = contexts.lookup(&pid_tgid);
 
@@ -248,7 +249,7 @@ static __always_inline void merge_context(struct oom_event *e, u64 pid_tgid)
 
 /* The victim's task: the task hook's entry, else oc->chosen or current when it is this pid.
  * Returns 0 when none of them is this victim (the tracepoint's own fields are all there is). */
-static __always_inline int read_victim(struct oom_event *e, u64 pid_tgid, int pid)
+static __always_inline int oo_read_victim(struct oom_event *e, u64 pid_tgid, int pid)
 {
 	struct pending_victim *v = pending_victims.lookup(&pid_tgid);
 	struct oom_context *ctx;
@@ -261,7 +262,7 @@ static __always_inline int read_victim(struct oom_event *e, u64 pid_tgid, int pi
 
 		pending_victims.delete(&pid_tgid);
 		if (ok) {
-			read_victim_task(e, task);
+			oo_read_victim_task(e, task);
 			e->flags |= OOM_F_TASK_KPROBE;
 			return 1;
 		}
@@ -272,13 +273,13 @@ static __always_inline int read_victim(struct oom_event *e, u64 pid_tgid, int pi
 
 		KREAD(cpid, chosen->pid);
 		if (cpid == pid) {
-			read_victim_task(e, chosen);
+			oo_read_victim_task(e, chosen);
 			return 1;
 		}
 	}
 	KREAD(cpid, current_task->pid);
 	if (cpid == pid) {
-		read_victim_task(e, current_task);
+		oo_read_victim_task(e, current_task);
 		return 1;
 	}
 	return 0;
@@ -300,19 +301,19 @@ TRACEPOINT_PROBE(oom, mark_victim)
 	e = events.ringbuf_reserve(sizeof(struct oom_event));
 #endif
 	if (!e) {
-		stat_inc(OOM_STAT_RINGBUF_FULL);
+		oo_stat_inc(OOM_STAT_RINGBUF_FULL);
 		return 0;
 	}
 	bpf_probe_read_kernel(e, sizeof(*e), blank);
 	e->version = OOM_EVENT_VERSION;
 	e->hook = OOM_HOOK_TRACEPOINT;
-	e->timestamp_ns = now_ns(&e->flags);
+	e->timestamp_ns = oo_now_ns(&e->flags);
 	e->trigger_tgid = pid_tgid >> 32;
 	e->trigger_pid = (u32)pid_tgid;
 	bpf_get_current_comm(&e->trigger_comm, sizeof(e->trigger_comm));
-	read_trigger_memcgs(e, current_task);
-	merge_context(e, pid_tgid);
-	if (!read_victim(e, pid_tgid, args->pid)) {
+	oo_read_trigger_memcgs(e, current_task);
+	oo_merge_context(e, pid_tgid);
+	if (!oo_read_victim(e, pid_tgid, args->pid)) {
 		e->victim_pid = args->pid;  /* tgid unknown: the agent resolves it */
 #ifdef OTEL_OOM_TP_RICH
 		TP_DATA_LOC_READ_STR(e->victim_comm, comm, sizeof(e->victim_comm));
@@ -328,17 +329,17 @@ TRACEPOINT_PROBE(oom, mark_victim)
 	}
 #ifdef OTEL_OOM_PERF_BUFFER
 	if (events.perf_submit(args, e, sizeof(*e)) < 0) {
-		stat_inc(OOM_STAT_RINGBUF_FULL);
+		oo_stat_inc(OOM_STAT_RINGBUF_FULL);
 		return 0;
 	}
 #else
 	events.ringbuf_submit(e, 0);
 #endif
-	stat_inc(OOM_STAT_SUBMITTED);
+	oo_stat_inc(OOM_STAT_SUBMITTED);
 	return 0;
 }
 
-static __always_inline u8 constraint_kind(struct oom_control *oc)
+static __always_inline u8 oo_constraint_kind(struct oom_control *oc)
 {
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(4, 19, 0)
 	enum oom_constraint c = CONSTRAINT_NONE;
@@ -374,12 +375,12 @@ int oom_kill_kprobe(struct pt_regs *ctx, struct oom_control *oc)
 	u32 flags = 0;
 	int tgid = 0;
 
-	c.timestamp_ns = now_ns(&flags);
+	c.timestamp_ns = oo_now_ns(&flags);
 	KREAD(c.totalpages, oc->totalpages);
 	KREAD(c.chosen_points, oc->chosen_points);
 	KREAD(c.gfp_mask, oc->gfp_mask);
 	KREAD(c.order, oc->order);
-	c.constraint = constraint_kind(oc);
+	c.constraint = oo_constraint_kind(oc);
 	KREAD(chosen, oc->chosen);
 	c.chosen = (u64)chosen;
 	if (chosen) {
@@ -392,11 +393,11 @@ int oom_kill_kprobe(struct pt_regs *ctx, struct oom_control *oc)
 		if (cgrp)
 			KREAD(kn, cgrp->kn);
 		if (kn)
-			c.memcg_id = kernfs_id(kn);
-		read_page_counter(memcg, &c.memcg_usage_pages, &c.memcg_limit_pages);
+			c.memcg_id = oo_kernfs_id(kn);
+		oo_read_page_counter(memcg, &c.memcg_usage_pages, &c.memcg_limit_pages);
 	}
 	contexts.update(&pid_tgid, &c);
-	stat_inc(OOM_STAT_CONTEXT_SEEN);
+	oo_stat_inc(OOM_STAT_CONTEXT_SEEN);
 	return 0;
 }
 
@@ -417,7 +418,7 @@ int mark_oom_victim_kprobe(struct pt_regs *ctx, struct task_struct *task)
 
 	KREAD(pid, task->pid);
 	v.task = (u64)task;
-	v.timestamp_ns = now_ns(&unused);
+	v.timestamp_ns = oo_now_ns(&unused);
 	v.pid = pid;
 	pending_victims.update(&pid_tgid, &v);
 	return 0;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -84,23 +85,19 @@ def find_tracefs(mount_if_missing: bool = True) -> Optional[str]:
 def find_kprobe_symbols(kallsyms: str = "/proc/kallsyms",
                         names: tuple[str, ...] = ("oom_kill_process", TASK_FUNCTION)) -> dict[str, Optional[str]]:
     """For each function, the symbol kprobes can attach to: the name itself, or a compiler clone
-    such as `name.constprop.0` / `name.isra.0` (never the `.cold` split-off part). One pass."""
-    exact: set[str] = set()
-    clones: dict[str, list[str]] = {n: [] for n in names}
+    such as `name.constprop.0` / `name.isra.0` (never the `.cold` split-off part). One regular
+    expression over the whole file: kallsyms has 100,000+ lines, too many to split one by one."""
     try:
         with open(kallsyms) as f:
-            for line in f:
-                sym = line.split()[2] if line.count(" ") >= 2 else ""
-                base = sym.split(".", 1)[0]
-                if base not in clones:
-                    continue
-                if sym == base:
-                    exact.add(sym)
-                elif not sym.endswith(".cold"):
-                    clones[base].append(sym)
+            text = f.read()
     except OSError:
         return {n: None for n in names}
-    return {n: n if n in exact else (clones[n][0] if clones[n] else None) for n in names}
+    pattern = re.compile(r"^\S+ \S+ (" + "|".join(map(re.escape, names)) + r")((?:\.\w+)*)(?:\s|$)", re.M)
+    found: dict[str, list[str]] = {n: [] for n in names}
+    for m in pattern.finditer(text):
+        if not m.group(2).endswith(".cold"):
+            found[m.group(1)].append(m.group(1) + m.group(2))
+    return {n: n if n in found[n] else (found[n][0] if found[n] else None) for n in names}
 
 
 def tp_btf_gets_the_task(mark_victim_args: Optional[list[str]]) -> bool:

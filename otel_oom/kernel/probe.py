@@ -65,7 +65,12 @@ def _permission_hint() -> str:
     return "the kernel refuses this program type although the process is privileged (lockdown, LSM or hypervisor policy)"
 
 
+ENOTSUPP = 524  # the kernel's own "operation not supported" (no trampoline for fentry, e.g. arm64 before 6.4)
+
+
 def _errno_text(err: int) -> str:
+    if err == ENOTSUPP:
+        return "ENOTSUPP (not supported by this kernel)"
     return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
 
 

@@ -26,7 +26,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping, Optional, Sequence
 
-from . import apt
+from . import apt, userland
 
 CACHE_ENV = "OTEL_OOM_QEMU_CACHE"
 DEFAULT_CACHE = "/var/cache/otel-oom-qemu"
@@ -43,6 +43,24 @@ class KernelSpec:
     description: str
     suite: Optional[str] = None  # None: the system's APT sources; else a private list (apt.py)
     order: tuple[int, ...] = ()  # sorts available_kernels(), oldest first
+    arch: str = "amd64"          # Debian's name; not amd64: a userland of that architecture (userland.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """How QEMU emulates one architecture: its binary, machine options and the kernel's console."""
+    qemu: str
+    options: tuple[str, ...]
+    console: str
+    output_serial: bool  # a second serial port carries the command's output; else a file on the control share
+
+
+MACHINES = {
+    "amd64": Machine("qemu-system-x86_64", ("-accel", "tcg", "-cpu", "max"), "ttyS0", True),
+    # QEMU 7.2's virt board has a single PL011 UART; cortex-a72 is cheaper to emulate than "max"
+    "arm64": Machine("qemu-system-aarch64", ("-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a72"),
+                     "ttyAMA0", False),
+}
 
 
 # The *generic* -amd64 flavour, not -cloud-amd64: Debian's cloud kernels are built without 9p
@@ -56,6 +74,8 @@ KERNELS: dict[str, KernelSpec] = {
                        order=(6, 12)),
     "6.12-rt": KernelSpec("6.12-rt", r"linux-image-6\.12\.(\d+)\+deb12-rt-amd64",
                           "Debian 6.12 LTS with PREEMPT_RT (bookworm), amd64", order=(6, 12, 1)),
+    "6.1-arm64": KernelSpec("6.1-arm64", r"linux-image-6\.1\.0-(\d+)-arm64", "Debian 12 (bookworm) 6.1 LTS, arm64",
+                            order=(6, 1, 64), arch="arm64"),
     # whatever sid carries now: the newest Debian kernel (7.2 when this was written)
     "sid": KernelSpec("sid", r"linux-image-(\d+\.\d+\.\d+)\+deb\d+-amd64", "Debian unstable (sid), newest, amd64",
                       suite="sid", order=(99,)),
@@ -104,6 +124,7 @@ class KernelInfo:
     directory: str
     modules: tuple[str, ...]
     memcg_v1: bool  # False on kernels built without CONFIG_MEMCG_V1 (6.12 in Debian)
+    arch: str = "amd64"
 
     @property
     def vmlinuz(self) -> str:
@@ -136,11 +157,12 @@ def _spec(kernel: str) -> KernelSpec:
         raise QemuError(f"unknown kernel {kernel!r}: choose one of {', '.join(available_kernels())}") from None
 
 
-def qemu_usable() -> tuple[bool, str]:
-    """Whether QEMU can run a TCG guest with 9p here; the reason says what is missing."""
-    qemu = shutil.which(QEMU)
+def qemu_usable(arch: str = "amd64") -> tuple[bool, str]:
+    """Whether QEMU can run a TCG guest of `arch` with 9p here; the reason says what is missing."""
+    name = MACHINES[arch].qemu
+    qemu = shutil.which(name)
     if not qemu:
-        return False, f"{QEMU} not found: apt-get install qemu-system-x86"
+        return False, f"{name} not found: apt-get install {'qemu-system-x86' if arch == 'amd64' else 'qemu-system-arm'}"
     try:
         devices = subprocess.run([qemu, "-device", "help"], capture_output=True, text=True, timeout=30)
         # -machine none starts no guest; "quit" on the monitor proves the TCG accelerator initialises.
@@ -148,11 +170,11 @@ def qemu_usable() -> tuple[bool, str]:
             [qemu, "-accel", "tcg", "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "stdio"],
             input="quit\n", capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return False, f"{QEMU} does not start: {e}"
+        return False, f"{name} does not start: {e}"
     if "virtio-9p-pci" not in devices.stdout:
-        return False, f"{QEMU} was built without virtio-9p-pci (needed to share the host tree)"
+        return False, f"{name} was built without virtio-9p-pci (needed to share the host tree)"
     if probe.returncode != 0:
-        return False, f"{QEMU} -accel tcg failed: {(probe.stderr or probe.stdout).strip()[:200]}"
+        return False, f"{name} -accel tcg failed: {(probe.stderr or probe.stdout).strip()[:200]}"
     for tool in ("apt-get", "apt-cache", "dpkg-deb"):
         if not shutil.which(tool):
             return False, f"{tool} not found: kernels are fetched from Debian's archive with apt"
@@ -174,7 +196,8 @@ def kernel_info(kernel: str, cache: str | None = None) -> KernelInfo | None:
     if meta.get("format") != CACHE_FORMAT:
         return None
     info = KernelInfo(kernel=kernel, package=meta["package"], version=meta["version"], release=meta["release"],
-                      directory=d, modules=tuple(meta["modules"]), memcg_v1=meta["memcg_v1"])
+                      directory=d, modules=tuple(meta["modules"]), memcg_v1=meta["memcg_v1"],
+                      arch=meta.get("arch", "amd64"))
     needed = [info.vmlinuz] + [os.path.join(d, "modules", m + ".ko") for m in info.modules]
     return info if all(os.path.isfile(p) for p in needed) else None
 
@@ -187,7 +210,7 @@ def _run(cmd: Sequence[str], **kw) -> subprocess.CompletedProcess:
 
 
 def _apt(spec: KernelSpec, cache: str) -> apt.Apt:
-    return apt.Apt(cache, spec.suite)
+    return apt.Apt(cache, spec.suite, spec.arch)
 
 
 def _candidates(spec: KernelSpec, cache: str) -> list[str]:
@@ -398,7 +421,8 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
             for name, data in modules:
                 with open(os.path.join(out, "modules", name + ".ko"), "wb") as f:
                     f.write(data)
-            meta = {"format": CACHE_FORMAT, "kernel": kernel, "package": package, "version": version, "release": release,
+            meta = {"format": CACHE_FORMAT, "kernel": kernel, "arch": spec.arch, "package": package, "version": version,
+                    "release": release,
                     "modules": [n for n, _ in modules], "memcg_v1": _memcg_v1(config_text),
                     "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             with open(os.path.join(out, "kernel.json"), "w") as f:
@@ -415,8 +439,8 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
 
 def headers(kernel: str, cache: str | None = None) -> str:
     """The kernel's headers (Debian's linux-headers-<release> and the -common package it depends
-    on), unpacked once into the cache; returns the directory /lib/modules/<release>/build names
-    on a node that installed them (what BCC compiles against)."""
+    on, what BCC compiles against), unpacked once into the cache; returns the root they were
+    unpacked into (usr/src/linux-headers-*, lib/modules/<release>/{build,source} -> /usr/src/...)."""
     cache = cache or cache_dir()
     info = prepare(kernel, cache)
     spec = _spec(kernel)
@@ -424,10 +448,10 @@ def headers(kernel: str, cache: str | None = None) -> str:
     build = os.path.join(root, "usr", "src", f"linux-headers-{info.release}")
     done = os.path.join(root, ".complete")
     if os.path.isfile(done):
-        return build
+        return root
     with _Lock(os.path.join(cache, f".{kernel}.lock")):
         if os.path.isfile(done):
-            return build
+            return root
         repo = _apt(spec, cache)
         package = f"linux-headers-{info.release}"
         try:
@@ -444,14 +468,17 @@ def headers(kernel: str, cache: str | None = None) -> str:
             raise PrepareError(f"{package} unpacked without {build}/.config")
         with open(done, "w") as f:
             f.write(" ".join(wanted) + "\n")
-    return build
+    return root
 
 
 # --- initramfs -------------------------------------------------------------------------------
 
 
-def _busybox(cache: str) -> str:
-    """A static busybox from Debian's busybox-static: the installed one, else downloaded into the cache."""
+def _busybox(cache: str, arch: str = "amd64") -> str:
+    """A static busybox from Debian's busybox-static: the installed one, else downloaded into the cache;
+    for another architecture, the one in its userland."""
+    if arch != "amd64":
+        return os.path.join(userland.userland(cache, arch), "bin", "busybox")
     try:
         listed = _run(["dpkg-query", "-L", "busybox-static"]).stdout.split()
     except PrepareError:
@@ -496,7 +523,7 @@ def initramfs(kernel: str, cache: str | None = None) -> str:
     """Path of the kernel's initramfs, rebuilt whenever init.sh, busybox or the module set changes."""
     cache = cache or cache_dir()
     info = prepare(kernel, cache)
-    bb_path = _busybox(cache)
+    bb_path = _busybox(cache, info.arch)
     with open(INIT_SCRIPT, "rb") as f:
         init = f.read()
     with open(bb_path, "rb") as f:
@@ -540,11 +567,12 @@ def _opt(value: str) -> str:
     return value.replace(",", ",,")  # QEMU option values escape commas by doubling them
 
 
-def guest_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the command starts with (nothing else leaks in from the host)."""
+def guest_env(env: Mapping[str, str] | None = None, arch: str = "amd64") -> dict[str, str]:
+    """The environment the command starts with (nothing else leaks in from the host). An amd64 guest
+    finds the host's interpreter first; another architecture's, its userland's."""
+    first = [os.path.dirname(sys.executable)] if arch == "amd64" else []
     base = {
-        "PATH": os.pathsep.join([os.path.dirname(sys.executable),
-                                 "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
+        "PATH": os.pathsep.join(first + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
         "HOME": "/tmp",
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",  # the host tree is read-only inside the guest
@@ -600,9 +628,17 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         if not os.path.isdir(share_dir):
             raise QemuError(f"share_dir {share_dir} does not exist on the host: create it first")
     workdir = _guest_path(cwd or os.getcwd(), "cwd")
-    keep_dirs = _hidden_but_needed([workdir, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))])
+    machine = MACHINES[info.arch]
+    root_subdir = ""
+    if info.arch == "amd64":
+        keep_dirs = _hidden_but_needed([workdir, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))])
+    else:
+        # the host's amd64 tree cannot run there: chroot into that architecture's userland, with the
+        # working directory (the checkout: pure Python) and the venv bound in at their own paths
+        root_subdir = _guest_path(userland.userland(cache or cache_dir(), info.arch), "userland")
+        keep_dirs = list(dict.fromkeys([workdir, sys.prefix]))  # the venv: its pure-Python packages serve too
     script = command if isinstance(command, str) else "exec " + shlex.join(command)
-    environment = guest_env(env)
+    environment = guest_env(env, info.arch)
     bad = [k for k in environment if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
     if bad:
         raise QemuError(f"env names {bad!r} are not valid shell variable names")
@@ -611,18 +647,19 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         with open(os.path.join(ctl, "boot.conf"), "w") as f:
             f.write(f"CGROUP={shlex.quote(cgroup)}\nTMPFS_DIRS={shlex.quote(' '.join(tmpfs_dirs))}\n"
                     f"SHARE_DIR={shlex.quote(share_dir or '')}\nHOSTROOT_CACHE={shlex.quote(hostroot_cache)}\n"
-                    f"OVERLAY={int(overlay)}\nKEEP_DIRS={shlex.quote(' '.join(keep_dirs))}\n")
+                    f"OVERLAY={int(overlay)}\nKEEP_DIRS={shlex.quote(' '.join(keep_dirs))}\n"
+                    f"ROOT_SUBDIR={shlex.quote(root_subdir)}\nOUTPUT_SERIAL={int(machine.output_serial)}\n")
         with open(os.path.join(ctl, "env"), "w") as f:
             f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in environment.items())
         with open(os.path.join(ctl, "command"), "w") as f:
             f.write(f"cd {shlex.quote(workdir)} 2>/dev/null || cd /\n{script}\n")
         console, output = os.path.join(ctl, "console.log"), os.path.join(ctl, "output.log")
         argv = [
-            QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+            machine.qemu, *machine.options, "-smp", str(cpus), "-m", str(memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", info.boot_image, "-initrd", initrd,
-            "-append", f"console=ttyS0 panic=-1 quiet {extra_cmdline}".strip(),
-            "-serial", f"file:{console}", "-serial", f"file:{output}",
+            "-append", f"console={machine.console} panic=-1 quiet {extra_cmdline}".strip(),
+            "-serial", f"file:{console}", *(("-serial", f"file:{output}") if machine.output_serial else ()),
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={_opt(ctl)},mount_tag=otelctl,security_model=none",
         ]
