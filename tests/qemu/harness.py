@@ -56,7 +56,9 @@ class Machine:
 
 
 MACHINES = {
-    "amd64": Machine("qemu-system-x86_64", ("-accel", "tcg", "-cpu", "max"), "ttyS0", True),
+    # qemu64 (x86-64 baseline): glibc and the interpreter then take their SSE2 paths, which TCG runs
+    # ~15% faster than the AVX ones "-cpu max" invites (measured: Python start-up and imports)
+    "amd64": Machine("qemu-system-x86_64", ("-accel", "tcg", "-cpu", "qemu64"), "ttyS0", True),
     # QEMU 7.2's virt board has a single PL011 UART; cortex-a72 is cheaper to emulate than "max"
     "arm64": Machine("qemu-system-aarch64", ("-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a72"),
                      "ttyAMA0", False),
