@@ -620,8 +620,8 @@ def test_a_victim_already_exiting_is_reported_though_not_killed(matrix, gid, age
         assert (a["oom.constraint"], a["oom.constraint.source"]) == ("memcg", "kernel")
         assert (a["oom.memcg.path"], a["oom.memcg.limit"], a["oom.domain.size"]) == (c["cgroup"], limit, limit)
         pages = (st["RssAnon"] + st["RssFile"] + st["RssShmem"] + st["VmSwap"] + st["VmPTE"]) // 4
-        # oom_badness() reads the rss counters as otel-oom does; /proc/PID/status sums them exactly
-        assert abs(a["oom.badness"] - (pages + 1000 * (limit // 4096 // 1000))) <= plan.rss_slack_kb // 4
+        # oom_badness() reads the three rss counters as otel-oom does; /proc/PID/status sums them exactly
+        assert abs(a["oom.badness"] - (pages + 1000 * (limit // 4096 // 1000))) <= 3 * plan.rss_slack_kb // 4
     else:
         check_derived_memcg(a, plan, full, c["cgroup"], c["limit"])
     b = record_of(c, allocator)
@@ -856,3 +856,29 @@ def test_other_suites_come_through_a_private_apt_config(tmp_path):
     assert "security" not in apt.sources("sid")
     assert apt.Apt(str(tmp_path)).env == {}  # bookworm on amd64: the system's own sources
     assert apt.Apt(str(tmp_path), "sid").env == {"APT_CONFIG": str(tmp_path / "apt" / "sid-amd64" / "apt.conf")}
+
+
+def test_group_members_without_a_cgroup_chain_get_the_decisions_memcg_path():
+    """A pid-only tracepoint without the task hook reports the group's other members with no cgroup
+    chain; the decision's memcg path comes from what its first victim's chain taught (the chosen
+    one, read from its task), not from an inode lookup that loses the race with the cgroup's
+    removal (seen on 5.10 in the matrix)."""
+    from otel_oom.kernel.wire import MemcgLevel, OomEvent
+
+    limit = 64 * MiB
+
+    def event(victim: int, levels: tuple, decision_ns: int = 10**9) -> OomEvent:
+        return OomEvent(timestamp_ns=decision_ns + victim, boot_clock=True, hook="tracepoint", context_hook="fentry",
+                        victim_tgid=victim if levels else None, victim_pid=victim, victim_comm="w" if levels else "",
+                        victim_ppid=None, victim_uid=None, oom_score_adj=None, total_vm_bytes=None,
+                        anon_rss_bytes=None, file_rss_bytes=None, shmem_rss_bytes=None, pgtables_bytes=None,
+                        victim_memcgs=levels, victim_memcgs_complete=True, trigger_tgid=7, trigger_pid=7,
+                        trigger_comm="t", trigger_memcg_ids=(50, 1), context=True, decision_ns=decision_ns,
+                        domain_bytes=limit, badness_points=1, chosen_tgid=7, memcg_id=50, memcg_usage_bytes=limit,
+                        memcg_limit_bytes=limit, gfp_mask=0, order=0, constraint="memcg",
+                        victim_source="task" if levels else "pid")
+
+    e = Enricher(None, "b")  # no resolver: the path can only come from the decision's first victim
+    chain = (MemcgLevel(50, "grp", limit, limit), MemcgLevel(1, "", limit, None))
+    assert e.enrich(event(7, chain)).memcg_path == "/grp"
+    assert e.enrich(event(8, ())).memcg_path == "/grp"  # same decision, no chain of its own

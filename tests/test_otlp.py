@@ -550,3 +550,15 @@ def test_a_timeout_in_milliseconds_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="otel_oom.otlp"):
         resolve_otlp({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"})
     assert "read as seconds" in caplog.text
+
+
+def test_a_metrics_shutdown_out_of_time_is_one_warning_not_a_traceback(caplog):
+    """Seen in the QEMU kernel matrix under load: the final export outlasted --shutdown-timeout and
+    the SDK raised for the readers it had no time left for, which the agent logged as a traceback."""
+    from otel_oom.otlp.metrics import Metrics
+    from otel_oom.otlp.resource import build_resource
+
+    m = Metrics(build_resource({}), None, prometheus=True)
+    with caplog.at_level(logging.WARNING, logger="otel_oom.otlp"):
+        m.shutdown(timeout_millis=0)  # no time at all: every reader fails
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["metrics shutdown incomplete after 0 ms"]

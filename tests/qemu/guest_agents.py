@@ -117,7 +117,9 @@ class Agent:
         self.spec, self.port = spec, port
         argv = [sys.executable, "-m", "otel_oom", "run", "--backend", spec.backend, "--victim-hook", spec.victim,
                 "--context-hook", spec.context, "--task-hook", spec.task, "--spool-dir", spool,
-                "--reconcile-interval", str(RECONCILE_INTERVAL_S)]
+                "--reconcile-interval", str(RECONCILE_INTERVAL_S),
+                # a TCG guest with a dozen agents stopping at once is slow: time for the last export
+                "--shutdown-timeout", "20"]
         argv += ["--listen", f"127.0.0.1:{port}", "--prometheus"] + ([] if endpoint else ["--no-otlp", "--json"])
         if spec.backend == "bcc":
             argv = WITHOUT_BTF + argv + ["--bcc-buffer", spec.bcc_buffer]
