@@ -44,6 +44,7 @@ class KernelSpec:
     suite: Optional[str] = None  # None: the system's APT sources; else a private list (apt.py)
     order: tuple[int, ...] = ()  # sorts available_kernels(), oldest first
     arch: str = "amd64"          # Debian's name; not amd64: a userland of that architecture (userland.py)
+    headers: bool = False        # the matrix also needs its headers (the bcc backend's guests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ MACHINES = {
 KERNELS: dict[str, KernelSpec] = {
     "5.10": KernelSpec("5.10", r"linux-image-5\.10\.0-(32)-amd64",
                        "Debian 11 (bullseye) 5.10 LTS, amd64, ABI 32: the last with the pid-only mark_victim",
-                       suite="bullseye", order=(5, 10)),
+                       suite="bullseye", order=(5, 10), headers=True),
     "6.1": KernelSpec("6.1", r"linux-image-6\.1\.0-(\d+)-amd64", "Debian 12 (bookworm) 6.1 LTS, amd64", order=(6, 1)),
     "6.12": KernelSpec("6.12", r"linux-image-6\.12\.(\d+)\+deb12-amd64", "Debian 6.12 LTS (bookworm/trixie), amd64",
                        order=(6, 12)),
