@@ -119,7 +119,10 @@ class Agent:
                 "--context-hook", spec.context, "--task-hook", spec.task, "--spool-dir", spool,
                 "--reconcile-interval", str(RECONCILE_INTERVAL_S),
                 # a TCG guest with a dozen agents stopping at once is slow: time for the last export
-                "--shutdown-timeout", "20"]
+                "--shutdown-timeout", "20",
+                # no container runtime runs in the guests: no socket watchers (each would poll three
+                # sockets a second, and the CRI client's gRPC is not in the arm64 userland)
+                "--cri-socket", "none", "--docker-socket", "none", "--podman-socket", "none"]
         argv += ["--listen", f"127.0.0.1:{port}", "--prometheus"] + ([] if endpoint else ["--no-otlp", "--json"])
         if spec.backend == "bcc":
             argv = WITHOUT_BTF + argv + ["--bcc-buffer", spec.bcc_buffer]
