@@ -34,7 +34,7 @@ COPY otel_oom/ otel_oom/
 RUN python3 -m venv /opt/build \
  && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
  && python3 -c "import glob, zipfile; w = glob.glob('/wheels/otel_oom-*.whl'); \
-assert w and 'otel_oom/bpf/oomkill.bpf.o' in zipfile.ZipFile(w[0]).namelist(), 'BPF object missing from the wheel'"
+assert w and {'otel_oom/bpf/oomkill.x86_64.bpf.o', 'otel_oom/bpf/oomkill.aarch64.bpf.o'} <= set(zipfile.ZipFile(w[0]).namelist()), 'BPF objects missing from the wheel'"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="otel-oom" \

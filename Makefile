@@ -6,11 +6,16 @@ VENV ?= .venv
 # what the agent needs: compile its BPF object (clang, llvm-strip, libbpf headers, make), load it
 # (libbpf1), and a virtualenv
 RUN_PACKAGES := clang llvm libbpf-dev libbpf1 make python3-venv
+# kernels without BTF: the bcc backend compiles the programs at start against the running kernel's
+# headers, with Debian's BCC (`make run` adds these only where /sys/kernel/btf/vmlinux is missing)
+BCC_PACKAGES := python3-bpfcc linux-headers-$(shell uname -r)
 # what only the tests and benchmarks need: bpftool, the TLS test PKI (openssl), namespaces
-# (util-linux), Prometheus and promtool, the QEMU kernel matrix (qemu, busybox, xz, zstd, kmod),
-# real container runtimes for tests/test_runtimes_* and the image tests (podman, containerd,
-# runc, ...; the agent itself needs none of them), debootstrap for the image's base
-TEST_PACKAGES := bpftool openssl util-linux prometheus qemu-system-x86 busybox-static xz-utils zstd kmod \
+# (util-linux), Prometheus and promtool, the QEMU kernel matrix (qemu for amd64 and arm64 guests,
+# busybox, xz, zstd, kmod; BCC and its oomkill tool for the bcc backend's guests), real container
+# runtimes for tests/test_runtimes_* and the image tests (podman, containerd, runc, ...; the agent
+# itself needs none of them), debootstrap for the image's base
+TEST_PACKAGES := bpftool openssl util-linux prometheus qemu-system-x86 qemu-system-arm busybox-static xz-utils \
+                 zstd kmod python3-bpfcc bpfcc-tools \
                  podman containerd runc conmon containernetworking-plugins libc6-dev libdevmapper1.02.1 \
                  systemd debootstrap
 PYTEST_ARGS ?=
@@ -23,8 +28,8 @@ CRICTL := /var/cache/otel-oom-crictl-$(CRICTL_VERSION)/crictl
 # system-wide daemon); testing/docker.py runs it with directories of its own
 DOCKERD_CACHE := /var/cache/otel-oom-dockerd
 
-.PHONY: setup agent-setup system-packages test-packages crictl dockerd venv venv-test bpf run test \
-        test-tools collector victorialogs helm jaeger earlyoom image bench clean
+.PHONY: setup agent-setup system-packages test-packages bcc-packages crictl dockerd venv venv-test bpf run \
+        test test-tools collector victorialogs helm jaeger earlyoom image bench clean
 # what `make run` needs, nothing more
 agent-setup: system-packages venv bpf
 # a developer's machine: also the test packages and the test extras (the Go-built test tools
@@ -48,6 +53,12 @@ system-packages:
 
 test-packages:
 	$(call apt_install,$(TEST_PACKAGES))
+
+# only where the kernel has no BTF (CO-RE cannot relocate): the bcc backend's BCC and headers
+bcc-packages:
+	@if [ ! -e /sys/kernel/btf/vmlinux ]; then $(MAKE) -s bcc-packages-install; fi
+bcc-packages-install:
+	$(call apt_install,$(BCC_PACKAGES))
 
 crictl: $(CRICTL)
 $(CRICTL):
@@ -80,7 +91,7 @@ venv-test: venv
 bpf:
 	$(MAKE) -s -C bpf
 
-run: agent-setup
+run: agent-setup bcc-packages
 	$(VENV)/bin/otel-oom run --console
 
 # each prints the absolute path (or image name) of what it built as its last line; cached

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("python -m bench: error: needs root (BPF, memory cgroups); run it with sudo", file=sys.stderr)
         return 2
-    if not (REPO / "otel_oom" / "bpf" / "oomkill.bpf.o").exists():
+    from otel_oom.kernel.probe import DEFAULT_OBJECT
+
+    if not DEFAULT_OBJECT.exists():
         print("python -m bench: error: BPF object not built; run `make -C bpf` first", file=sys.stderr)
         return 2
     only = set(args.only.split(",")) if args.only else set(SECTIONS)

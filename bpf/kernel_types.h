@@ -25,18 +25,35 @@ typedef _Bool bool;
 #define true 1
 #define false 0
 
-#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
-
-typedef struct { long counter; } atomic_long_t;
-typedef struct { int counter; } atomic_t;
-typedef struct { uid_t val; } kuid_t;
-
+/* The kprobe context, per architecture (bpf/Makefile builds one object for each). */
+#if defined(__TARGET_ARCH_x86)
 /* x86_64 register layout with kernel names; __VMLINUX_H__ tells bpf_tracing.h to use them */
 #define __VMLINUX_H__
 struct pt_regs {
 	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
 	unsigned long orig_ax, ip, cs, flags, sp, ss;
+} __attribute__((preserve_access_index));
+#elif defined(__TARGET_ARCH_arm64)
+/* arm64: bpf_tracing.h reads the argument registers through struct user_pt_regs, the fixed uapi
+ * layout the kernel's struct pt_regs starts with (no relocation needed) */
+struct user_pt_regs {
+	u64 regs[31];
+	u64 sp;
+	u64 pc;
+	u64 pstate;
 };
+struct pt_regs {
+	struct user_pt_regs user_regs;
+};
+#else
+#error "bpf/kernel_types.h: build with -D__TARGET_ARCH_x86 or -D__TARGET_ARCH_arm64"
+#endif
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+typedef struct { long counter; } atomic_long_t;
+typedef struct { int counter; } atomic_t;
+typedef struct { uid_t val; } kuid_t;
 
 struct kernfs_node {
 	const char *name;

@@ -6,6 +6,12 @@
  *   tp_btf/mark_victim          6.9+ (and 2025 stable backports): the victim's task_struct, so
  *                               everything is read from it, including its memory-cgroup path.
  *   tracepoint/oom/mark_victim  stable ABI fallback: the tracepoint's fields (pid only before 6.9).
+ * Task hook (optional, with the classic tracepoint on kernels whose mark_victim passes only the
+ * pid): fentry or kprobe on mark_oom_victim(struct task_struct *), the function that fires the
+ * tracepoint, once per marking, for every victim (group members and the task_will_free_mem()
+ * shortcut included; __oom_kill_process misses the shortcut). It stores the task for the task
+ * running it; the tracepoint, which fires inside that same call unless the task was marked
+ * already, takes it from there: still one event per victim, with everything read from its task.
  * Context hooks (optional, one at most): fentry or kprobe on oom_kill_process, with the matching
  * fexit/kretprobe. They store the OOM decision (struct oom_control) per current task; the
  * mark_victim events fired inside that call, one per victim (several for a memory.oom.group
@@ -121,6 +127,20 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } settings SEC(".maps");
+/* The victim mark_oom_victim is marking right now, for the tracepoint it fires next. */
+struct pending_victim {
+	__u64 task;          /* struct task_struct *, pinned by mark_oom_victim's caller */
+	__u64 timestamp_ns;
+	__u32 pid;
+	__u32 flag;          /* OOM_F_TASK_FENTRY or OOM_F_TASK_KPROBE */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);   /* pid_tgid of the task marking the victim */
+	__type(value, struct pending_victim);
+} pending_victims SEC(".maps");
 
 /* Ring-buffer memory is not zeroed and the event is too large for an inlined memset:
  * clear it by copying from this all-zero read-only block. */
@@ -401,6 +421,24 @@ int BPF_PROG(mark_victim_btf, struct task_struct *task)
 	return 0;
 }
 
+/* The victim the task hook stored for the current task, when it is `pid`; the entry is used once. */
+static __always_inline int read_pending_victim(struct oom_event *e, int pid)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct pending_victim *v = bpf_map_lookup_elem(&pending_victims, &pid_tgid);
+	int found = 0;
+
+	if (!v)
+		return 0;
+	if (v->pid == pid && e->timestamp_ns - v->timestamp_ns < CONTEXT_MAX_AGE_NS) {
+		read_victim_task(e, (struct task_struct *)v->task);
+		e->flags |= v->flag;
+		found = 1;
+	}
+	bpf_map_delete_elem(&pending_victims, &pid_tgid);
+	return found;
+}
+
 SEC("tracepoint/oom/mark_victim")
 int mark_victim_tp(struct trace_event_raw_mark_victim *args)
 {
@@ -412,6 +450,11 @@ int mark_victim_tp(struct trace_event_raw_mark_victim *args)
 	if (!e)
 		return 0;
 	pid = BPF_CORE_READ(args, pid);
+	/* the task hook ran a moment ago in this same mark_oom_victim call: it holds exactly this victim */
+	if (read_pending_victim(e, pid)) {
+		finish_event(e);
+		return 0;
+	}
 	/* oc->chosen is still pinned inside oom_kill_process: read the full task when it is this victim */
 	if (decision && decision->chosen) {
 		struct task_struct *chosen = (void *)decision->chosen;
@@ -710,4 +753,33 @@ int victim_mm_freed(struct tp_exit_mmap *args)
 	if (!v)
 		return 0;
 	return victim_done(v, OOM_RECLAIM_MM_FREED);
+}
+
+/* ---- the per-victim task hook for pid-only mark_victim kernels (issue 14) ------------------- */
+
+static __always_inline int store_pending_victim(struct task_struct *task, __u32 flag)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct pending_victim v = {};
+	__u32 unused = 0;
+
+	v.task = (__u64)task;
+	v.timestamp_ns = now_ns(&unused);
+	v.pid = BPF_CORE_READ(task, pid);
+	v.flag = flag;
+	bpf_map_update_elem(&pending_victims, &pid_tgid, &v, BPF_ANY);
+	return 0;
+}
+
+SEC("fentry/mark_oom_victim")
+int BPF_PROG(mark_oom_victim_fentry, struct task_struct *task)
+{
+	return store_pending_victim(task, OOM_F_TASK_FENTRY);
+}
+
+/* attached by the name kallsyms has, like the context kprobe */
+SEC("kprobe/mark_oom_victim")
+int BPF_KPROBE(mark_oom_victim_kprobe, struct task_struct *task)
+{
+	return store_pending_victim(task, OOM_F_TASK_KPROBE);
 }

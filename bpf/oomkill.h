@@ -58,6 +58,11 @@ enum oom_constraint_kind {
 #define OOM_F_SIGKILLED     (1u << 6)
 /* A victim memcg name was longer than OOM_CGROUP_NAME_LEN - 1 bytes and is cut: resolve by id. */
 #define OOM_F_CGROUP_NAME_CUT (1u << 7)
+/* bits 8-15: kept for flags about the victim and its cgroups */
+/* The victim's task_struct came from the per-victim hook on mark_oom_victim (pid-only kernels):
+ * the tracepoint emits the event, the hook that ran just before it in the same call gave the task. */
+#define OOM_F_TASK_FENTRY   (1u << 16) /* fentry/mark_oom_victim */
+#define OOM_F_TASK_KPROBE   (1u << 17) /* kprobe/mark_oom_victim */
 
 /* Indexes of the per-CPU "stats" array map. */
 enum oom_stat {

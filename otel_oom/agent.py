@@ -50,8 +50,9 @@ log = logging.getLogger("otel_oom.agent")
 
 SAMPLE_QUEUE_MAX = 65536  # ring-buffer samples waiting for the worker (~100 MB at worst)
 POLL_MS = 100
-RECONCILE_S = 5.0          # compare with /proc/vmstat oom_kill
-RECONCILE_MEMCGS_S = 30.0  # compare with every memory cgroup's own oom_kill counter
+# compare with /proc/vmstat oom_kill every cfg.reconcile_interval (default 5 s), and with every
+# memory cgroup's own oom_kill counter this many times less often (default every 30 s)
+RECONCILE_MEMCGS_EVERY = 6
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TICK_S = 1.0               # the worker's tick: reclaim timeouts, episodes that ran too long
 PARKED_MIN_BYTES = 64 << 10  # events the collector refused for good, kept for inspection (spool_max_bytes / 16)
@@ -190,16 +191,22 @@ class Agent:
             self._spawn("otel-oom-pressure", pressure.run)
             self._stoppers.append(pressure.stop)
         plan = self.source.plan
-        log.info("ready in %.0f ms: hooks victim=%s context=%s%s; delivery %s; also %s",
+        task = ""
+        if plan.victim == "tracepoint":
+            task = f" task={plan.task}" + (f" ({plan.task_symbol})" if plan.task == "kprobe" else "")
+        log.info("ready in %.0f ms: hooks victim=%s context=%s%s%s, backend %s; delivery %s; also %s",
                  (time.monotonic() - t0) * 1000, plan.victim, plan.context,
-                 f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", self._delivery_summary(log_sender),
-                 watchers.describe())
+                 f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", task, plan.backend,
+                 self._delivery_summary(log_sender), watchers.describe())
 
     def _open_probe(self, on_sample: Callable[[bytes], None]) -> SampleSource:
-        from .kernel.probe import open_probe
+        from .kernel.backends import open_source
 
-        return open_probe(on_sample, self.cfg.victim_hook, self.cfg.context_hook, ring_bytes=self.cfg.ring_buffer_bytes,
-                          extras=watcher_parts.probe_extras(self.cfg))  # issue 13: killers, reclaim
+        cfg = self.cfg
+        # issue 13's extras (user-space killers, reclaim) are libbpf programs: the bcc backend has none
+        return open_source(on_sample, cfg.backend, cfg.victim_hook, cfg.context_hook, cfg.task_hook,
+                           ring_bytes=cfg.ring_buffer_bytes, bcc_buffer=cfg.bcc_buffer,
+                           extras=watcher_parts.probe_extras(cfg))
 
     def _delivery_summary(self, log_sender: object) -> str:
         parts = []
@@ -325,9 +332,12 @@ class Agent:
     def hooks_attached(self) -> list[tuple[str, str]]:
         if not self.source or self._closed:
             return []
-        hooks = [(self.source.plan.victim, "victim")]
-        if self.source.plan.context != "none":
-            hooks.append((self.source.plan.context, "context"))
+        plan = self.source.plan
+        hooks = [(plan.victim, "victim")]
+        if plan.context != "none":
+            hooks.append((plan.context, "context"))
+        if plan.task != "none":
+            hooks.append((plan.task, "task"))
         return hooks
 
     def unobserved_kills(self) -> int:
@@ -368,9 +378,9 @@ class Agent:
         while not self.stopping.is_set():
             self.source.poll(POLL_MS)
             now = time.monotonic()
-            if now - last_reconcile >= RECONCILE_S:
+            if now - last_reconcile >= self.cfg.reconcile_interval:
                 # walking every memory cgroup costs more than one read of /proc/vmstat: less often
-                walk = now - last_memcgs >= RECONCILE_MEMCGS_S
+                walk = now - last_memcgs >= self.cfg.reconcile_interval * RECONCILE_MEMCGS_EVERY
                 self.reconciler.refresh(memcgs=walk)
                 last_reconcile = now
                 last_memcgs = now if walk else last_memcgs

@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from . import __version__
-from .config import resolve
+from .config import BACKENDS, BCC_BUFFERS, HOOK_CHOICES, resolve
 from .errors import AgentError, UsageError
 
 log = logging.getLogger("otel_oom")
@@ -52,10 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--prometheus", action="store_true",
                      help="also serve /metrics on --listen (env OTEL_OOM_PROMETHEUS=true)")
     krn = run.add_argument_group("kernel")
-    krn.add_argument("--victim-hook", choices=("auto", "tp_btf", "tracepoint"),
-                     help="env OTEL_OOM_VICTIM_HOOK, default auto")
-    krn.add_argument("--context-hook", choices=("auto", "fentry", "kprobe", "none"),
-                     help="env OTEL_OOM_CONTEXT_HOOK, default auto")
+    krn.add_argument("--backend", choices=BACKENDS,
+                     help="libbpf: the CO-RE object (needs BTF); bcc: compiled at start against the kernel headers "
+                          "(kernels without BTF); default auto: libbpf when /sys/kernel/btf/vmlinux exists, else bcc "
+                          "(env OTEL_OOM_BACKEND)")
+    krn.add_argument("--victim-hook", choices=HOOK_CHOICES["victim"], help="env OTEL_OOM_VICTIM_HOOK, default auto")
+    krn.add_argument("--context-hook", choices=HOOK_CHOICES["context"], help="env OTEL_OOM_CONTEXT_HOOK, default auto")
+    krn.add_argument("--task-hook", choices=HOOK_CHOICES["task"],
+                     help="mark_oom_victim hook that gives the classic tracepoint the victim's task on kernels whose "
+                          "mark_victim passes only the pid (env OTEL_OOM_TASK_HOOK, default auto)")
+    krn.add_argument("--bcc-buffer", choices=BCC_BUFFERS,
+                     help="bcc backend: ring buffer (5.8+) or perf buffer (env OTEL_OOM_BCC_BUFFER, default auto)")
+    krn.add_argument("--reconcile-interval", type=str, metavar="SECONDS",
+                     help="how often the kernel's own kill count is compared (env OTEL_OOM_RECONCILE_INTERVAL, default 5)")
     krn.add_argument("--ring-buffer-bytes", type=str, metavar="N",
                      help="power of two (env OTEL_OOM_RING_BUFFER_BYTES, default 4 MiB)")
     krn.add_argument("--oom-score-adj", type=str, metavar="N|keep",
@@ -107,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(env OTEL_OOM_RECLAIM_TIMEOUT, default 30)")
 
     chk = sub.add_parser("check", help="preflight: can `run` work here, and with which hooks")
-    chk.add_argument("--victim-hook", default="auto", choices=("auto", "tp_btf", "tracepoint"))
-    chk.add_argument("--context-hook", default="auto", choices=("auto", "fentry", "kprobe", "none"))
+    chk.add_argument("--backend", default="auto", choices=BACKENDS)
+    chk.add_argument("--victim-hook", default="auto", choices=HOOK_CHOICES["victim"])
+    chk.add_argument("--context-hook", default="auto", choices=HOOK_CHOICES["context"])
+    chk.add_argument("--task-hook", default="auto", choices=HOOK_CHOICES["task"])
+    chk.add_argument("--bcc-buffer", default="auto", choices=BCC_BUFFERS)
 
     trg = sub.add_parser("trigger", help="cause one real OOM kill in a throwaway memory cgroup")
     trg.add_argument("--limit", default="32M", help="memory limit of the throwaway cgroup (4M..1G, default 32M)")
@@ -156,7 +168,8 @@ def _check(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     from .check import run_check
 
-    return run_check(sys.stdout, args.victim_hook, args.context_hook)
+    return run_check(sys.stdout, args.victim_hook, args.context_hook, task=args.task_hook, backend=args.backend,
+                     bcc_buffer=args.bcc_buffer)
 
 
 def _trigger(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ ENV_WEBHOOK = "OTEL_OOM_NOTIFY_WEBHOOK"           # URL; default off
 ENV_OOM_SCORE_ADJ = "OTEL_OOM_OOM_SCORE_ADJ"      # default -900
 ENV_VICTIM_HOOK = "OTEL_OOM_VICTIM_HOOK"          # auto | tp_btf | tracepoint
 ENV_CONTEXT_HOOK = "OTEL_OOM_CONTEXT_HOOK"        # auto | fentry | kprobe | none
+ENV_TASK_HOOK = "OTEL_OOM_TASK_HOOK"              # auto | fentry | kprobe | none (pid-only mark_victim kernels)
+ENV_BACKEND = "OTEL_OOM_BACKEND"                  # auto (libbpf with BTF, else bcc) | libbpf | bcc
+ENV_BCC_BUFFER = "OTEL_OOM_BCC_BUFFER"            # bcc backend: auto (ring buffer on 5.8+) | ring | perf
+ENV_RECONCILE_INTERVAL = "OTEL_OOM_RECONCILE_INTERVAL"  # seconds between reads of the kernel's kill count; default 5
 ENV_RING_BUFFER = "OTEL_OOM_RING_BUFFER_BYTES"    # default 4 MiB
 ENV_LOG_LEVEL = "OTEL_OOM_LOG_LEVEL"              # default info
 ENV_CONSOLE = "OTEL_OOM_CONSOLE"                  # "true": --console
@@ -74,6 +78,11 @@ class EventSettings:
 
     def on(self, kind: str) -> bool:
         return kind in self.kinds
+DEFAULT_RECONCILE_INTERVAL = 5.0
+HOOK_CHOICES = {"victim": ("auto", "tp_btf", "tracepoint"), "context": ("auto", "fentry", "kprobe", "none"),
+                "task": ("auto", "fentry", "kprobe", "none")}
+BACKENDS = ("auto", "libbpf", "bcc")
+BCC_BUFFERS = ("auto", "ring", "perf")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,10 @@ class RunConfig:
     oom_score_adj: Optional[int] = DEFAULT_OOM_SCORE_ADJ
     victim_hook: str = "auto"
     context_hook: str = "auto"
+    task_hook: str = "auto"
+    backend: str = "auto"
+    bcc_buffer: str = "auto"
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
     ring_buffer_bytes: int = DEFAULT_RING_BUFFER
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
@@ -115,13 +128,13 @@ def _int(value: Any, what: str, lo: int, hi: int) -> int:
     return n
 
 
-def _seconds(value: Any, what: str, hi: float) -> float:
+def _seconds(value: Any, what: str, hi: float, lo: float = 0.0) -> float:
     try:
         n = float(value)
     except (TypeError, ValueError):
         raise UsageError(f"{what} must be a number of seconds, got {value!r}") from None
-    if not 0 <= n <= hi:  # also refuses nan and inf
-        raise UsageError(f"{what} must be between 0 and {hi:g} seconds, got {value!r}")
+    if not lo <= n <= hi:  # also refuses nan and inf
+        raise UsageError(f"{what} must be between {lo:g} and {hi:g} seconds, got {value!r}")
     return n
 
 
@@ -186,9 +199,16 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
                                                        "https://hooks.example.com/T000/B000/XXXX"),
         oom_score_adj=None if str(adj).lower() == "keep" else _int(adj, "--oom-score-adj", -1000, 1000),
         victim_hook=_choice(_pick(flags.get("victim_hook"), environ, ENV_VICTIM_HOOK, "auto"),
-                            "--victim-hook", ("auto", "tp_btf", "tracepoint")),
+                            "--victim-hook", HOOK_CHOICES["victim"]),
         context_hook=_choice(_pick(flags.get("context_hook"), environ, ENV_CONTEXT_HOOK, "auto"),
-                             "--context-hook", ("auto", "fentry", "kprobe", "none")),
+                             "--context-hook", HOOK_CHOICES["context"]),
+        task_hook=_choice(_pick(flags.get("task_hook"), environ, ENV_TASK_HOOK, "auto"), "--task-hook",
+                          HOOK_CHOICES["task"]),
+        backend=_choice(_pick(flags.get("backend"), environ, ENV_BACKEND, "auto"), "--backend", BACKENDS),
+        bcc_buffer=_choice(_pick(flags.get("bcc_buffer"), environ, ENV_BCC_BUFFER, "auto"), "--bcc-buffer",
+                           BCC_BUFFERS),
+        reconcile_interval=_seconds(_pick(flags.get("reconcile_interval"), environ, ENV_RECONCILE_INTERVAL,
+                                          DEFAULT_RECONCILE_INTERVAL), "--reconcile-interval", 3600, lo=0.1),
         ring_buffer_bytes=ring,
         shutdown_timeout=_seconds(_pick(flags.get("shutdown_timeout"), environ, ENV_SHUTDOWN_TIMEOUT,
                                         DEFAULT_SHUTDOWN_TIMEOUT), "--shutdown-timeout", 600),

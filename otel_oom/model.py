@@ -96,6 +96,10 @@ class OomKill:
     memcg_evidence: Optional[str] = None     # how a derived OOMing memcg was found: "oom_lock" | "usage" | "watermark"
     trace_id: Optional[str] = None           # 32 hex digits: the OOM episode's trace (--traces)
     span_id: Optional[str] = None            # 16 hex digits: the episode's span
+    # how the victim was observed: "task" (its task_struct, in the kernel), "tracepoint" (the
+    # tracepoint's fields), "pid" (the pid alone, the rest from /proc); None for recovered kills
+    victim_source: Optional[str] = None
+    task_hook: Optional[str] = None          # "fentry" | "kprobe": mark_oom_victim supplied the victim's task
 
     TYPE: ClassVar[str] = "oom.kill"
 

@@ -65,7 +65,9 @@ def after_the_oom_report_rate_limit() -> None:
 def require_root_bpf() -> None:
     require(os.geteuid() == 0, "needs root")
     require(os.path.exists("/sys/kernel/btf/vmlinux"), "needs kernel BTF")
-    require((REPO / "otel_oom" / "bpf" / "oomkill.bpf.o").exists(), "BPF object not built: make -C bpf")
+    from otel_oom.kernel.probe import DEFAULT_OBJECT
+
+    require(DEFAULT_OBJECT.exists(), "BPF object not built: make -C bpf")
 
 
 def require_tool(name: str) -> str:

@@ -224,7 +224,7 @@ def test_dockerfile_is_multi_stage_with_a_clean_runtime():
     build_runs = " ".join(r for i, r in build["lines"] if i == "RUN")
     for pkg in ("clang", "llvm", "libbpf-dev", "make"):
         assert re.search(rf"\b{re.escape(pkg)}\b", build_runs), pkg
-    assert "pip wheel" in build_runs and "oomkill.bpf.o" in build_runs
+    assert "pip wheel" in build_runs and "oomkill.x86_64.bpf.o" in build_runs
     runtime_runs = " ".join(r for i, r in runtime["lines"] if i == "RUN")
     installed = set(shlex.split(runtime_runs))
     assert "libbpf1" in installed

@@ -116,7 +116,9 @@ def test_the_wheel_ships_the_bpf_object(tmp_path):
     wheel = next(tmp_path.glob("otel_oom-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-        assert "otel_oom/bpf/oomkill.bpf.o" in names
-        assert z.getinfo("otel_oom/bpf/oomkill.bpf.o").file_size > 10_000
+        # both architectures' objects (the loader picks by uname -m) and the bcc backend's source
+        for machine in ("x86_64", "aarch64"):
+            assert z.getinfo(f"otel_oom/bpf/oomkill.{machine}.bpf.o").file_size > 10_000
+        assert "otel_oom/bpf/oomkill.bcc.c" in names and "otel_oom/bpf/oomkill.h" in names
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         assert "otel-oom = otel_oom.cli:main" in z.read(entry).decode()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ctypes
+import platform
+import re
 import subprocess
 
 import pytest
@@ -19,7 +21,7 @@ def built_object(tmp_path_factory):
     require_tool("clang")
     out = tmp_path_factory.mktemp("bpf")
     subprocess.run(["make", "-s", "-C", str(REPO / "bpf"), f"OUT={out}"], check=True)
-    return out / "oomkill.bpf.o"
+    return out / f"oomkill.{platform.machine()}.bpf.o"
 
 
 def _open(path):
@@ -65,3 +67,38 @@ def test_header_version_matches_python():
     from otel_oom.kernel.wire import OOM_EVENT_VERSION
 
     assert f"#define OOM_EVENT_VERSION {OOM_EVENT_VERSION}\n" in header
+
+
+@pytest.mark.parametrize("flags, source, task_hook", [
+    (1 << 0 | 1 << 16, "task", "fentry"),   # victim task from fentry/mark_oom_victim
+    (1 << 0 | 1 << 17, "task", "kprobe"),
+    (1 << 0, "task", "none"),               # tp_btf, or oc->chosen / current
+    (1 << 1 | 1 << 5, "tracepoint", "none"),  # the 6.9+ tracepoint's fields
+    (0, "pid", "none"),                     # a pid-only tracepoint and nothing else
+])
+def test_where_the_victim_came_from_is_decoded(flags, source, task_hook):
+    from otel_oom.kernel.wire import OOM_EVENT_VERSION, decode
+
+    raw = RawEvent(version=OOM_EVENT_VERSION, flags=flags, victim_pid=42, hook=2)
+    ev = decode(bytes(raw), 4096)
+    assert (ev.victim_source, ev.task_hook) == (source, task_hook)
+    assert (ev.victim_tgid is None) == (source != "task")
+
+
+def test_both_architectures_objects_read_their_own_kprobe_registers(built_object):
+    """bpf/Makefile builds an object per architecture: the same event layout, and kprobes that read
+    the first argument from that architecture's register (x86_64: di, 14th slot of pt_regs; arm64:
+    regs[0], the first)."""
+    require_tool("llvm-objdump")
+    first_load = {}
+    for machine in ("x86_64", "aarch64"):
+        obj_path = built_object.parent / f"oomkill.{machine}.bpf.o"
+        obj = _open(obj_path)
+        try:
+            assert layout_differences(L.bpf_object__btf(obj)) == []
+        finally:
+            L.bpf_object__close(obj)
+        out = subprocess.run(["llvm-objdump", "-d", "--section=kprobe/mark_oom_victim", str(obj_path)],
+                             capture_output=True, text=True, check=True).stdout
+        first_load[machine] = re.search(r"= \*\(u64 \*\)\(r1 \+ (0x[0-9a-f]+|\d+)\)", out).group(1)
+    assert {m: int(v, 0) for m, v in first_load.items()} == {"x86_64": 14 * 8, "aarch64": 0}

@@ -626,3 +626,15 @@ def test_the_resolved_endpoint_is_the_one_used(machine, clean_env):
         assert sender.send([memcg_kill()]).ok
         sender.shutdown()
         assert rx.log_count() == 1
+
+
+def test_a_metrics_shutdown_out_of_time_is_one_warning_not_a_traceback(caplog):
+    """Seen in the QEMU kernel matrix under load: the final export outlasted --shutdown-timeout and
+    the SDK raised for the readers it had no time left for, which the agent logged as a traceback."""
+    from otel_oom.otlp.metrics import Metrics
+    from otel_oom.otlp.resource import build_resource
+
+    m = Metrics(build_resource({}), None, prometheus=True)
+    with caplog.at_level(logging.WARNING, logger="otel_oom.otlp"):
+        m.shutdown(timeout_millis=0)  # no time at all: every reader fails
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["final metric export did not complete"]

@@ -97,6 +97,21 @@ def test_a_group_kill_counted_twice_by_the_kernel_is_not_reported_unobserved(tmp
     assert r.memcg_unobserved == 0
 
 
+def test_a_victim_observed_without_a_cgroup_is_not_reported_unobserved_by_its_cgroup(tmp_path):
+    # a pid-only mark_victim kernel without the task hook: a group member that already left /proc
+    # arrives without a cgroup path (seen on 5.10 in the QEMU matrix); its cgroup's counter still
+    # shows the kill, which the agent did observe
+    proc, h = _tree(tmp_path, 0, {"/": 0, "/g": 0})
+    r = Reconciler(None, h, BOOT, proc_root=proc)
+    for pid, path in ((11, "/g"), (12, "/g"), (13, None)):
+        k = _kill(pid, path)
+        r.observed(OomKill(**{**k.__dict__, "oom_group_path": path, "trigger_tid": 11, "time_unix_nano": 1_000 + pid}))
+    _tree(tmp_path, 4, {"/": 0, "/g": 4})
+    r.refresh()
+    r.refresh()
+    assert (r.memcg_unobserved, r.unobserved()) == (0, 0)
+
+
 def test_oom_group_is_read_up_to_the_oom_domain(tmp_path):
     from otel_oom.attribution.enrich import Enricher
 

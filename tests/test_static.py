@@ -135,7 +135,9 @@ def test_the_package_holds_no_bench_or_test_code():
 
 
 def test_the_shipped_bpf_object_has_no_bench_program():
-    obj = PACKAGE / "bpf" / "oomkill.bpf.o"
+    from otel_oom.kernel.probe import DEFAULT_OBJECT
+
+    obj = DEFAULT_OBJECT
     require(obj.exists(), "BPF object not built: make -C bpf")
     out = subprocess.run(["llvm-objdump", "--section-headers", str(obj)], capture_output=True, text=True)
     require(out.returncode == 0, "llvm-objdump (llvm) is needed")

@@ -328,4 +328,6 @@ def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:
         order=ev.order,
         decision_id=f"{boot_id}:{ev.decision_ns}:{ev.trigger_tgid}" if ev.context else None,
         killed=ev.killed,
+        victim_source=ev.victim_source,
+        task_hook=ev.task_hook if ev.task_hook != "none" else None,
     )

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import logging
 import os
+import platform
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from . import libbpf as L
 from .btf import LayoutMismatch, check_event_layout
 from .features import (
     PRIVILEGE_HINT,
+    TASK_FUNCTION,
     VICTIM_HOOKS,
     VMLINUX_BTF,
     KernelFeatures,
@@ -34,8 +36,16 @@ from .wire import STAT_CONTEXT_SEEN, STAT_RECLAIM, STAT_RINGBUF_FULL, STAT_SIGNA
 
 log = logging.getLogger("otel_oom.probe")
 
-# built by bpf/Makefile into the package (setup.py does the same for a wheel)
-DEFAULT_OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "oomkill.bpf.o"
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def object_for(machine: str) -> Path:
+    """The CO-RE object built for `machine` (`uname -m`: x86_64, aarch64) by bpf/Makefile, into the
+    package (setup.py does the same for a wheel, which carries every architecture's)."""
+    return BPF_DIR / f"oomkill.{machine}.bpf.o"
+
+
+DEFAULT_OBJECT = object_for(platform.machine())
 DEFAULT_RING_BYTES = 4 << 20
 
 # program names in bpf/oomkill.bpf.c for each hook
@@ -46,6 +56,7 @@ PROGRAMS = {
     "kprobe": ("oom_kill_kprobe", "oom_kill_kretprobe"),
     "none": (),
 }
+TASK_PROGRAMS = {"fentry": ("mark_oom_victim_fentry",), "kprobe": ("mark_oom_victim_kprobe",), "none": ()}
 REBUILD_HINT = "rebuild it: `make -C bpf` in the checkout, or reinstall the package (`pip install .`)"
 
 # issue 13: optional programs around the kill, loaded with any plan; if the kernel refuses them the
@@ -81,7 +92,12 @@ def _permission_hint() -> str:
     return "the kernel refuses this program type although the process is privileged (lockdown, LSM or hypervisor policy)"
 
 
+ENOTSUPP = 524  # the kernel's own "operation not supported" (no trampoline for fentry, e.g. arm64 before 6.4)
+
+
 def _errno_text(err: int) -> str:
+    if err == ENOTSUPP:
+        return "ENOTSUPP (not supported by this kernel)"
     return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
 
 
@@ -124,7 +140,7 @@ class Probe:
 
     def _open(self, object_path: Path, ring_bytes: int) -> None:
         if not object_path.exists():
-            raise ProbeError(f"BPF object {object_path} is missing; {REBUILD_HINT}")
+            raise ProbeError(f"BPF object {object_path} (for {platform.machine()}) is missing; {REBUILD_HINT}")
         # CO-RE relocations against vmlinux's BTF only: without this, a type the running kernel lacks
         # (our flavours for older kernels) makes libbpf 1.1 search kernel modules' BTF, which needs
         # CAP_SYS_ADMIN, and every plan would fail with EPERM under CAP_BPF + CAP_PERFMON
@@ -144,7 +160,8 @@ class Probe:
         except LayoutMismatch as e:
             raise ProbeError(f"BPF object {object_path} is stale (event layout differs: {e}); {REBUILD_HINT}")
 
-        wanted = set(PROGRAMS[self.plan.victim]) | set(PROGRAMS[self.plan.context]) | set(self.extras)
+        wanted = (set(PROGRAMS[self.plan.victim]) | set(PROGRAMS[self.plan.context])
+                  | set(TASK_PROGRAMS[self.plan.task]) | set(self.extras))
         prog = L.bpf_object__next_program(obj, None)
         while prog:
             name = L.bpf_program__name(prog).decode()
@@ -213,6 +230,9 @@ class Probe:
             # attach by the name kallsyms really has (clones carry a suffix the SEC name cannot know)
             symbol = self.plan.kprobe_symbol or "oom_kill_process"
             link = L.bpf_program__attach_kprobe(prog, name.endswith("kretprobe"), symbol.encode())
+        elif name == "mark_oom_victim_kprobe":
+            symbol = self.plan.task_symbol or TASK_FUNCTION
+            link = L.bpf_program__attach_kprobe(prog, False, symbol.encode())
         else:
             link = L.bpf_program__attach(prog)
         if not link:
@@ -277,23 +297,32 @@ class Probe:
         self.close()
 
 
+def no_plan_reason(features: KernelFeatures, victim: str, context: str, task: str) -> str:
+    """Why no plan fits what was asked, in the reasons the features give."""
+    asked = [h for h in (victim, context) if h not in ("auto", "none")]
+    why = [f"{h}: {features.reasons.get(h, 'unavailable')}" for h in (asked or ([] if task not in ("auto", "none")
+                                                                             else VICTIM_HOOKS))]
+    if task not in ("auto", "none"):
+        why.append(f"task hook {task}: {features.reasons.get('task_' + task, 'unavailable')}")
+    return f"no usable OOM hook on this kernel ({'; '.join(why)})"
+
+
 def open_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context: str = "auto",
                object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES,
-               features: Optional[KernelFeatures] = None, extras: Extras = Extras()) -> Probe:
+               features: Optional[KernelFeatures] = None, task: str = "auto",
+               extras: Extras = Extras()) -> Probe:
     """Load the best hook plan the kernel accepts; raise ProbeError saying why none worked."""
     L.route_messages_to_logging()
     features = features or detect_features()
     if not features.btf:
-        raise ProbeError(f"{features.reasons['btf']}: otel-oom needs a kernel with BTF (5.5+, "
-                         "CONFIG_DEBUG_INFO_BTF=y; most distributions ship it)")
+        raise ProbeError(f"{features.reasons['btf']}: the libbpf backend needs a kernel with BTF (5.5+, "
+                         "CONFIG_DEBUG_INFO_BTF=y; most distributions ship it); without it use `--backend bcc`")
     missing = missing_capabilities()
     if missing:
         raise ProbeError(f"missing privileges ({', '.join(missing)}): {PRIVILEGE_HINT}")
-    plans = candidate_plans(features, victim, context)
+    plans = candidate_plans(features, victim, context, task)
     if not plans:
-        asked = [h for h in (victim, context) if h not in ("auto", "none")]
-        why = "; ".join(f"{h}: {features.reasons.get(h, 'unavailable')}" for h in (asked or VICTIM_HOOKS))
-        raise ProbeError(f"no usable OOM hook on this kernel ({why})")
+        raise ProbeError(no_plan_reason(features, victim, context, task))
     failures = []
     refused: list[tuple[int, str]] = []  # libbpf's account of the plans the kernel refused
     for plan in plans:

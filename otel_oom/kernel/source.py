@@ -12,15 +12,23 @@ from typing import Callable, Optional, Protocol
 
 @dataclass(frozen=True)
 class HookPlan:
-    """Which program runs on which hook: a victim hook and an optional context hook."""
+    """Which program runs on which hook: a victim hook, an optional context hook and, with the
+    classic tracepoint on kernels whose mark_victim passes only the pid, an optional task hook;
+    and which backend loads them (libbpf: the CO-RE object; bcc: compiled at run time)."""
 
     victim: str                        # "tp_btf" | "tracepoint"
     context: str                       # "fentry" | "kprobe" | "none"
     kprobe_symbol: Optional[str] = None
+    task: str = "none"                 # "fentry" | "kprobe" | "none": mark_oom_victim
+    task_symbol: Optional[str] = None  # the kallsyms name of mark_oom_victim, for the kprobe
+    backend: str = "libbpf"            # "libbpf" | "bcc"
 
     def describe(self) -> str:
         ctx = self.context if self.context != "kprobe" else f"kprobe:{self.kprobe_symbol}"
-        return f"victim={self.victim} context={ctx}"
+        text = f"victim={self.victim} context={ctx}"
+        if self.victim == "tracepoint":
+            text += " task=" + (self.task if self.task != "kprobe" else f"kprobe:{self.task_symbol}")
+        return text if self.backend == "libbpf" else f"{text} backend={self.backend}"
 
 
 class SampleSource(Protocol):

@@ -36,6 +36,13 @@ F_CGROUP_NAME_CUT = 1 << 7  # a captured memcg name is cut at CGROUP_NAME_LEN - 
 
 # oom_cgroup_level.level_flags
 L_OOM_LOCK, L_HAS_OOM_LOCK, L_HAS_OOM_COUNT = 1 << 0, 1 << 1, 1 << 2
+F_TASK_FENTRY = 1 << 16  # the victim's task came from fentry/mark_oom_victim
+F_TASK_KPROBE = 1 << 17  # ... from kprobe/mark_oom_victim
+
+# OomEvent.victim_source: where the victim's details came from
+VICTIM_FROM_TASK = "task"              # its task_struct, read in the kernel: everything
+VICTIM_FROM_TRACEPOINT = "tracepoint"  # the rich tracepoint's fields: comm, uid, sizes (no parent, no cgroups)
+VICTIM_FROM_PID = "pid"                # the pid alone (pid-only tracepoint, no task hook): the rest from /proc
 
 # stats map indexes
 STAT_SUBMITTED, STAT_RINGBUF_FULL, STAT_CONTEXT_SEEN, STAT_SIGNAL_KILLS, STAT_RECLAIM, STAT_MAX = 0, 1, 2, 3, 4, 5
@@ -160,6 +167,8 @@ class OomEvent:
     # None: unknown (no task was read: the pid-only tracepoint)
     killed: Optional[bool] = None
     cgroup_name_cut: bool = False          # a name in victim_memcgs is cut: resolve the path by id
+    victim_source: str = VICTIM_FROM_TASK
+    task_hook: str = "none"                # "fentry" | "kprobe": the task hook supplied the victim's task
 
 
 # page_counter's "no limit" is PAGE_COUNTER_MAX = LONG_MAX / PAGE_SIZE; anything this large is unlimited
@@ -199,6 +208,8 @@ def decode(data: bytes, page_size: int) -> OomEvent:
         for lvl in r.victim_memcg[: min(r.victim_memcg_levels, CGROUP_DEPTH)]
     )
     ctx = bool(flags & F_CONTEXT)
+    task_hook = "fentry" if flags & F_TASK_FENTRY else "kprobe" if flags & F_TASK_KPROBE else "none"
+    source = VICTIM_FROM_TASK if has_task else VICTIM_FROM_TRACEPOINT if flags & F_TP_FIELDS else VICTIM_FROM_PID
 
     def c(value: int) -> Optional[int]:
         return value if ctx else None
@@ -238,4 +249,6 @@ def decode(data: bytes, page_size: int) -> OomEvent:
         order=c(r.ctx_order),
         constraint=CONSTRAINTS.get(r.ctx_constraint, "unknown") if ctx else "unknown",
         killed=bool(flags & F_SIGKILLED) if has_task else None,
+        victim_source=source,
+        task_hook=task_hook,
     )

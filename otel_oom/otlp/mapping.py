@@ -82,6 +82,8 @@ def log_attributes(kill: OomKill, raw: bool = False) -> dict[str, Any]:
         "oom.event.id": k.event_id,
         "oom.hook": k.hook,
         "oom.context_hook": k.context_hook,
+        "oom.task_hook": k.task_hook,
+        "oom.victim.source": k.victim_source,
         "oom.recovered": bool(k.recovered),
     }
     if raw:

@@ -65,6 +65,9 @@ class Reconciler:
         self._state_fd: Optional[int] = None
         # per memory cgroup: the kernel's local oom_kill counters against the kills seen there
         self._observed_by_cgroup: Counter[str] = Counter()
+        # kills observed without a cgroup path (a pid-only tracepoint whose victim left /proc): they
+        # belong to some cgroup's counter, so they are taken off the per-cgroup total
+        self._observed_without_cgroup = 0
         # a memory.oom.group kill counts its chosen victim twice in the kernel (the group scan
         # kills it again); one extra count is expected per group decision, in the first victim's cgroup
         self._extra_by_cgroup: Counter[str] = Counter()
@@ -156,6 +159,8 @@ class Reconciler:
             self.observed_count += 1
             if kill.cgroup_path:
                 self._observed_by_cgroup[kill.cgroup_path] += 1
+            else:
+                self._observed_without_cgroup += 1
             if kill.oom_group_path:
                 self._count_group_decision(kill)
         self.save(durable=False)
@@ -202,8 +207,9 @@ class Reconciler:
         base, then = self._memcg_baseline, self._memcg_previous
         if base is None or then is None:
             return 0
-        return sum(max(0, (n - base.get(path, 0)) - self._observed_by_cgroup[path] - self._extra_by_cgroup[path])
-                   for path, n in then.items())
+        missing = sum(max(0, (n - base.get(path, 0)) - self._observed_by_cgroup[path] - self._extra_by_cgroup[path])
+                      for path, n in then.items())
+        return max(0, missing - self._observed_without_cgroup)
 
     def unobserved(self) -> int:
         """Kills the kernel counted, at least one refresh ago, that the agent did not observe."""

@@ -1,7 +1,7 @@
 """Command line for the QEMU harness: fetch kernels ahead of time (CI), check QEMU, run one command.
 
     python3 -m tests.qemu check
-    python3 -m tests.qemu prepare [6.1 6.12 ...]
+    python3 -m tests.qemu prepare [5.10 6.1 6.12 6.12-rt sid 6.1-arm64 ...]
     python3 -m tests.qemu run 6.12 [--cgroup v1|v2] [--memory MB] [--timeout S] [--share DIR] -- CMD ...
 """
 from __future__ import annotations
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 info = harness.prepare(k, refresh=args.refresh)
                 harness.initramfs(k)
+                if harness.KERNELS[k].headers:
+                    harness.headers(k)
                 print(f"{k}: {info.package} {info.version} ({info.release}) in {info.directory} "
                       f"[{time.monotonic() - t:.1f}s]")
             return 0

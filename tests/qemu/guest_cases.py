@@ -1,20 +1,25 @@
-"""Inside a throwaway QEMU guest: run the real agent under every hook plan, cause real OOM kills, record all.
+"""Inside a throwaway QEMU guest: every hook plan's agent at once, real OOM kills, everything recorded.
 
 `python3 -m tests.qemu.guest_cases --out FILE` runs as root in a guest booted by `harness.boot()`.
-For each hook plan the guest kernel offers (victim hook x context hook) it starts the real
-`python -m otel_oom run --victim-hook X --context-hook Y` against a real OTLP gRPC receiver on
-127.0.0.1, then causes, one after another:
+It starts, one after another, a real `python -m otel_oom run` for every hook plan the guest kernel
+offers (victim x context x task hook; see guest_agents.py), optionally bcc agents with the kernel's
+BTF hidden and BCC's own `oomkill` tool, all against one real OTLP gRPC receiver on 127.0.0.1; then,
+with all of them watching the same kills, causes one after another:
 
   memcg      one memcg OOM kill (`trigger_oom`, 32 MiB limit; cgroup v2 or v1, whatever is mounted);
   bystander  victim != trigger: an allocator fills a 48 MiB cgroup, the kernel kills a sleeper
              with oom_score_adj 1000 there, then the allocator itself (two decisions);
   group      a memory.oom.group kill (cgroup v2 only): 2 sleepers + 1 allocator in a 64 MiB cgroup;
+  exiting    the task_will_free_mem() shortcut: the chosen task is already exiting, so it is marked
+             as a victim without a kill; then the allocator is killed (see exiting_case);
   global     a global (non-memcg) OOM kill: an allocator with oom_score_adj 1000 outside any limit.
 
-It only collects: what the kernel offers (BTF, tracefs, `otel-oom check`), the records the receiver
-got for each victim, and the kernel log of each kill. tests/test_kernel_matrix.py judges it on
-the host. The global OOM puts the whole machine out of memory, so this refuses to run anywhere but
-in a QEMU test guest (OTEL_OOM_QEMU_GUEST=1 and a kernel booted with panic=-1 by the harness).
+After each case it waits for every agent's records of every victim, then reads each agent's
+`oom.kills.unobserved` from its /metrics once two reconciliations have passed. It only collects:
+what the kernel offers (BTF, tracefs, `otel-oom check`), the records, the unobserved counts, and
+the kernel log of each kill. tests/test_kernel_matrix.py judges it on the host. The global OOM puts
+the whole machine out of memory, so this refuses to run anywhere but in a QEMU test guest
+(OTEL_OOM_QEMU_GUEST=1 and a kernel booted with panic=-1 by the harness).
 """
 from __future__ import annotations
 
@@ -27,11 +32,10 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Optional
 
-CASES = ("memcg", "bystander", "group", "global")
+CASES = ("memcg", "bystander", "group", "exiting", "global")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 1 << 20
 
@@ -192,7 +196,7 @@ def kernel_facts(copy_btf_to: Optional[str]) -> dict:
     from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS, detect_features
 
     facts: dict = {"release": os.uname().release, "proc_version": _read("/proc/version").strip(),
-                   "page_size": os.sysconf("SC_PAGE_SIZE"), "meminfo_kb": _meminfo_kb()}
+                   "page_size": os.sysconf("SC_PAGE_SIZE"), "cpus": os.cpu_count(), "meminfo_kb": _meminfo_kb()}
     h = detect_memory_hierarchy()
     facts["hierarchy"] = {"version": h.version, "mount": h.mount} if h else None
     try:
@@ -203,6 +207,7 @@ def kernel_facts(copy_btf_to: Optional[str]) -> dict:
     with KernelBtf() as kbtf:
         facts["btf_mark_victim_args"] = kbtf.mark_victim_args()
         facts["btf_has_oom_kill_process"] = kbtf.has_func("oom_kill_process")
+        facts["btf_has_mark_oom_victim"] = kbtf.has_func("mark_oom_victim")
         try:
             fields = struct_fields(kbtf.ptr, "trace_event_raw_mark_victim")
             facts["btf_tp_struct"] = {k: list(v) for k, v in fields.items()}
@@ -210,8 +215,10 @@ def kernel_facts(copy_btf_to: Optional[str]) -> dict:
             facts["btf_tp_struct"] = {"error": str(e)}
     f = detect_features()
     facts["features"] = {hook: f.available(hook) for hook in (*VICTIM_HOOKS, *CONTEXT_HOOKS)}
+    facts["features"].update({f"task_{hook}": f.task_available(hook) for hook in ("fentry", "kprobe")})
     facts["feature_reasons"] = f.reasons
     facts["kprobe_symbol"] = f.kprobe_symbol
+    facts["task_kprobe_symbol"] = f.task_kprobe_symbol
     facts["kallsyms_oom_kill_process"] = sorted(
         line.split()[2] for line in _read("/proc/kallsyms").splitlines()
         if len(line.split()) >= 3 and line.split()[2].split(".")[0] == "oom_kill_process")
@@ -222,64 +229,15 @@ def kernel_facts(copy_btf_to: Optional[str]) -> dict:
     return facts
 
 
-def run_check() -> dict:
+def run_check(without_btf: bool = False, *args: str) -> dict:
+    from .guest_agents import WITHOUT_BTF, agent_env
+
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "otel_oom", "check"], cwd=REPO, capture_output=True, text=True,
-                       env=_agent_env(None), timeout=300)
+    argv = [sys.executable, "-m", "otel_oom", "check", *args]
+    r = subprocess.run((WITHOUT_BTF if without_btf else []) + argv, cwd=REPO, capture_output=True, text=True,
+                       env=agent_env(None), timeout=900)
     return {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-3000:],
             "seconds": round(time.monotonic() - t0, 2)}
-
-
-# ---- the agent --------------------------------------------------------------------------------
-
-def _agent_env(endpoint: Optional[str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_EXPORTER", "OTEL_METRIC"))}
-    env["PYTHONPATH"] = REPO
-    env["PYTHONUNBUFFERED"] = "1"
-    if endpoint:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
-    env["OTEL_METRIC_EXPORT_INTERVAL"] = "60000"  # metrics are not judged here; keep the guest's CPU for kills
-    return env
-
-
-class Agent:
-    """A real `otel-oom run` with a forced hook plan; stderr collected by a thread."""
-
-    def __init__(self, victim: str, context: str, endpoint: str, spool: str, timeout: float = 120.0):
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "otel_oom", "run", "--victim-hook", victim, "--context-hook", context,
-             "--spool-dir", spool], cwd=REPO, env=_agent_env(endpoint),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self.ready_line: Optional[str] = None
-        self.ready_s: Optional[float] = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self._ready.wait(timeout)
-
-    def _pump(self) -> None:
-        for raw in iter(self.proc.stderr.readline, b""):
-            line = raw.decode("utf-8", "backslashreplace")
-            self.lines.append(line)
-            if self.ready_line is None and " ready in " in line:
-                self.ready_line, self.ready_s = line.strip(), time.monotonic() - self.t0
-                self._ready.set()
-        self._ready.set()
-
-    def stop(self) -> Optional[int]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
 
 
 # ---- the cases --------------------------------------------------------------------------------
@@ -375,6 +333,80 @@ def bystander_case(tag: str, mount: str, version: int) -> dict:
         cg.remove()
 
 
+PTRACE_CONT, PTRACE_DETACH, PTRACE_SEIZE = 7, 17, 0x4206
+PTRACE_O_TRACEEXIT, PTRACE_EVENT_EXIT = 0x40, 6
+
+
+def _ptrace(libc: ctypes.CDLL, request: int, pid: int, data: int = 0) -> None:
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    if libc.ptrace(request, pid, None, ctypes.c_void_p(data)) != 0:
+        raise CaseError(f"ptrace({request:#x}, {pid}) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def exiting_case(tag: str, mount: str, version: int) -> dict:
+    """The kernel's task_will_free_mem() shortcut: the task it picks is already exiting, so it is
+    marked as a victim (mark_oom_victim, the mark_victim tracepoint) without being killed or
+    counted: no "Killed process" line, no oom_kill count. The exiting task is a SIGKILLed process
+    held at its exit by a ptrace PTRACE_EVENT_EXIT stop (group exit set, memory not yet freed), with
+    oom_score_adj 1000 so it is chosen. After the OOM reaper took its memory, the allocator hits the
+    limit again and is killed the ordinary way (a second decision)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    cg = TestCgroup(mount, version, f"/kmx-{tag}-exiting", 48 * MiB)
+    exiting = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEMBER, f"{cg.leaf}/cgroup.procs", "8", "bystander"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held, allocator = True, None
+    try:
+        _wait_line(exiting, 60)
+        _ptrace(libc, PTRACE_SEIZE, exiting.pid, PTRACE_O_TRACEEXIT)
+        os.kill(exiting.pid, signal.SIGKILL)
+        _, status = os.waitpid(exiting.pid, 0x40000000)  # __WALL
+        if not os.WIFSTOPPED(status) or status >> 8 != signal.SIGTRAP | (PTRACE_EVENT_EXIT << 8):
+            raise CaseError(f"pid {exiting.pid} did not stop at its exit (wait status {status:#x})")
+        # held at its exit, nothing changes its memory: what the kernel will read when it marks it
+        before = _proc_status(exiting.pid)
+        allocator = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEMBER, f"{cg.leaf}/cgroup.procs", "2",
+                                      "allocator"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait_line(allocator, 60)
+        allocator.stdin.write(b"g")
+        allocator.stdin.flush()
+        codes = _reap([allocator], 120)
+        events = cg.events()
+        # let the exiting task finish its exit
+        _ptrace(libc, PTRACE_DETACH, exiting.pid)
+        _, status = os.waitpid(exiting.pid, 0)
+        held = False
+        exiting.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        codes[exiting.pid] = exiting.returncode
+    finally:
+        if held and exiting.returncode is None:
+            try:
+                os.kill(exiting.pid, signal.SIGKILL)
+                _ptrace(libc, PTRACE_DETACH, exiting.pid)
+            except (OSError, CaseError):
+                pass
+        _reap([p for p in (exiting, allocator) if p], 10)
+        cg.remove()
+    return {"victims": [exiting.pid, allocator.pid], "roles": {str(exiting.pid): "exiting",
+                                                               str(allocator.pid): "allocator"},
+            "returncodes": {str(k): v for k, v in codes.items()}, "memory_events": events, "cgroup": cg.rel,
+            "limit": cg.limit, "hierarchy_version": version, "exiting_status": before}
+
+
+def _proc_status(pid: int) -> dict[str, int]:
+    """/proc/PID/status sizes (kB) and ids, plus oom_score_adj: the victim as the kernel will see it."""
+    out = {}
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmSize", "RssAnon", "RssFile", "RssShmem", "VmPTE", "VmSwap"):
+            out[key] = int(value.split()[0])
+        elif key in ("Uid", "PPid", "Tgid"):
+            out[key] = int(value.split()[0])
+        elif key == "Name":
+            out["Name"] = value.strip()  # type: ignore[assignment]
+    out["oom_score_adj"] = int(_read(f"/proc/{pid}/oom_score_adj"))
+    return out
+
+
 def global_case() -> dict:
     before = _vmstat_oom_kill()
     # this process holds the receiver: the global OOM must never pick it. Only for this case, since
@@ -422,17 +454,25 @@ def _last_seq() -> int:
     return recs[-1].seq if recs else -1
 
 
-def _records_for(receiver, pids: list[int], timeout: float) -> list[dict]:
-    want = set(pids)
+def _records(receiver, agent, pids: set[int]) -> list[dict]:
+    from .guest_agents import RESOURCE_KEY
 
-    def mine(recs):
-        return [r for r in recs if r["attributes"].get("process.pid") in want
-                and not r["attributes"].get("oom.recovered") and r["event_name"] == "oom.kill"]
-    try:
-        receiver.wait_for_logs(lambda recs: {r["attributes"]["process.pid"] for r in mine(recs)} >= want, timeout)
-    except (AssertionError, TimeoutError):
-        pass  # judged on the host: what arrived is recorded either way
-    return mine(receiver.log_records())
+    recs = receiver.log_records() if agent.otlp else agent.json_records()
+    return [r for r in recs if r["resource"].get(RESOURCE_KEY) == agent.spec.tag
+            and r["attributes"].get("process.pid") in pids and not r["attributes"].get("oom.recovered")
+            and r.get("event_name", "oom.kill") == "oom.kill"]
+
+
+def _wait_for_records(receiver, agents: list, pids: set[int], timeout: float) -> dict[str, list[dict]]:
+    """Every agent's records of these victims, once each agent has one per victim (or the timeout);
+    from the receiver, or (no receiver) from each agent's JSON lines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {a.spec.tag: _records(receiver, a, pids) for a in agents}
+        if all({r["attributes"]["process.pid"] for r in recs} >= pids for recs in got.values()) \
+                or time.monotonic() > deadline:
+            return got  # judged on the host: what arrived is recorded either way
+        time.sleep(0.2)
 
 
 def _settle(seconds: float = 0.5) -> None:
@@ -440,72 +480,120 @@ def _settle(seconds: float = 0.5) -> None:
     time.sleep(seconds)
 
 
-def run(out_path: str, cases: list[str], plans: Optional[list[tuple[str, str]]], copy_btf: bool) -> dict:
-    from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS
-    from testing.otlp_receiver import OtlpGrpcReceiver
+def _run_case(case: str, hierarchy: dict) -> dict:
+    if case == "memcg":
+        return memcg_case("m")
+    if case == "group":
+        return group_case("m", hierarchy["mount"])
+    if case == "bystander":
+        return bystander_case("m", hierarchy["mount"], hierarchy["version"])
+    if case == "exiting":
+        return exiting_case("m", hierarchy["mount"], hierarchy["version"])
+    return global_case()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_agents(specs, endpoint: Optional[str], doc: dict) -> list:
+    """Start the agents one after another (a TCG vCPU runs several Python start-ups at once far
+    slower than in turn), each ready before the next; the first exports to `endpoint` (if any), the
+    others print JSON. Returns the ready ones."""
+    from .guest_agents import Agent
+
+    ready = []
+    for i, spec in enumerate(specs):
+        agent = Agent(spec, endpoint if i == 0 else None, _free_port(), f"/tmp/spool-{spec.tag}")
+        ok = agent.wait_ready(900 if spec.backend == "bcc" else 180)
+        progress(f"agent {spec.tag}: {agent.ready_line or 'NOT ready'}")
+        entry = agent.report()
+        doc["agents"].append(entry)
+        if ok:
+            ready.append(agent)
+        else:
+            agent.terminate()
+            entry["exit_code"] = agent.wait()
+            entry["stderr"] = agent.stderr[-5000:]
+    return ready
+
+
+def run(out_path: str, cases: list[str], specs: Optional[list], bcc_buffers: list[str], oomkill: bool,
+        headers: Optional[str], copy_btf: bool, bcc_check: bool = False, json_agents: bool = False) -> dict:
+    from otel_oom.kernel.features import detect_features
+
+    from .guest_agents import RECONCILE_INTERVAL_S, AgentSpec, OomkillTool, install_headers, offered_specs
 
     t_start = time.monotonic()
-    doc: dict = {"started_uptime_s": float(_read("/proc/uptime").split()[0]), "runner_pid": os.getpid()}
+    doc: dict = {"started_uptime_s": float(_read("/proc/uptime").split()[0]), "runner_pid": os.getpid(),
+                 "agents": [], "cases": {}, "checks": {}}
     base = os.path.dirname(os.path.abspath(out_path))
     facts = kernel_facts(os.path.join(base, f"btf-{os.uname().release}") if copy_btf else None)
     doc["facts"] = facts
     progress("kernel facts read; running otel-oom check")
-    doc["check"] = run_check()
-    progress("check done")
-    if plans is None:
-        plans = [(v, c) for v in VICTIM_HOOKS for c in CONTEXT_HOOKS
-                 if facts["features"][v] and facts["features"][c]]
+    doc["checks"]["libbpf"] = run_check()
+    if headers:
+        doc["headers"] = install_headers(headers)
+    if bcc_check:
+        progress("otel-oom check with the kernel's BTF hidden")
+        doc["checks"]["bcc"] = run_check(without_btf=True)
+    progress("checks done")
+    specs = specs if specs is not None else offered_specs(detect_features())
+    specs = list(specs) + [AgentSpec("tracepoint", "kprobe", "kprobe", "bcc", b) for b in bcc_buffers]
     hierarchy = facts["hierarchy"]
-    doc["plans"] = []
     t0 = time.monotonic()
-    receiver = OtlpGrpcReceiver().start()
+    receiver = None
+    if not json_agents:
+        from testing.otlp_receiver import OtlpGrpcReceiver
+
+        receiver = OtlpGrpcReceiver().start()
     doc["receiver_start_s"] = round(time.monotonic() - t0, 2)
+    tool = None
+    agents: list = []
     try:
-        for victim, context in plans:
-            tag = f"{victim}-{context}"
-            plan: dict = {"victim": victim, "context": context, "cases": {}}
-            doc["plans"].append(plan)
-            spool = f"/tmp/spool-{tag}"
-            progress(f"plan {tag}: starting the agent")
-            agent = Agent(victim, context, receiver.endpoint, spool)
-            progress(f"plan {tag}: {agent.ready_line or 'agent NOT ready'}")
-            plan["ready_line"], plan["ready_s"] = agent.ready_line, agent.ready_s
-            if agent.ready_line is None:
-                plan["exit_code"] = agent.stop()
-                plan["stderr"] = agent.stderr[-5000:]
+        if oomkill:
+            tool = OomkillTool()
+            progress(f"BCC oomkill: {'tracing' if tool.wait_ready(900) else 'NOT ready'}")
+        t0 = time.monotonic()
+        agents = start_agents(specs, receiver.endpoint if receiver else None, doc)
+        doc["agents_start_s"] = round(time.monotonic() - t0, 2)
+        for case in cases:
+            if case == "group" and (hierarchy is None or hierarchy["version"] != 2):
+                continue  # memory.oom.group is a cgroup v2 interface
+            seq = _last_seq()
+            progress(f"case {case}")
+            t_case = time.monotonic()
+            try:
+                result = _run_case(case, hierarchy)
+            except Exception as e:  # noqa: BLE001 - recorded and judged on the host
+                doc["cases"][case] = {"error": f"{type(e).__name__}: {e}", "kmsg": _kmsg_since(seq)}
                 continue
-            for case in cases:
-                if case == "group" and (hierarchy is None or hierarchy["version"] != 2):
-                    continue  # memory.oom.group is a cgroup v2 interface
-                seq = _last_seq()
-                progress(f"plan {tag}: case {case}")
-                t_case = time.monotonic()
-                try:
-                    if case == "memcg":
-                        result = memcg_case(tag)
-                    elif case == "group":
-                        result = group_case(tag, hierarchy["mount"])
-                    elif case == "bystander":
-                        result = bystander_case(tag, hierarchy["mount"], hierarchy["version"])
-                    else:
-                        result = global_case()
-                except Exception as e:  # noqa: BLE001 - recorded and judged on the host
-                    plan["cases"][case] = {"error": f"{type(e).__name__}: {e}", "kmsg": _kmsg_since(seq)}
-                    continue
-                progress(f"plan {tag}: case {case} killed {result['victims']}; waiting for records")
-                result["records"] = _records_for(receiver, result["victims"], 30)
-                result["kmsg"] = _kmsg_since(seq)
-                result["seconds"] = round(time.monotonic() - t_case, 2)
-                plan["cases"][case] = result
-                _settle()
-            plan["agent_alive_after_cases"] = agent.proc.poll() is None
-            t_stop = time.monotonic()
-            plan["exit_code"] = agent.stop()
-            plan["stop_s"] = round(time.monotonic() - t_stop, 2)
-            plan["stderr"] = agent.stderr[-5000:]
-            plan["seconds"] = round(time.monotonic() - agent.t0, 2)
+            progress(f"case {case} killed {result['victims']}; waiting for records")
+            result["records"] = _wait_for_records(receiver, agents, set(result["victims"]), 30)
+            result["kmsg"] = _kmsg_since(seq)
+            # two reconciliations later every agent's snapshot of the kernel's count includes this case
+            time.sleep(2 * RECONCILE_INTERVAL_S + 0.3)
+            result["unobserved"] = {a.spec.tag: a.unobserved() for a in agents}
+            result["seconds"] = round(time.monotonic() - t_case, 2)
+            doc["cases"][case] = result
+            _settle()
     finally:
-        receiver.stop()
+        t_stop = time.monotonic()
+        for a in agents:
+            a.terminate()
+        for a, entry in zip(agents, [e for e in doc["agents"] if e["ready_line"]], strict=False):
+            entry["alive_after_cases"] = a.proc.poll() is None or a.proc.returncode == 0
+            entry["exit_code"] = a.wait()
+            entry["stderr"] = a.stderr[-5000:]
+        doc["stop_s"] = round(time.monotonic() - t_stop, 2)
+        if tool:
+            doc["oomkill"] = tool.stop()
+        if receiver:
+            receiver.stop()
     doc["seconds"] = round(time.monotonic() - t_start, 2)
     with open(out_path + ".tmp", "w") as f:
         json.dump(doc, f, ensure_ascii=True)
@@ -524,11 +612,22 @@ def _refuse_outside_a_test_guest() -> Optional[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .guest_agents import AgentSpec
+
     ap = argparse.ArgumentParser(prog="python3 -m tests.qemu.guest_cases", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="where to write the JSON result (e.g. in the share dir)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
-    ap.add_argument("--plan", action="append", metavar="VICTIM:CONTEXT",
-                    help="only this hook plan (repeatable); default every plan the kernel offers")
+    ap.add_argument("--plan", action="append", metavar="VICTIM:CONTEXT[:TASK]",
+                    help="only this libbpf hook plan (repeatable); default every plan the kernel offers")
+    ap.add_argument("--bcc", action="append", default=[], choices=("auto", "ring", "perf"),
+                    help="also a bcc agent (BTF hidden) with this event buffer (repeatable)")
+    ap.add_argument("--oomkill", action="store_true", help="also run BCC's oomkill tool (BTF hidden) as a reference")
+    ap.add_argument("--bcc-check", action="store_true", help="also run `otel-oom check` with the kernel's BTF hidden")
+    ap.add_argument("--headers", help="unpacked Debian kernel headers to install for BCC (harness.headers())")
+    ap.add_argument("--json-agents", action="store_true",
+                    help="agents print JSON lines instead of exporting OTLP (a userland with only the standard library)")
+    ap.add_argument("--pure-site", metavar="PURELIB",
+                    help="with --json-agents: take the agent's pure-Python metrics packages from this site-packages")
     ap.add_argument("--copy-btf", action="store_true", help="copy /sys/kernel/btf/vmlinux next to --out")
     args = ap.parse_args(argv)
     why = _refuse_outside_a_test_guest()
@@ -540,10 +639,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if bad:
         print(f"guest_cases: error: unknown case(s) {bad}; choose from {', '.join(CASES)}", file=sys.stderr)
         return 2
-    plans = [tuple(p.split(":", 1)) for p in args.plan] if args.plan else None
-    doc = run(args.out, cases, plans, args.copy_btf)
+    specs = [AgentSpec(*p.split(":")) for p in args.plan] if args.plan else None
+    if args.pure_site:
+        from .guest_agents import pure_site
+
+        pure_site(args.pure_site)
+    doc = run(args.out, cases, specs, args.bcc, args.oomkill, args.headers, args.copy_btf, args.bcc_check,
+              args.json_agents)
     summary = {"release": doc["facts"]["release"], "seconds": doc["seconds"],
-               "plans": [(p["victim"], p["context"], p.get("seconds"), sorted(p["cases"])) for p in doc["plans"]]}
+               "agents": [(a["tag"], a["ready_s"]) for a in doc["agents"]], "cases": sorted(doc["cases"])}
     print(json.dumps(summary))
     return 0
 

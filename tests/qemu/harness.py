@@ -24,7 +24,9 @@ import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
+
+from . import apt, userland
 
 CACHE_ENV = "OTEL_OOM_QEMU_CACHE"
 DEFAULT_CACHE = "/var/cache/otel-oom-qemu"
@@ -37,15 +39,49 @@ CACHE_FORMAT = 2  # bump when the cached layout changes; older entries are re-fe
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
     name: str
-    package_re: str  # full-match regex over Debian package names; group 1 is the ABI/patch number
+    package_re: str  # full-match regex over Debian package names; group 1 orders them (ABI or version)
     description: str
+    suite: Optional[str] = None  # None: the system's APT sources; else a private list (apt.py)
+    order: tuple[int, ...] = ()  # sorts available_kernels(), oldest first
+    arch: str = "amd64"          # Debian's name; not amd64: a userland of that architecture (userland.py)
+    headers: bool = False        # the matrix also needs its headers (the bcc backend's guests)
 
 
-# The *generic* amd64 flavour, not -cloud-amd64: Debian's cloud kernels are built without 9p
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """How QEMU emulates one architecture: its binary, machine options and the kernel's console."""
+    qemu: str
+    options: tuple[str, ...]
+    console: str
+    output_serial: bool  # a second serial port carries the command's output; else a file on the control share
+
+
+MACHINES = {
+    # qemu64 (x86-64 baseline): glibc and the interpreter then take their SSE2 paths, which TCG runs
+    # ~15% faster than the AVX ones "-cpu max" invites (measured: Python start-up and imports)
+    "amd64": Machine("qemu-system-x86_64", ("-accel", "tcg", "-cpu", "qemu64"), "ttyS0", True),
+    # QEMU 7.2's virt board has a single PL011 UART; cortex-a72 is cheaper to emulate than "max"
+    "arm64": Machine("qemu-system-aarch64", ("-accel", "tcg", "-machine", "virt", "-cpu", "cortex-a72"),
+                     "ttyAMA0", False),
+}
+
+
+# The *generic* -amd64 flavour, not -cloud-amd64: Debian's cloud kernels are built without 9p
 # (CONFIG_NET_9P is not set), so they cannot see the host tree the way this harness shares it.
 KERNELS: dict[str, KernelSpec] = {
-    "6.1": KernelSpec("6.1", r"linux-image-6\.1\.0-(\d+)-amd64", "Debian 12 (bookworm) 6.1 LTS, amd64"),
-    "6.12": KernelSpec("6.12", r"linux-image-6\.12\.(\d+)\+deb12-amd64", "Debian 6.12 LTS (bookworm/trixie), amd64"),
+    "5.10": KernelSpec("5.10", r"linux-image-5\.10\.0-(32)-amd64",
+                       "Debian 11 (bullseye) 5.10 LTS, amd64, ABI 32: the last with the pid-only mark_victim",
+                       suite="bullseye", order=(5, 10), headers=True),
+    "6.1": KernelSpec("6.1", r"linux-image-6\.1\.0-(\d+)-amd64", "Debian 12 (bookworm) 6.1 LTS, amd64", order=(6, 1)),
+    "6.12": KernelSpec("6.12", r"linux-image-6\.12\.(\d+)\+deb12-amd64", "Debian 6.12 LTS (bookworm/trixie), amd64",
+                       order=(6, 12)),
+    "6.12-rt": KernelSpec("6.12-rt", r"linux-image-6\.12\.(\d+)\+deb12-rt-amd64",
+                          "Debian 6.12 LTS with PREEMPT_RT (bookworm), amd64", order=(6, 12, 1)),
+    "6.1-arm64": KernelSpec("6.1-arm64", r"linux-image-6\.1\.0-(\d+)-arm64", "Debian 12 (bookworm) 6.1 LTS, arm64",
+                            order=(6, 1, 64), arch="arm64"),
+    # whatever sid carries now: the newest Debian kernel (7.2 when this was written)
+    "sid": KernelSpec("sid", r"linux-image-(\d+\.\d+\.\d+)\+deb\d+-amd64", "Debian unstable (sid), newest, amd64",
+                      suite="sid", order=(99,)),
 }
 
 # Module roots the initramfs needs; their dependencies are found from each module's .modinfo.
@@ -91,6 +127,7 @@ class KernelInfo:
     directory: str
     modules: tuple[str, ...]
     memcg_v1: bool  # False on kernels built without CONFIG_MEMCG_V1 (6.12 in Debian)
+    arch: str = "amd64"
 
     @property
     def vmlinuz(self) -> str:
@@ -113,7 +150,7 @@ def cache_dir() -> str:
 
 def available_kernels() -> list[str]:
     """Kernel names this harness can fetch and boot, oldest first."""
-    return sorted(KERNELS, key=lambda k: tuple(int(p) for p in k.split(".")))
+    return sorted(KERNELS, key=lambda k: KERNELS[k].order)
 
 
 def _spec(kernel: str) -> KernelSpec:
@@ -123,11 +160,12 @@ def _spec(kernel: str) -> KernelSpec:
         raise QemuError(f"unknown kernel {kernel!r}: choose one of {', '.join(available_kernels())}") from None
 
 
-def qemu_usable() -> tuple[bool, str]:
-    """Whether QEMU can run a TCG guest with 9p here; the reason says what is missing."""
-    qemu = shutil.which(QEMU)
+def qemu_usable(arch: str = "amd64") -> tuple[bool, str]:
+    """Whether QEMU can run a TCG guest of `arch` with 9p here; the reason says what is missing."""
+    name = MACHINES[arch].qemu
+    qemu = shutil.which(name)
     if not qemu:
-        return False, f"{QEMU} not found: apt-get install qemu-system-x86"
+        return False, f"{name} not found: apt-get install {'qemu-system-x86' if arch == 'amd64' else 'qemu-system-arm'}"
     try:
         devices = subprocess.run([qemu, "-device", "help"], capture_output=True, text=True, timeout=30)
         # -machine none starts no guest; "quit" on the monitor proves the TCG accelerator initialises.
@@ -135,11 +173,11 @@ def qemu_usable() -> tuple[bool, str]:
             [qemu, "-accel", "tcg", "-machine", "none", "-nodefaults", "-display", "none", "-monitor", "stdio"],
             input="quit\n", capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return False, f"{QEMU} does not start: {e}"
+        return False, f"{name} does not start: {e}"
     if "virtio-9p-pci" not in devices.stdout:
-        return False, f"{QEMU} was built without virtio-9p-pci (needed to share the host tree)"
+        return False, f"{name} was built without virtio-9p-pci (needed to share the host tree)"
     if probe.returncode != 0:
-        return False, f"{QEMU} -accel tcg failed: {(probe.stderr or probe.stdout).strip()[:200]}"
+        return False, f"{name} -accel tcg failed: {(probe.stderr or probe.stdout).strip()[:200]}"
     for tool in ("apt-get", "apt-cache", "dpkg-deb"):
         if not shutil.which(tool):
             return False, f"{tool} not found: kernels are fetched from Debian's archive with apt"
@@ -161,38 +199,46 @@ def kernel_info(kernel: str, cache: str | None = None) -> KernelInfo | None:
     if meta.get("format") != CACHE_FORMAT:
         return None
     info = KernelInfo(kernel=kernel, package=meta["package"], version=meta["version"], release=meta["release"],
-                      directory=d, modules=tuple(meta["modules"]), memcg_v1=meta["memcg_v1"])
+                      directory=d, modules=tuple(meta["modules"]), memcg_v1=meta["memcg_v1"],
+                      arch=meta.get("arch", "amd64"))
     needed = [info.vmlinuz] + [os.path.join(d, "modules", m + ".ko") for m in info.modules]
     return info if all(os.path.isfile(p) for p in needed) else None
 
 
 def _run(cmd: Sequence[str], **kw) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True, **kw)
-    except FileNotFoundError:
-        raise PrepareError(f"{cmd[0]} not found: this harness needs Debian's apt tools") from None
-    except subprocess.CalledProcessError as e:
-        raise PrepareError(f"{shlex.join(cmd)} failed: {(e.stderr or e.stdout).strip()[-300:]}") from None
+        return apt.run(cmd, **kw)
+    except apt.AptError as e:
+        raise PrepareError(str(e)) from None
 
 
-def _candidates(spec: KernelSpec) -> list[str]:
-    prefix = spec.package_re.split("\\")[0]  # e.g. "linux-image-6" — pkgnames takes a plain prefix
-    names = _run(["apt-cache", "pkgnames", prefix]).stdout.split()
-    found = [(int(m.group(1)), n) for n in names if (m := re.fullmatch(spec.package_re, n))]
+def _apt(spec: KernelSpec, cache: str) -> apt.Apt:
+    return apt.Apt(cache, spec.suite, spec.arch)
+
+
+def _candidates(spec: KernelSpec, cache: str) -> list[str]:
+    prefix = re.split(r"[\\(\[]", spec.package_re)[0]  # e.g. "linux-image-6" — pkgnames takes a plain prefix
+    try:
+        names = _apt(spec, cache).names(prefix)
+    except apt.AptError as e:
+        raise PrepareError(str(e)) from None
+    found = [(tuple(int(x) for x in m.group(1).split(".")), n) for n in names if (m := re.fullmatch(spec.package_re, n))]
     return [n for _, n in sorted(found, reverse=True)]
 
 
-def _pick_package(spec: KernelSpec) -> str:
-    pinned = os.environ.get(f"OTEL_OOM_QEMU_PACKAGE_{spec.name.replace('.', '_')}")
+def pin_variable(kernel: str) -> str:
+    """The environment variable that pins `kernel` to one package name."""
+    return "OTEL_OOM_QEMU_PACKAGE_" + re.sub(r"[^A-Za-z0-9]", "_", kernel)
+
+
+def _pick_package(spec: KernelSpec, cache: str) -> str:
+    pinned = os.environ.get(pin_variable(spec.name))
     if pinned:
         return pinned
-    names = _candidates(spec)
-    if not names and os.geteuid() == 0:
-        _run(["apt-get", "update", "-qq"], timeout=600)  # fresh CI images ship without package lists
-        names = _candidates(spec)
+    names = _candidates(spec, cache)
     if not names:
-        raise PrepareError(f"no Debian package matches {spec.package_re}: run apt-get update "
-                           f"(bookworm + bookworm-security in sources) and retry")
+        where = spec.suite or "the system's sources (bookworm + bookworm-security)"
+        raise PrepareError(f"no Debian package in {where} matches {spec.package_re}: run apt-get update and retry")
     return names[0]
 
 
@@ -313,6 +359,23 @@ def _ensure_cache(cache: str) -> None:
         raise PrepareError(f"kernel cache {cache} is not writable: set {CACHE_ENV} to a writable directory")
 
 
+def _find_kernel(tree: str, package: str) -> tuple[str, str, str]:
+    """(vmlinuz, config, release) in an unpacked kernel package: /boot/vmlinuz-<release> and
+    /boot/config-<release>, or (7.x) /usr/lib/modules/<release>/vmlinuz and .../config."""
+    boot = os.path.join(tree, "boot")
+    found = [(os.path.join(boot, f), os.path.join(boot, "config-" + f[len("vmlinuz-"):]), f[len("vmlinuz-"):])
+             for f in (os.listdir(boot) if os.path.isdir(boot) else []) if f.startswith("vmlinuz-")]
+    mods = os.path.join(tree, "usr", "lib", "modules")
+    found += [(os.path.join(mods, r, "vmlinuz"), os.path.join(mods, r, "config"), r)
+              for r in (os.listdir(mods) if os.path.isdir(mods) else [])
+              if os.path.isfile(os.path.join(mods, r, "vmlinuz"))]
+    if len(found) != 1:
+        raise PrepareError(f"{package} has {len(found)} kernel images, expected one")
+    if not os.path.isfile(found[0][1]):
+        raise PrepareError(f"{package} has no kernel config next to {found[0][0]}")
+    return found[0]
+
+
 def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> KernelInfo:
     """Fetch and unpack `kernel` into the cache (no-op when cached; refresh=True re-fetches)."""
     spec = _spec(kernel)
@@ -323,31 +386,33 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
     with _Lock(os.path.join(cache, f".{kernel}.lock")):
         if not refresh and (info := kernel_info(kernel, cache)):
             return info  # another process prepared it while we waited
-        package = _pick_package(spec)
+        package = _pick_package(spec, cache)
         with tempfile.TemporaryDirectory(prefix=f".{kernel}-", dir=cache) as tmp:
-            _run(["apt-get", "download", package], cwd=tmp, timeout=900)
-            debs = [f for f in os.listdir(tmp) if f.endswith(".deb")]
-            if len(debs) != 1:
-                raise PrepareError(f"apt-get download {package} left {debs!r} in {tmp}")
-            deb = os.path.join(tmp, debs[0])
-            version = _run(["dpkg-deb", "-f", deb, "Version"]).stdout.strip()
             tree = os.path.join(tmp, "tree")
-            _run(["dpkg-deb", "-x", deb, tree], timeout=900)
-            boot = os.path.join(tree, "boot")
-            vmlinuz = [f for f in os.listdir(boot) if f.startswith("vmlinuz-")]
-            if len(vmlinuz) != 1:
-                raise PrepareError(f"{package} has {len(vmlinuz)} vmlinuz files, expected one")
-            release = vmlinuz[0][len("vmlinuz-"):]
+            try:
+                repo = _apt(spec, cache)
+                deb = repo.download(package, tmp)
+                version = _run(["dpkg-deb", "-f", deb, "Version"]).stdout.strip()
+                # since 7.x (sid) linux-image-* is a meta package: the kernel is in linux-binary-*,
+                # its modules in linux-modules-*, its config in linux-base-*, at /usr/lib/modules/<release>/
+                suffix = package[len("linux-image-"):]
+                parts = [d.split()[0] for d in repo.depends(package)
+                         if d.split()[0] in (f"linux-{p}-{suffix}" for p in ("binary", "modules", "base"))]
+                for part in [deb] + [repo.download(p, tmp) for p in parts]:
+                    _run(["dpkg-deb", "-x", part, tree], timeout=900)
+            except apt.AptError as e:
+                raise PrepareError(str(e)) from None
+            kernel_file, config_file, release = _find_kernel(tree, package)
             moddir = os.path.join(tree, "lib", "modules", release)
             if not os.path.isdir(moddir):
                 moddir = os.path.join(tree, "usr", "lib", "modules", release)
             modules = _resolve_modules(moddir, MODULE_ROOTS)
-            with open(os.path.join(boot, f"config-{release}")) as f:
+            with open(config_file) as f:
                 config_text = f.read()
 
             out = os.path.join(tmp, "out")
             os.makedirs(os.path.join(out, "modules"))
-            shutil.copyfile(os.path.join(boot, vmlinuz[0]), os.path.join(out, "vmlinuz"))
+            shutil.copyfile(kernel_file, os.path.join(out, "vmlinuz"))
             if re.search(r"^CONFIG_PVH=y$", config_text, re.M):
                 with open(os.path.join(out, "vmlinuz"), "rb") as f:
                     elf = _extract_vmlinux(f.read())
@@ -359,7 +424,8 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
             for name, data in modules:
                 with open(os.path.join(out, "modules", name + ".ko"), "wb") as f:
                     f.write(data)
-            meta = {"format": CACHE_FORMAT, "kernel": kernel, "package": package, "version": version, "release": release,
+            meta = {"format": CACHE_FORMAT, "kernel": kernel, "arch": spec.arch, "package": package, "version": version,
+                    "release": release,
                     "modules": [n for n, _ in modules], "memcg_v1": _memcg_v1(config_text),
                     "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             with open(os.path.join(out, "kernel.json"), "w") as f:
@@ -374,11 +440,48 @@ def prepare(kernel: str, cache: str | None = None, refresh: bool = False) -> Ker
     return info
 
 
+def headers(kernel: str, cache: str | None = None) -> str:
+    """The kernel's headers (Debian's linux-headers-<release> and the -common package it depends
+    on, what BCC compiles against), unpacked once into the cache; returns the root they were
+    unpacked into (usr/src/linux-headers-*, lib/modules/<release>/{build,source} -> /usr/src/...)."""
+    cache = cache or cache_dir()
+    info = prepare(kernel, cache)
+    spec = _spec(kernel)
+    root = os.path.join(info.directory, "headers")
+    build = os.path.join(root, "usr", "src", f"linux-headers-{info.release}")
+    done = os.path.join(root, ".complete")
+    if os.path.isfile(done):
+        return root
+    with _Lock(os.path.join(cache, f".{kernel}.lock")):
+        if os.path.isfile(done):
+            return root
+        repo = _apt(spec, cache)
+        package = f"linux-headers-{info.release}"
+        try:
+            wanted = [package] + [d.split()[0] for d in repo.depends(package) if d.startswith("linux-headers-")]
+            with tempfile.TemporaryDirectory(prefix=f".{kernel}-headers-", dir=cache) as tmp:
+                debs = [repo.download(p, tmp) for p in wanted]
+                if os.path.exists(root):
+                    shutil.rmtree(root)
+                for deb in debs:
+                    _run(["dpkg-deb", "-x", deb, root], timeout=900)
+        except apt.AptError as e:
+            raise PrepareError(str(e)) from None
+        if not os.path.isfile(os.path.join(build, ".config")):
+            raise PrepareError(f"{package} unpacked without {build}/.config")
+        with open(done, "w") as f:
+            f.write(" ".join(wanted) + "\n")
+    return root
+
+
 # --- initramfs -------------------------------------------------------------------------------
 
 
-def _busybox(cache: str) -> str:
-    """A static busybox from Debian's busybox-static: the installed one, else downloaded into the cache."""
+def _busybox(cache: str, arch: str = "amd64") -> str:
+    """A static busybox from Debian's busybox-static: the installed one, else downloaded into the cache;
+    for another architecture, the one in its userland."""
+    if arch != "amd64":
+        return os.path.join(userland.userland(cache, arch), "bin", "busybox")
     try:
         listed = _run(["dpkg-query", "-L", "busybox-static"]).stdout.split()
     except PrepareError:
@@ -423,7 +526,7 @@ def initramfs(kernel: str, cache: str | None = None) -> str:
     """Path of the kernel's initramfs, rebuilt whenever init.sh, busybox or the module set changes."""
     cache = cache or cache_dir()
     info = prepare(kernel, cache)
-    bb_path = _busybox(cache)
+    bb_path = _busybox(cache, info.arch)
     with open(INIT_SCRIPT, "rb") as f:
         init = f.read()
     with open(bb_path, "rb") as f:
@@ -467,11 +570,12 @@ def _opt(value: str) -> str:
     return value.replace(",", ",,")  # QEMU option values escape commas by doubling them
 
 
-def guest_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment the command starts with (nothing else leaks in from the host)."""
+def guest_env(env: Mapping[str, str] | None = None, arch: str = "amd64") -> dict[str, str]:
+    """The environment the command starts with (nothing else leaks in from the host). An amd64 guest
+    finds the host's interpreter first; another architecture's, its userland's."""
+    first = [os.path.dirname(sys.executable)] if arch == "amd64" else []
     base = {
-        "PATH": os.pathsep.join([os.path.dirname(sys.executable),
-                                 "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
+        "PATH": os.pathsep.join(first + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
         "HOME": "/tmp",
         "LANG": "C.UTF-8",
         "PYTHONDONTWRITEBYTECODE": "1",  # the host tree is read-only inside the guest
@@ -527,9 +631,17 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         if not os.path.isdir(share_dir):
             raise QemuError(f"share_dir {share_dir} does not exist on the host: create it first")
     workdir = _guest_path(cwd or os.getcwd(), "cwd")
-    keep_dirs = _hidden_but_needed([workdir, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))])
+    machine = MACHINES[info.arch]
+    root_subdir = ""
+    if info.arch == "amd64":
+        keep_dirs = _hidden_but_needed([workdir, sys.prefix, os.path.dirname(os.path.realpath(sys.executable))])
+    else:
+        # the host's amd64 tree cannot run there: chroot into that architecture's userland, with the
+        # working directory (the checkout: pure Python) and the venv bound in at their own paths
+        root_subdir = _guest_path(userland.userland(cache or cache_dir(), info.arch), "userland")
+        keep_dirs = list(dict.fromkeys([workdir, sys.prefix]))  # the venv: its pure-Python packages serve too
     script = command if isinstance(command, str) else "exec " + shlex.join(command)
-    environment = guest_env(env)
+    environment = guest_env(env, info.arch)
     bad = [k for k in environment if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
     if bad:
         raise QemuError(f"env names {bad!r} are not valid shell variable names")
@@ -538,18 +650,19 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         with open(os.path.join(ctl, "boot.conf"), "w") as f:
             f.write(f"CGROUP={shlex.quote(cgroup)}\nTMPFS_DIRS={shlex.quote(' '.join(tmpfs_dirs))}\n"
                     f"SHARE_DIR={shlex.quote(share_dir or '')}\nHOSTROOT_CACHE={shlex.quote(hostroot_cache)}\n"
-                    f"OVERLAY={int(overlay)}\nKEEP_DIRS={shlex.quote(' '.join(keep_dirs))}\n")
+                    f"OVERLAY={int(overlay)}\nKEEP_DIRS={shlex.quote(' '.join(keep_dirs))}\n"
+                    f"ROOT_SUBDIR={shlex.quote(root_subdir)}\nOUTPUT_SERIAL={int(machine.output_serial)}\n")
         with open(os.path.join(ctl, "env"), "w") as f:
             f.writelines(f"export {k}={shlex.quote(v)}\n" for k, v in environment.items())
         with open(os.path.join(ctl, "command"), "w") as f:
             f.write(f"cd {shlex.quote(workdir)} 2>/dev/null || cd /\n{script}\n")
         console, output = os.path.join(ctl, "console.log"), os.path.join(ctl, "output.log")
         argv = [
-            QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+            machine.qemu, *machine.options, "-smp", str(cpus), "-m", str(memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", info.boot_image, "-initrd", initrd,
-            "-append", f"console=ttyS0 panic=-1 quiet {extra_cmdline}".strip(),
-            "-serial", f"file:{console}", "-serial", f"file:{output}",
+            "-append", f"console={machine.console} panic=-1 quiet {extra_cmdline}".strip(),
+            "-serial", f"file:{console}", *(("-serial", f"file:{output}") if machine.output_serial else ()),
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={_opt(ctl)},mount_tag=otelctl,security_model=none",
         ]

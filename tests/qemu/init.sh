@@ -54,6 +54,12 @@ if [ "$OVERLAY" = 1 ]; then
 else
     mount --bind /lower $R || fail "cannot bind the host root"
 fi
+if [ -n "$ROOT_SUBDIR" ]; then
+    # A guest of another architecture: its own userland (a directory of the host tree) becomes the
+    # root; the host paths the command needs (KEEP_DIRS: the checkout) are bound into it below.
+    mkdir -p /subroot && mount --bind "$R$ROOT_SUBDIR" /subroot || fail "cannot bind the userland $ROOT_SUBDIR"
+    R=/subroot
+fi
 
 # Fresh, empty scratch and runtime dirs: the host's /run (sockets, pid files) means nothing here.
 for d in /tmp /var/tmp; do
@@ -115,13 +121,18 @@ fi
 ip link set lo up || fail "cannot bring up lo"
 
 # Raw mode: no \n -> \r\n translation, so the host file is byte-for-byte what the command wrote.
-stty -F /dev/ttyS1 raw -echo 2>/dev/null || fail "no second serial port (/dev/ttyS1)"
+# Without a second serial port (arm64 virt) the output goes to a file on the control share.
+OUT=/ctl/output.log
+if [ "$OUTPUT_SERIAL" = 1 ]; then
+    OUT=/dev/ttyS1
+    stty -F /dev/ttyS1 raw -echo 2>/dev/null || fail "no second serial port (/dev/ttyS1)"
+fi
 
 uname -r > /ctl/release
 cut -d' ' -f1 /proc/uptime > /ctl/t_start
 chroot "$R" /usr/bin/env -i /bin/sh -c \
     '. /run/otel-oom-qemu/env && exec /bin/sh /run/otel-oom-qemu/command' \
-    < /dev/null > /dev/ttyS1 2>&1
+    < /dev/null > "$OUT" 2>&1
 rc=$?
 cut -d' ' -f1 /proc/uptime > /ctl/t_end
 echo "$rc" > /ctl/rc
