@@ -138,7 +138,7 @@ def test_kubepods_victims_are_attributed_to_pod_and_container(receiver, start_ag
     # the count is bounded: by constraint, runtime and QoS class, never by pod uid or container id
     pts = receiver.wait_for_metric("oom.kills", lambda pts: any(
         p["attributes"] == {"oom.constraint": "memcg", "container.runtime.name": "containerd",
-                            "oom.victim.pod.qos_class": "burstable"} for p in pts), 15)
+                            "oom.victim.pod.qos_class": "burstable", "oom.killer": "kernel"} for p in pts), 15)
     assert not any("container.id" in p["attributes"] or "k8s.pod.uid" in p["attributes"] for p in pts)
 
 
