@@ -109,17 +109,19 @@ earlyoom: venv-test
 image: test-packages
 	@tools/image/build.sh
 
-# the downstream tools the tests use. The image (debootstrap and apt/pip downloads) is built
-# beside the Go builds (CPU), so a cold run overlaps the two.
+# the downstream tools the tests use. The image (debootstrap and apt/pip downloads) and the QEMU
+# kernels (downloads, unpacking) are fetched beside the Go builds (CPU), so a cold run overlaps them.
 test-tools: test-packages earlyoom
-	@start=$$(date +%s); log=$$(mktemp /tmp/otel-oom-image-build-XXXXXX.log); \
+	@start=$$(date +%s); log=$$(mktemp /tmp/otel-oom-image-build-XXXXXX.log); qlog=$$(mktemp /tmp/otel-oom-qemu-prepare-XXXXXX.log); \
 	tools/image/build.sh > $$log 2>&1 & img=$$!; \
+	$(VENV)/bin/python -m tests.qemu prepare > $$qlog 2>&1 & qemu=$$!; \
 	tools/collector/build.sh && tools/victorialogs/build.sh && tools/helm/build.sh && tools/jaeger/build.sh; go=$$?; \
-	wait $$img; im=$$?; \
+	wait $$img; im=$$?; wait $$qemu; qm=$$?; \
 	grep -E "^(build-base|image):" $$log; [ $$im -eq 0 ] || tail -30 $$log >&2; \
 	tail -1 $$log; rm -f $$log; \
+	[ $$qm -eq 0 ] && echo "qemu kernels: $$(wc -l < $$qlog) prepared" || tail -20 $$qlog >&2; rm -f $$qlog; \
 	echo "test-tools: $$(( $$(date +%s) - start )) s"; \
-	[ $$go -eq 0 ] && [ $$im -eq 0 ]
+	[ $$go -eq 0 ] && [ $$im -eq 0 ] && [ $$qm -eq 0 ]
 
 test: setup test-tools crictl dockerd
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)

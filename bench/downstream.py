@@ -41,7 +41,7 @@ def measure(kills: int) -> dict:
         sys.exit("bench.downstream: build the Collector and VictoriaLogs first: make collector victorialogs")
     pod_uid, cid = str(uuid.uuid4()), new_container_id()
     latencies: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="otel-oom-wt11-bench-") as tmp, \
+    with tempfile.TemporaryDirectory(prefix="otel-oom-bench-") as tmp, \
             DownstreamStack(col, vl, Path(tmp), pods=[shop_pod(pod_uid, cid)]) as stack:
         agent = AgentProcess([f"--spool-dir={tmp}/spool"], agent_env(stack.agent_endpoint))
         try:

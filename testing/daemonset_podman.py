@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 
 from .collector_process import REPO
 
-IMAGE_PREFIX = os.environ.get("IMAGE_PREFIX", "otel-oom-wt11-")
+IMAGE_PREFIX = os.environ.get("IMAGE_PREFIX", "otel-oom-")
 CONTAINERS_CONF = REPO / "tools" / "image" / "containers.conf"
 
 # the pod-level fields the translation understands (anything else in the pod spec is ignored

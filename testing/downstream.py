@@ -27,7 +27,7 @@ from .prometheus_server import PrometheusServer
 from .victorialogs import VictoriaLogsServer
 
 AGENT_CONFIG = REPO / "collector-config" / "agent.yaml"
-CGROUP_PREFIX = "/otel-oom-wt11-downstream"
+CGROUP_PREFIX = "/otel-oom-downstream"
 NODE = "node-otel-oom-test"
 
 

@@ -40,7 +40,7 @@ class VictoriaLogsServer:
         self.binary = binary
         self.ready_timeout = ready_timeout
         self.port = free_port()
-        self._tmp = tempfile.TemporaryDirectory(prefix="otel-oom-wt11-vl-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="otel-oom-vl-")
         self.data = Path(self._tmp.name) / "data"
         self.proc: Optional[subprocess.Popen] = None
         self._log = open(Path(self._tmp.name) / "victorialogs.log", "ab")

@@ -7,11 +7,11 @@
 #   3. add this machine's extra CA certificates (/usr/local/share/ca-certificates: package
 #      downloads here go through a TLS-inspecting egress) and PIP_CERT, as
 #      localhost/<prefix>python:<suite>, the stand-in for python:3.11-slim-bookworm.
-# Usage: build-base.sh [SUITE]   (default bookworm). IMAGE_PREFIX defaults to otel-oom-wt11-.
+# Usage: build-base.sh [SUITE]   (default bookworm). IMAGE_PREFIX defaults to otel-oom-.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 suite=${1:-bookworm}
-prefix=${IMAGE_PREFIX:-otel-oom-wt11-}
+prefix=${IMAGE_PREFIX:-otel-oom-}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 include=python3,python3-venv,ca-certificates
 export CONTAINERS_CONF="$here/containers.conf"

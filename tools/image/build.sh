@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `make image`: build the Dockerfile with podman from the locally made base image
 # (build-base.sh) and print the image name as the last line. podman's layer cache makes a
-# rebuild of an unchanged tree take seconds. IMAGE_PREFIX defaults to otel-oom-wt11-.
+# rebuild of an unchanged tree take seconds. IMAGE_PREFIX defaults to otel-oom-.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-prefix=${IMAGE_PREFIX:-otel-oom-wt11-}
+prefix=${IMAGE_PREFIX:-otel-oom-}
 export CONTAINERS_CONF="$here/containers.conf"
 base=$("$here/build-base.sh" | tail -1)
 image="localhost/${prefix}agent:latest"
