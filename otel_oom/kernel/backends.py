@@ -4,6 +4,7 @@ start against the kernel headers, for kernels without BTF). Both give a `SampleS
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Callable
 
@@ -12,6 +13,8 @@ from .source import SampleSource
 
 if TYPE_CHECKING:
     from .probe import Extras
+
+log = logging.getLogger("otel_oom.kernel")
 
 
 def choose_backend(requested: str = "auto") -> tuple[str, str]:
@@ -30,6 +33,10 @@ def open_source(on_sample: Callable[[bytes], None], backend: str = "auto", victi
     chosen, _why = choose_backend(backend)
     if chosen == "bcc":
         from .bcc import open_bcc_probe
+
+        if extras is not None and (extras.signals or extras.reclaim):
+            log.warning("the bcc backend has the kill hooks only: kills are reported, user-space OOM killers' "
+                        "kills and reclaim times are not (they need the libbpf backend, i.e. kernel BTF)")
 
         return open_bcc_probe(on_sample, victim, context, task, bcc_buffer, ring_bytes)
     from .probe import open_probe
