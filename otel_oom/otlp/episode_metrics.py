@@ -20,6 +20,18 @@ RECLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 PRESSURE_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
+def guarded(name: str, fn: Callable[[], list[Any]]) -> Callable[[Any], list[Any]]:
+    """An observable instrument's callback that logs a failing stats source instead of breaking
+    the whole export."""
+    def callback(_options: Any) -> list[Any]:
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - a broken stats source must not stop the export
+            log.exception("metric callback for %s failed", name)
+            return []
+    return callback
+
+
 class EpisodeMetrics:
     def __init__(self, meter: Any) -> None:
         from opentelemetry.metrics import Observation
@@ -28,15 +40,6 @@ class EpisodeMetrics:
         self.pressure_active: Callable[[], Mapping[str, int]] = lambda: {}
         self.no_kill_active: Callable[[], Mapping[str, int]] = lambda: {}
         self.cgroups: Callable[[], Mapping[str, int]] = lambda: {}
-
-        def guarded(name: str, fn: Callable[[], list[Any]]) -> Callable[[Any], list[Any]]:
-            def callback(_options: Any) -> list[Any]:
-                try:
-                    return fn()
-                except Exception:  # noqa: BLE001 - a broken stats source must not stop the export
-                    log.exception("metric callback for %s failed", name)
-                    return []
-            return callback
 
         self._pressure = meter.create_counter(
             "oom.pressure.episodes", unit="{episode}",

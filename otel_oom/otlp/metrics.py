@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 from .. import __version__
 from ..model import OomKill, Record
 from .env import OtlpSettings
-from .episode_metrics import EpisodeMetrics
+from .episode_metrics import EpisodeMetrics, guarded
 from .exporters import metric_exporter
 from .mapping import RSS_BUCKETS, SCOPE_NAME, kill_metric_attributes
 
@@ -83,15 +83,6 @@ class Metrics:
             readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=self.export_interval_millis))
         self._provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
         meter = self._provider.get_meter(SCOPE_NAME, __version__)
-
-        def guarded(name: str, fn: Callable[[], list[Any]]) -> Callable[[Any], list[Any]]:
-            def callback(_options: Any) -> list[Any]:
-                try:
-                    return fn()
-                except Exception:  # noqa: BLE001 - a broken stats source must not stop the export
-                    log.exception("metric callback for %s failed", name)
-                    return []
-            return callback
 
         self._kills = meter.create_counter(
             "oom.kills", unit="{kill}", description="OOM kills reported, by constraint, container runtime and pod QoS class")
