@@ -13,6 +13,7 @@ from typing import Optional
 import pytest
 
 from testing.agent_process import REPO, AgentProcess, agent_env
+from testing.otlp_receiver import OtlpGrpcReceiver
 
 __all__ = ["REPO", "AgentProcess", "agent_env", "require", "require_tool", "require_root_bpf", "as_nobody"]
 IN_CI = os.environ.get("CI") == "true"
@@ -92,3 +93,10 @@ def start_agent(tmp_path):
     yield start
     for a in agents:
         a.stop(9)
+
+
+@pytest.fixture
+def receiver():
+    """A real OTLP/gRPC receiver on a free loopback port, for the agents a test starts."""
+    with OtlpGrpcReceiver() as r:
+        yield r

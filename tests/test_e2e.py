@@ -20,16 +20,9 @@ from conftest import REPO, agent_env, require_root_bpf
 
 from otel_oom.attribution.cgroups import detect_memory_hierarchy
 from otel_oom.trigger import trigger_oom
-from testing.otlp_receiver import OtlpGrpcReceiver
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def receiver():
-    with OtlpGrpcReceiver() as r:
-        yield r
 
 
 def _record_for(receiver, pid: int, timeout: float = 10.0) -> dict:

@@ -15,18 +15,11 @@ import pytest
 from conftest import require
 
 from otel_oom.attribution.cgroups import detect_memory_hierarchy
-from testing.otlp_receiver import OtlpGrpcReceiver
 from testing.story import MemoryHolder
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root
 FAST = ["--pressure-clear-seconds=2", "--pressure-scan-interval=2"]
-
-
-@pytest.fixture
-def receiver():
-    with OtlpGrpcReceiver() as r:
-        yield r
 
 
 def _records(receiver, event_name: str, key: str, value) -> list[dict]:

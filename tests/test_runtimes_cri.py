@@ -20,7 +20,6 @@ from conftest import require, require_root_bpf, require_tool
 from otel_oom.attribution.runtime.cri import CriClient
 from testing.containerd import CRICTL, Containerd
 from testing.images import VICTIM_COMM
-from testing.otlp_receiver import OtlpGrpcReceiver
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20
@@ -39,12 +38,6 @@ def containerd():
         yield c.start()
     finally:
         c.close()
-
-
-@pytest.fixture
-def receiver():
-    with OtlpGrpcReceiver() as r:
-        yield r
 
 
 def _kill(rec: dict, cid: str) -> bool:

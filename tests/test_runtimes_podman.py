@@ -16,7 +16,6 @@ import pytest
 from conftest import require, require_root_bpf, require_tool
 
 from testing.images import VICTIM_COMM
-from testing.otlp_receiver import OtlpGrpcReceiver
 from testing.podman import IMAGE, Podman
 
 pytestmark = pytest.mark.root
@@ -34,12 +33,6 @@ def podman():
         yield p.start()
     finally:
         p.close()
-
-
-@pytest.fixture
-def receiver():
-    with OtlpGrpcReceiver() as r:
-        yield r
 
 
 def _kill(rec: dict, cid: str) -> bool:

@@ -23,7 +23,6 @@ from conftest import REPO, agent_env, require_root_bpf, require_tool
 from otel_oom.kernel.features import effective_capabilities
 from otel_oom.text import for_terminal as escape_untrusted
 from otel_oom.trigger import trigger_oom
-from testing.otlp_receiver import OtlpGrpcReceiver
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root
@@ -33,12 +32,6 @@ CAP_SYS_RESOURCE = 24
 # (see docs/security.md for why each one is needed)
 MINIMAL_CAPS = ("bpf", "perfmon", "syslog")
 RAW_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but the newline
-
-
-@pytest.fixture
-def receiver():
-    with OtlpGrpcReceiver() as r:
-        yield r
 
 
 def _wait_pid(receiver, pid: int, timeout: float = 30.0) -> dict:

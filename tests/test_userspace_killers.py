@@ -10,17 +10,10 @@ import time
 
 import pytest
 
-from testing.otlp_receiver import OtlpGrpcReceiver
 from testing.story import MemoryHolder, earlyoom_kills_a_holder, fake_killer, wait_killed
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def receiver():
-    with OtlpGrpcReceiver() as r:
-        yield r
 
 
 def _for_pid(receiver, event_name: str, pid: int, timeout: float = 20.0) -> dict:
