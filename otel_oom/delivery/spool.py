@@ -81,6 +81,8 @@ def segment_size(max_bytes: int) -> int:
 class SpoolError(Exception):
     """The spool cannot do what was asked; the message says why and what to do."""
 
+    written: list[int] = []  # append_many: the seqs of the burst's first events, written before it failed
+
 
 def _crc(length: int, seq: int, ts_ns: int, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack("<IQq", length, seq, ts_ns)))
@@ -226,7 +228,7 @@ class Spool:
                   "event(s) rescued, %d lost with it (counted as spool_lost)", self._dir, len(self._rescued), lost)
         while self._rescued:
             ts_ns, payload = self._rescued[0]
-            self._write(payload, ts_ns)
+            self._write([payload], ts_ns)
             self._rescued.pop(0)
 
     def _check_directory(self) -> None:
@@ -314,28 +316,60 @@ class Spool:
 
     def append(self, payload: bytes) -> int:
         """Write one event durably; returns its sequence number. Raises SpoolError if it cannot."""
-        payload = bytes(payload)
-        size = _HEAD.size + len(payload)
+        return self.append_many([payload])[0]
+
+    def append_many(self, payloads: list[bytes]) -> list[int]:
+        """Write a burst of events durably (group commit); returns their sequence numbers.
+
+        The burst goes out in one write() and one fdatasync (into one segment, which may grow past
+        segment_bytes by it), so it costs one flush instead of one per event. The guarantees are
+        append()'s for each event: nothing returns before its records are on disk, and a SIGKILL
+        during the write() leaves all of the burst or none of it (a regular file's write is not
+        cut by a signal; a short write, e.g. on a full disk, is truncated away by `_abandon`); only
+        a burst larger than max_bytes is split into several writes. Raises SpoolError if
+        any of them cannot be written; its `written` lists the seqs of the first ones, which are on disk
+        (the rest is not).
+        """
+        payloads = [bytes(p) for p in payloads]
         with self._lock:
             self._check_open()
-            if size > self._max_bytes or len(payload) >= 2**32:
-                raise SpoolError(f"event of {len(payload)} bytes does not fit in spool max_bytes="
-                                 f"{self._max_bytes}; raise max_bytes")
+            for payload in payloads:
+                if _HEAD.size + len(payload) > self._max_bytes or len(payload) >= 2**32:
+                    raise SpoolError(f"event of {len(payload)} bytes does not fit in spool max_bytes="
+                                     f"{self._max_bytes}; raise max_bytes")
             self._check_directory()
             now = self._now_ns()
             self._expire(now)
-            return self._write(payload, now)
+            seqs: list[int] = []
+            while len(seqs) < len(payloads):
+                try:
+                    seqs += self._write(payloads[len(seqs):], now)
+                except SpoolError as e:
+                    e.written = seqs  # the first ones are on disk already (an earlier segment's write)
+                    raise
+            return seqs
 
-    def _write(self, payload: bytes, now: int) -> int:
-        size = _HEAD.size + len(payload)
+    def _write(self, payloads: list[bytes], now: int) -> list[int]:
+        """`payloads` (as many as fit in max_bytes: all, unless the burst alone is larger) in one
+        write, in one segment (which may grow past segment_bytes by that burst); their seqs."""
         # called with self._lock held
-        self._make_room(size)
-        seg = self._writable(size)
-        seq = self._next_seq
-        self._next_seq += 1  # burnt even on failure: a half-failed write may still hold it
-        record = _HEAD.pack(MAGIC, len(payload), _crc(len(payload), seq, now, payload), seq, now) + payload
+        records, sizes, seqs, total = [], [], [], 0
+        for payload in payloads:
+            size = _HEAD.size + len(payload)
+            if sizes and total + size > self._max_bytes:
+                break
+            sizes.append(len(payload))
+            total += size
+        self._make_room(total)
+        seg = self._writable(total)
+        for payload in payloads[:len(sizes)]:
+            seq = self._next_seq
+            self._next_seq += 1  # burnt even on failure: a half-failed write may still hold it
+            records.append(_HEAD.pack(MAGIC, len(payload), _crc(len(payload), seq, now, payload), seq, now))
+            records.append(payload)
+            seqs.append(seq)
         try:
-            view = memoryview(record)
+            view = memoryview(b"".join(records))
             while view:
                 view = view[os.write(seg.handle(), view):]
             if self._fsync:
@@ -344,10 +378,11 @@ class Spool:
             self._abandon(seg)
             raise SpoolError(f"cannot write OOM event to spool {self._dir}: {e.strerror}; "
                              "free disk space on that filesystem") from None
-        seg.records.append((seq, seg.size, len(payload), now))
-        seg.size += size
-        self._bytes += size
-        return seq
+        for seq, length in zip(seqs, sizes):
+            seg.records.append((seq, seg.size, length, now))
+            seg.size += _HEAD.size + length
+        self._bytes += total
+        return seqs
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         """Up to `limit` unacknowledged events, oldest first, as (seq, payload)."""

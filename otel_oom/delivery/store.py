@@ -30,6 +30,7 @@ class Store(Protocol):
     @property
     def dropped(self) -> Mapping[str, int]: ...
     def append(self, payload: bytes) -> int: ...
+    def append_many(self, payloads: list[bytes]) -> list[int]: ...
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]: ...
     def ack(self, upto_seq: int) -> None: ...
     def in_memory(self) -> int: ...
@@ -60,6 +61,9 @@ class MemoryStore:
             seq, self._next = self._next, self._next + 1
             self._items.append((seq, payload))
             return seq
+
+    def append_many(self, payloads: list[bytes]) -> list[int]:
+        return [self.append(p) for p in payloads]
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         with self._lock:
@@ -121,6 +125,17 @@ class DeliveryStore:
             log.warning("spool still unwritable: keeping the event in memory behind %d older one(s) until the "
                         "spool or the collector takes it", waiting)
         return self.memory.append(payload)
+
+    def append_many(self, payloads: list[bytes]) -> list[int]:
+        """A burst in one spool write (group commit); in memory, in order, if the spool cannot take it."""
+        if len(payloads) == 1 or self.memory.in_memory():
+            return [self.append(p) for p in payloads]
+        try:
+            return self.spool.append_many(payloads)
+        except SpoolError as e:
+            # the first ones may be on disk already; the rest one at a time (into memory if need be)
+            done = list(e.written)
+            return done + [self.append(p) for p in payloads[len(done):]]
 
     def rescue_memory(self) -> int:
         """Move events waiting in memory into the spool, oldest first, while it writes; how many moved."""

@@ -142,7 +142,7 @@ class Reconciler:
         with self._lock:
             self.forgotten += kills
 
-    def observed(self, kill: OomKill) -> None:
+    def observed(self, kill: OomKill, save: bool = True) -> None:
         """Count a kill the probe delivered, just before it is written to the spool (`stored()` after).
 
         The state is saved at once (without fsync: a SIGKILL keeps the page cache, and after a
@@ -150,9 +150,13 @@ class Reconciler:
         dies before the kill is in the spool, the spool never reaches that number and the next start
         recovers the kill from the kernel log; if it is in the spool, the next start does not replay
         it as a "recovered" duplicate with another event id. So no crash point reports it twice or
-        loses it.
+        loses it. A burst written to the spool in one write (group commit) is counted kill by kill
+        with `save=False` and saved once, before the write: `storing` is then the burst's first seq,
+        and the write puts all of the burst in the spool or none of it.
         """
         if kill.killed is False:
+            if save:
+                self.save(durable=False)  # the burst's earlier kills
             return  # a task only marked because it was already exiting: the kernel counts no kill
         with self._lock:
             self._storing = self._next_seq() if self._next_seq else None
@@ -163,7 +167,8 @@ class Reconciler:
                 self._observed_without_cgroup += 1
             if kill.oom_group_path:
                 self._count_group_decision(kill)
-        self.save(durable=False)
+        if save:
+            self.save(durable=False)
 
     def stored(self) -> None:
         """The kill just counted by `observed` is in the spool now."""
