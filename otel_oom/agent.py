@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -37,18 +36,22 @@ from .config import RunConfig
 from .delivery.parked import ParkedEvents
 from .delivery.sender import RETRY_MAX_S, SpoolSender
 from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
+from .errors import AgentError
 from .kernel.source import SampleSource, SourceFactory
 from .model import Record
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
+from .sample_queue import ByteBoundedQueue, Empty
 
 if TYPE_CHECKING:
+    from .health import HealthServer
     from .otlp.metrics import Metrics
     from .watchers import Watchers
 
 log = logging.getLogger("otel_oom.agent")
 
-SAMPLE_QUEUE_MAX = 65536  # ring-buffer samples waiting for the worker (~100 MB at worst)
+SAMPLE_QUEUE_BYTES = 16 << 20  # samples and records waiting for the worker (see sample_queue.py)
+BURST_MAX = 64             # samples the worker takes at once: stored in one spool write (group commit)
 POLL_MS = 100
 # compare with /proc/vmstat oom_kill every cfg.reconcile_interval (default 5 s), and with every
 # memory cgroup's own oom_kill counter this many times less often (default every 30 s)
@@ -69,7 +72,7 @@ class Agent:
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
         # ring-buffer samples, and the records the watchers made (pressure, no-kill); None stops the worker
-        self._samples: queue.Queue[Optional[Union[bytes, Record]]] = queue.Queue(SAMPLE_QUEUE_MAX)
+        self._samples: ByteBoundedQueue[Optional[Union[bytes, Record]]] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
         self._threads: list[threading.Thread] = []
         self._dead: dict[str, str] = {}  # supervised thread name -> why it ended
         self._cleanup: list[Callable[[], None]] = []
@@ -83,6 +86,8 @@ class Agent:
         self.reconciler: Optional[Reconciler] = None
         self.pipeline: Optional[Pipeline] = None
         self.watchers: Optional["Watchers"] = None
+        self._export_pending = False  # the OTel SDK and exporters being set up after `ready`
+        self._export_thread: Optional[threading.Thread] = None
         self.exit_code = 0
 
     # ---- set-up, in data-flow order --------------------------------------------------------
@@ -101,28 +106,10 @@ class Agent:
 
         # the spool first: it is what most often cannot be used (path, permissions, a read-only
         # filesystem), and nothing should be exporting yet when the agent refuses to start
-        store: Store = open_store(cfg) if cfg.otlp_settings is not None else MemoryStore()
+        delivers = cfg.otlp_settings is not None
+        store: Store = open_store(cfg) if delivers else MemoryStore()
         self.store = store
         self._cleanup.append(store.close)
-        log_sender = trace_sender = None
-        if cfg.otlp or cfg.prometheus:
-            from .otlp.logs import LogSender
-            from .otlp.metrics import Metrics
-            from .otlp.resource import build_resource
-
-            resource = build_resource(self.environ)
-            self.metrics = metrics = Metrics(resource, cfg.otlp_settings, prometheus=cfg.prometheus,
-                                             drop_counts=self.drop_counts, fault_counts=self.fault_counts,
-                                             hooks=self.hooks_attached, unobserved=self.unobserved_kills)
-            # the final metric export gets what is left of --shutdown-timeout (see close())
-            self._cleanup.append(lambda: metrics.shutdown(max(0.05, self._deadline - time.monotonic()) * 1000))
-            if cfg.otlp_settings is not None:
-                log_sender = LogSender(resource, cfg.otlp_settings.logs,
-                                       on_failure=lambda: metrics.record_export_failure("logs"))
-                self._cleanup.append(log_sender.shutdown)
-                trace_sender = watcher_parts.trace_sender(cfg, resource, lambda: metrics.record_export_failure("traces"))
-                if trace_sender is not None:
-                    self._cleanup.append(trace_sender.shutdown)
         notifier = None
         if cfg.webhook:
             from .sinks.webhook import WebhookNotifier
@@ -141,31 +128,24 @@ class Agent:
         self.source = self._source_factory(self._on_sample)
         self._cleanup.append(self.source.close)
         commit_lock = threading.Lock()  # a kill is stored and accounted for before the sender may see it
-        if log_sender:
-            parked = ParkedEvents(cfg.spool_dir if isinstance(store, DeliveryStore) else None,
-                                  max(PARKED_MIN_BYTES, cfg.spool_max_bytes // 16))
-            self.sender = SpoolSender(store, log_sender, self.drops, self.stopping,
-                                      burst_in_progress=lambda: not self._samples.empty(),
-                                      spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
-                                      parked=parked, commit_lock=commit_lock, span_exporter=trace_sender)
         # issue 13: pressure, OOMs without a kill, reclaim times, episode traces (watchers.py)
         watchers = self.watchers = watcher_parts.build(
             cfg, hierarchy, enricher.boot_id, self.submit, faults=self.faults,
             reclaim_events=bool(getattr(self.source, "reclaim_events", False)))
-        self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if log_sender else None,
-                                 commit_lock=commit_lock,
-                                 on_stored=self.sender.wake if self.sender else (lambda: None),
+        # the OTel SDK and its exporters come after `ready` (_start_export): what is caught meanwhile
+        # waits in the store, and its metrics in the pipeline's backlog
+        self._export_pending = bool(cfg.otlp or cfg.prometheus)
+        self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if delivers else None,
+                                 commit_lock=commit_lock, on_stored=self._wake_sender,
                                  reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
-                                 notifier=notifier, metrics=self.metrics, reclaim=watchers.reclaim,
-                                 no_kill=watchers.no_kill, episodes=watchers.episodes)
-        if self.metrics is not None:
-            watchers.feed_metrics(self.metrics)
+                                 notifier=notifier, reclaim=watchers.reclaim, no_kill=watchers.no_kill,
+                                 episodes=watchers.episodes, metrics_later=self._export_pending)
 
+        health = None
         if cfg.listen:
             from .health import HealthServer
 
-            registry = self.metrics.prometheus_registry if (self.metrics and cfg.prometheus) else None
-            health = HealthServer(cfg.listen, self.readiness, registry)
+            health = HealthServer(cfg.listen, self.readiness)  # /metrics once the registry exists
             self._cleanup.append(health.close)
 
         # before the worker runs: kills that happened while no agent was running, from the kernel's
@@ -197,7 +177,73 @@ class Agent:
         log.info("ready in %.0f ms: hooks victim=%s context=%s%s%s, backend %s; delivery %s; also %s",
                  (time.monotonic() - t0) * 1000, plan.victim, plan.context,
                  f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", task, plan.backend,
-                 self._delivery_summary(log_sender), watchers.describe())
+                 self._delivery_summary(), watchers.describe())
+        if self._export_pending:
+            self._export_thread = threading.Thread(target=self._start_export, args=(commit_lock, health),
+                                                   name="otel-oom-export-setup", daemon=True)
+            self._export_thread.start()
+
+    def _start_export(self, commit_lock: threading.Lock, health: Optional["HealthServer"]) -> None:
+        """After `ready`, on a thread of its own: the OTel SDK, the exporters, the sender.
+
+        Importing and building them takes longer than everything before `ready` (~150 ms of
+        imports); the probes are attached and the spool open by then, so a kill caught meanwhile is
+        stored (and counted in the pipeline's backlog) and goes out as soon as the sender runs.
+        """
+        t0 = time.monotonic()
+        try:
+            self._build_export(commit_lock, health)
+        except Exception as e:  # noqa: BLE001 - recorded, shown by /readyz, and stops the agent
+            self._dead["otel-oom-export-setup"] = f"{type(e).__name__}: {e}"
+            log.critical("cannot set up the OTLP export (%s); stopping (stored events stay in the spool)",
+                         self._dead["otel-oom-export-setup"], exc_info=not isinstance(e, AgentError))
+            self.exit_code = 1
+            self.stopping.set()
+            return
+        self._export_pending = False
+        log.info("export ready in %.0f ms after ready", (time.monotonic() - t0) * 1000)
+
+    def _build_export(self, commit_lock: threading.Lock, health: Optional["HealthServer"]) -> None:
+        from .otlp.metrics import Metrics
+        from .otlp.resource import build_resource
+
+        cfg = self.cfg
+        assert self.pipeline is not None and self.store is not None and self.watchers is not None
+        resource = build_resource(self.environ)
+        self.metrics = metrics = Metrics(resource, cfg.otlp_settings, prometheus=cfg.prometheus,
+                                         drop_counts=self.drop_counts, fault_counts=self.fault_counts,
+                                         hooks=self.hooks_attached, unobserved=self.unobserved_kills)
+        # the final metric export gets what is left of --shutdown-timeout (see close())
+        self._cleanup.append(lambda: metrics.shutdown(max(0.05, self._deadline - time.monotonic()) * 1000))
+        self.watchers.feed_metrics(metrics)
+        self.pipeline.attach_metrics(metrics)
+        if health is not None and cfg.prometheus:
+            health.serve_metrics(metrics.prometheus_registry)
+        if cfg.otlp_settings is None:
+            return
+        from .otlp.logs import LogSender
+
+        log_sender = LogSender(resource, cfg.otlp_settings.logs,
+                               on_failure=lambda: metrics.record_export_failure("logs"))
+        self._cleanup.append(log_sender.shutdown)
+        trace_sender = watcher_parts.trace_sender(cfg, resource, lambda: metrics.record_export_failure("traces"))
+        if trace_sender is not None:
+            self._cleanup.append(trace_sender.shutdown)
+        store = self.store
+        parked = ParkedEvents(cfg.spool_dir if isinstance(store, DeliveryStore) else None,
+                              max(PARKED_MIN_BYTES, cfg.spool_max_bytes // 16))
+        sender = SpoolSender(store, log_sender, self.drops, self.stopping,
+                             burst_in_progress=lambda: not self._samples.empty(),
+                             spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
+                             parked=parked, commit_lock=commit_lock, span_exporter=trace_sender)
+        if self.stopping.is_set():
+            return  # stopping before the export existed: what is stored stays in the spool
+        self.sender = sender
+        self._spawn("otel-oom-sender", sender.run)
+
+    def _wake_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.wake()
 
     def _open_probe(self, on_sample: Callable[[bytes], None]) -> SampleSource:
         from .kernel.backends import open_source
@@ -208,10 +254,11 @@ class Agent:
                            ring_bytes=cfg.ring_buffer_bytes, bcc_buffer=cfg.bcc_buffer,
                            extras=watcher_parts.probe_extras(cfg))
 
-    def _delivery_summary(self, log_sender: object) -> str:
+    def _delivery_summary(self) -> str:
         parts = []
-        if log_sender is not None:
-            parts.append(f"OTLP {log_sender.describe()}")  # type: ignore[attr-defined]
+        if self.cfg.otlp_settings is not None:
+            logs = self.cfg.otlp_settings.logs
+            parts.append(f"OTLP {logs.protocol} to {logs.endpoint.redacted}")
             parts.append(f"spool {self.cfg.spool_dir}" if self.cfg.spool_dir else "no spool (memory only)")
         if self.cfg.console:
             parts.append("console")
@@ -268,7 +315,7 @@ class Agent:
         from .kernel.wire import DecodeError, decode
 
         pids: set[int] = set()
-        for raw in list(self._samples.queue):
+        for raw in self._samples.snapshot():
             if not isinstance(raw, bytes):
                 continue  # a watcher's record (issue 13), or the stop
             try:
@@ -281,16 +328,12 @@ class Agent:
 
     def _on_sample(self, raw: bytes) -> None:
         # runs inside the source's poll: copy and hand on, never block
-        try:
-            self._samples.put_nowait(raw)
-        except queue.Full:
+        if not self._samples.put_nowait(raw):
             self.drops["queue_full"] += 1
 
     def submit(self, record: Record) -> None:
         """A record from a watcher thread, for the worker (never blocks)."""
-        try:
-            self._samples.put_nowait(record)
-        except queue.Full:
+        if not self._samples.put_nowait(record):
             self.drops["queue_full"] += 1
 
     def _work(self) -> None:
@@ -299,16 +342,25 @@ class Agent:
         while True:
             try:
                 item = self._samples.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except queue.Empty:
+            except Empty:
                 item = b""
+            # a burst: the samples queued behind this one go to the store in one write (group commit)
+            burst: list[bytes] = []
+            while isinstance(item, bytes) and item and len(burst) < BURST_MAX:
+                burst.append(item)
+                try:
+                    item = self._samples.get_nowait()
+                except Empty:
+                    item = b""
+            if burst:
+                self.pipeline.handle_samples(burst)
             if item is None:
                 self.pipeline.close()  # the open episodes' spans, before the sender's last attempt
                 return
-            if isinstance(item, bytes):
-                if item:
-                    self.pipeline.handle_sample(item)
-            else:
+            if not isinstance(item, bytes):
                 self.pipeline.handle_record(item)
+            elif item:
+                self.pipeline.handle_samples([item])  # the one after a full burst
             if time.monotonic() >= next_tick:
                 self.pipeline.tick()
                 next_tick = time.monotonic() + TICK_S
@@ -348,6 +400,8 @@ class Agent:
             return False, "; ".join(f"thread {n} died: {why}" for n, why in sorted(self._dead.items()))
         if not self.source or self._closed:
             return False, "probes not attached"
+        if self._export_pending:
+            return False, "OTLP export still being set up (kills caught meanwhile are stored)"
         problem = getattr(self.store, "problem", None)
         if problem:
             return False, f"spool unreadable: {problem}"
@@ -394,6 +448,9 @@ class Agent:
         # quarter, at most 1 s), so a collector that never answers cannot stretch it
         timeout = self.cfg.shutdown_timeout
         self._deadline = time.monotonic() + timeout
+        if self._export_thread is not None:
+            # an export still being set up either starts the sender now or (stopping) leaves it off
+            self._export_thread.join(max(0.0, self._deadline - time.monotonic()))
         deadline = self._deadline - (min(1.0, timeout / 4) if self.metrics else 0.0)
         if self.source:
             try:

@@ -167,6 +167,10 @@ class HealthServer:
 
         return Handler
 
+    def serve_metrics(self, prometheus_registry: Any) -> None:
+        """/metrics from now on (the agent builds its registry after `ready`)."""
+        self._registry = prometheus_registry
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -11,6 +11,7 @@ is counted as a fault and never stops the others.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -36,6 +37,10 @@ log = logging.getLogger("otel_oom.pipeline")
 
 class Store(Protocol):
     def append(self, payload: bytes) -> int: ...
+    def append_many(self, payloads: list[bytes]) -> list[int]: ...
+
+
+METRICS_BACKLOG_MAX = 10000  # records counted before the agent's metrics exist (see attach_metrics)
 
 
 class Pipeline:
@@ -44,7 +49,8 @@ class Pipeline:
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
                  commit_lock: Optional[threading.Lock] = None, reclaim: Optional["ReclaimTracker"] = None,
-                 no_kill: Optional["NoKillTracker"] = None, episodes: Optional["EpisodeTracker"] = None) -> None:
+                 no_kill: Optional["NoKillTracker"] = None, episodes: Optional["EpisodeTracker"] = None,
+                 metrics_later: bool = False) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
@@ -57,6 +63,10 @@ class Pipeline:
         self.json = json
         self.notifier = notifier
         self.metrics = metrics
+        # metrics_later: the agent sets its metrics up after `ready` (attach_metrics); until then
+        # what would be counted waits here, so no kill caught meanwhile is missing from oom.kills
+        self._metrics_lock = threading.Lock()
+        self._metrics_backlog: Optional[list[Record]] = [] if metrics_later and metrics is None else None
         self.reclaim = reclaim        # times each kill until its memory is back (oom.reclaim)
         self.no_kill = no_kill        # told about kills, so an OOM that did kill is not reported as without
         self.episodes = episodes      # --traces: stamps records with their episode's trace, makes the spans
@@ -65,23 +75,37 @@ class Pipeline:
         self._failed_sinks: set[str] = set()
 
     def handle_sample(self, raw: bytes) -> None:
-        if len(raw) == RECLAIM_EVENT_SIZE:
-            self._handle_reclaim(raw)
-            return
+        self.handle_samples([raw])
+
+    def handle_samples(self, raws: list[bytes]) -> None:
+        """A burst of ring-buffer samples, in order; its kills go to the store in one write."""
+        kills: list[OomKill] = []
+        for raw in raws:
+            if len(raw) == RECLAIM_EVENT_SIZE:
+                self.handle_kills(kills)  # what came before it first
+                kills = []
+                self._handle_reclaim(raw)
+                continue
+            kill = self._attribute(raw)
+            if kill is not None:
+                kills.append(kill)
+        self.handle_kills(kills)
+
+    def _attribute(self, raw: bytes) -> Optional[OomKill]:
         try:
             ev = decode(raw, self._page_size)
         except DecodeError as e:
             self.drops["decode_error"] += 1
             log.error("undecodable event dropped (counted as decode_error): %s", e)
-            return
+            return None
         try:
-            kill = self.enricher.enrich(ev)
+            return self.enricher.enrich(ev)
         except Exception:  # noqa: BLE001 - an attribution fault must not lose the kill
             kill = bare_kill(ev, self.enricher.boot_id)
             self.faults["enrich"] += 1
             log.exception("attributing OOM event %s failed (counted in otel_oom.faults{stage=enrich}); "
                           "delivering it with the fields the kernel reported", kill.event_id)
-        self.handle_kill(kill)
+            return kill
 
     def _handle_reclaim(self, raw: bytes) -> None:
         try:
@@ -126,9 +150,7 @@ class Pipeline:
             self._write(format_record_console(record))
         if self.json:
             self._write(format_record_json(record) + "\n")
-        if self.metrics is not None:
-            metrics, other = self.metrics, record
-            self._sink("metrics", lambda: metrics.record_event(other))
+        self._count(record)
 
     def tick(self) -> None:
         """About once a second on the worker thread: kills whose memory never came back, episodes too long."""
@@ -151,30 +173,44 @@ class Pipeline:
             self.on_stored()
 
     def handle_kill(self, kill: OomKill) -> None:
-        stamped, finished = self._episode(kill)
-        assert isinstance(stamped, OomKill)
-        kill = stamped
-        # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
-        kernel_kill = kill.killer == KILLER_KERNEL
+        self.handle_kills([kill])
+
+    def handle_kills(self, kills: list[OomKill]) -> None:
+        """Kills, in order: stored together (one spool write: group commit), then shown and counted."""
+        if not kills:
+            return
+        payloads: list[bytes] = []
+        counted: list[OomKill] = []  # by the reconciler: live kernel kills
+        for i, kill in enumerate(kills):
+            stamped, finished = self._episode(kill)
+            assert isinstance(stamped, OomKill)
+            kills[i] = stamped
+            payloads.append(stamped.to_json().encode())
+            payloads.extend(span.to_json().encode() for span in finished)
+            # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
+            if not stamped.recovered and stamped.killer == KILLER_KERNEL:
+                counted.append(stamped)
         # stored and accounted for as one step: the sender takes the same lock to read the store, so
         # it never delivers a kill the reconciliation state does not count yet (a SIGKILL in between
         # would have the next start recover it from the kernel log: a second report of one kill)
-        reconciler = self.reconciler if not kill.recovered and kernel_kill else None
+        reconciler = self.reconciler if counted else None
         with self.commit_lock:
             if reconciler is not None:
-                # counted with the spool's next seq first: see Reconciler.observed for why no crash
-                # point between the two loses the kill or reports it twice
-                self._sink("reconciler", lambda: reconciler.observed(kill))
+                # counted with the spool's next seq first, saved once for the burst: see
+                # Reconciler.observed for why no crash point between the two loses a kill or reports it twice
+                for n, kill in enumerate(counted, 1):
+                    self._sink("reconciler", functools.partial(reconciler.observed, kill, save=n == len(counted)))
             if self.store is not None:
-                self.store.append(kill.to_json().encode())
-                for span in finished:
-                    self.store.append(span.to_json().encode())
+                self.store.append_many(payloads)
             if reconciler is not None:
                 reconciler.stored()
-            if not kill.recovered:
-                self.kills_seen += 1
+            self.kills_seen += sum(1 for kill in kills if not kill.recovered)
         if self.store is not None:
             self.on_stored()
+        for kill in kills:
+            self._show(kill)
+
+    def _show(self, kill: OomKill) -> None:
         self._around(kill)
         if self.console:
             self._write(format_console(kill))
@@ -185,9 +221,34 @@ class Pipeline:
 
             notifier = self.notifier
             self._sink("webhook", lambda: notifier.notify(kill, log_body(kill)))
-        if self.metrics is not None:
-            metrics = self.metrics
-            self._sink("metrics", lambda: metrics.record_kill(kill))
+        self._count(kill)
+
+    def _count(self, record: Record) -> None:
+        """Into the metrics, or the backlog while they are not set up yet."""
+        if self._metrics_backlog is not None:
+            with self._metrics_lock:
+                backlog = self._metrics_backlog
+                if backlog is not None:
+                    if len(backlog) < METRICS_BACKLOG_MAX:
+                        backlog.append(record)
+                    else:  # the record itself is delivered; only its count in the metrics is missing
+                        self.faults["metrics_backlog"] += 1
+                    return
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if isinstance(record, OomKill):
+            self._sink("metrics", lambda: metrics.record_kill(record))
+        else:
+            self._sink("metrics", lambda: metrics.record_event(record))
+
+    def attach_metrics(self, metrics: "Metrics") -> None:
+        """The agent's metrics, set up after `ready`: from now on counted there, the backlog first."""
+        with self._metrics_lock:
+            backlog, self._metrics_backlog = self._metrics_backlog or [], None
+            self.metrics = metrics
+        for record in backlog:
+            self._count(record)
 
     def _around(self, kill: OomKill) -> None:
         """The trackers hear of every kill: the reclaim timer, and the no-kill tracker (an OOM that

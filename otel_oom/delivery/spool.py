@@ -353,7 +353,10 @@ class Spool:
         """`payloads` (as many as fit in max_bytes: all, unless the burst alone is larger) in one
         write, in one segment (which may grow past segment_bytes by that burst); their seqs."""
         # called with self._lock held
-        records, sizes, seqs, total = [], [], [], 0
+        records: list[bytes] = []
+        sizes: list[int] = []
+        seqs: list[int] = []
+        total = 0
         for payload in payloads:
             size = _HEAD.size + len(payload)
             if sizes and total + size > self._max_bytes:
@@ -378,7 +381,7 @@ class Spool:
             self._abandon(seg)
             raise SpoolError(f"cannot write OOM event to spool {self._dir}: {e.strerror}; "
                              "free disk space on that filesystem") from None
-        for seq, length in zip(seqs, sizes):
+        for seq, length in zip(seqs, sizes, strict=True):
             seg.records.append((seq, seg.size, length, now))
             seg.size += _HEAD.size + length
         self._bytes += total

@@ -137,13 +137,14 @@ def detect_features(kallsyms: str = "/proc/kallsyms", mount_tracefs: bool = True
         reasons["tracepoint"] = "tracefs is not mounted at /sys/kernel/tracing and could not be mounted"
     elif not tracepoint:
         reasons["tracepoint"] = "no oom/mark_victim tracepoint in tracefs"
-    symbols = find_kprobe_symbols(kallsyms)
-    symbol, task_symbol = symbols["oom_kill_process"], symbols[TASK_FUNCTION]
     pmu = os.path.isdir("/sys/bus/event_source/devices/kprobe")
-    if not symbol:
-        reasons["kprobe"] = "oom_kill_process not in /proc/kallsyms"
-    elif not pmu:
+    # /proc/kallsyms is long (~30 ms to scan before `ready`): only read where kprobes exist
+    symbols = find_kprobe_symbols(kallsyms) if pmu else {"oom_kill_process": None, TASK_FUNCTION: None}
+    symbol, task_symbol = symbols["oom_kill_process"], symbols[TASK_FUNCTION]
+    if not pmu:
         reasons["kprobe"] = "the kernel has no kprobes (CONFIG_KPROBES off)"
+    elif not symbol:
+        reasons["kprobe"] = "oom_kill_process not in /proc/kallsyms"
     task_fentry, task_symbol = _task_hooks(reasons, btf_ok, tp_btf, args, task_fentry, task_symbol, pmu)
     return KernelFeatures(btf_ok, tp_btf, tracepoint, fentry, symbol, pmu, args, reasons,
                           task_fentry=task_fentry, task_kprobe_symbol=task_symbol)
@@ -161,10 +162,10 @@ def _task_hooks(reasons: dict[str, str], btf_ok: bool, tp_btf: bool, args: Optio
         reasons["task_fentry"] = "needs kernel BTF"
     elif not in_btf:
         reasons["task_fentry"] = f"{TASK_FUNCTION} is not a BTF function (inlined or renamed by the compiler)"
-    if not symbol:
-        reasons["task_kprobe"] = f"{TASK_FUNCTION} not in /proc/kallsyms (inlined)"
-    elif not pmu:
+    if not pmu:  # (kallsyms is then not read)
         reasons["task_kprobe"] = "the kernel has no kprobes (CONFIG_KPROBES off)"
+    elif not symbol:
+        reasons["task_kprobe"] = f"{TASK_FUNCTION} not in /proc/kallsyms (inlined)"
     return btf_ok and in_btf, symbol if pmu else None
 
 

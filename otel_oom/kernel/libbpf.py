@@ -192,6 +192,8 @@ captured: "list[tuple[int, str]] | None" = None
 
 @PRINT_FN
 def _print(level: int, fmt: bytes, args: int) -> int:
+    if level != LIBBPF_WARN and not log.isEnabledFor(logging.DEBUG):
+        return 0  # shown at DEBUG only: a load prints over a thousand of them (~10 ms before `ready`)
     out = c_void_p()
     if libc.vasprintf(ctypes.byref(out), fmt, args) < 0 or not out.value:
         return 0

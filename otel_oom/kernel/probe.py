@@ -360,8 +360,8 @@ def _with_extras(plan: HookPlan, on_sample: Callable[[bytes], None], object_path
     try:
         return Probe(plan, on_sample, object_path, ring_bytes, extras=best, killers=extras.killers)
     except ProbeError as e:
-        if "stale" in str(e) or "missing" in str(e):
-            raise
+        if "stale" in str(e) or "missing" in str(e) or _refused_own_program(plan):
+            raise  # the plan's own program was refused: loading it alone would fail again (one load less)
         why = e
     probe = Probe(plan, on_sample, object_path, ring_bytes)  # raises when the plan itself is refused
     log.info("optional programs %s refused with %s: %s", ",".join(best), plan.describe(), why)
@@ -378,6 +378,12 @@ def _with_extras(plan: HookPlan, on_sample: Callable[[bytes], None], object_path
     log.warning("the kernel refused the hooks for user-space OOM killers and reclaim times: kills are "
                 "reported, those records are not")
     return probe
+
+
+def _refused_own_program(plan: HookPlan) -> bool:
+    """libbpf said (in the messages captured for this plan) that one of the plan's programs failed to load."""
+    own = set(PROGRAMS[plan.victim]) | set(PROGRAMS[plan.context]) | set(TASK_PROGRAMS[plan.task])
+    return any(f"prog '{name}': failed to load" in text for _, text in (L.captured or ()) for name in own)
 
 
 def _replay(messages: list[tuple[int, str]], level: Optional[int] = None) -> None:

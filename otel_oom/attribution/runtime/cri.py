@@ -18,16 +18,13 @@ holds only an image id, as the kubelet's do).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
-
-import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from typing import TYPE_CHECKING, Any, Optional
 
 from .names import ContainerNames, RuntimeUnavailable, clip, count, k8s_from_labels
 
-_F = descriptor_pb2.FieldDescriptorProto
-_TYPES = {"string": _F.TYPE_STRING, "uint32": _F.TYPE_UINT32, "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64,
-          "uint64": _F.TYPE_UINT64, "bool": _F.TYPE_BOOL}
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf import descriptor_pb2
 
 # message -> [(field, number, type)]; type "map" is map<string, string>, "[]x" is repeated x,
 # a capitalised type is one of these messages. Only what the agent reads or sends.
@@ -59,7 +56,12 @@ MESSAGES: dict[str, list[tuple[str, int, str]]] = {
 _PACKAGE = "otel_oom.cri"
 
 
-def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
+def _file_descriptor() -> "descriptor_pb2.FileDescriptorProto":
+    from google.protobuf import descriptor_pb2
+
+    _F = descriptor_pb2.FieldDescriptorProto  # noqa: N806 - the protobuf class, by its usual short name
+    types = {"string": _F.TYPE_STRING, "uint32": _F.TYPE_UINT32, "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64,
+             "uint64": _F.TYPE_UINT64, "bool": _F.TYPE_BOOL}
     fd = descriptor_pb2.FileDescriptorProto(name="otel_oom/cri_subset.proto", package=_PACKAGE, syntax="proto3")
     for name, fields in MESSAGES.items():
         msg = fd.message_type.add(name=name)
@@ -74,21 +76,39 @@ def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
                 entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
                 entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
                 f.label, f.type, f.type_name = _F.LABEL_REPEATED, _F.TYPE_MESSAGE, f".{_PACKAGE}.{name}.{entry.name}"
-            elif kind in _TYPES:
-                f.type = _TYPES[kind]
+            elif kind in types:
+                f.type = types[kind]
             else:
                 f.type, f.type_name = _F.TYPE_MESSAGE, f".{_PACKAGE}.{kind}"
     return fd
 
 
 def _classes() -> dict[str, Any]:
+    from google.protobuf import descriptor_pool, message_factory
+
     pool = descriptor_pool.DescriptorPool()
     pool.Add(_file_descriptor())
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
             for name in MESSAGES}
 
 
-M = _classes()
+_messages: Optional[dict[str, Any]] = None
+
+
+def _m() -> dict[str, Any]:
+    """The message classes, built on first use; grpc too is imported only once a socket answers,
+    so an agent on a host without a CRI runtime never loads the gRPC stack (~20 MB) for it."""
+    global _messages
+    if _messages is None:
+        _messages = _classes()
+    return _messages
+
+
+def __getattr__(name: str) -> Any:
+    if name == "M":  # `from .cri import M`: the message classes by name
+        return _m()
+    raise AttributeError(name)
+
 
 # (service, method) -> (request, response); the service is prefixed with the API version's package
 _CALLS = {
@@ -120,6 +140,8 @@ class CriClient:
             self._channel = None
 
     def _call(self, service: str, method: str, request: Any) -> Any:
+        import grpc
+
         if self._channel is None:
             self._channel = grpc.insecure_channel(f"unix://{self.path}", options=[
                 ("grpc.max_receive_message_length", 64 << 20), ("grpc.enable_retries", 0)])
@@ -127,12 +149,14 @@ class CriClient:
             self._negotiate()
         _, resp_type = _CALLS[(service, method)]
         try:
-            return self._rpc(self._api or API_VERSIONS[0], service, method, request, M[resp_type])
+            return self._rpc(self._api or API_VERSIONS[0], service, method, request, _m()[resp_type])
         except RuntimeUnavailable:
             self._api = None  # the runtime may come back as another version (or another runtime)
             raise
 
     def _rpc(self, api: str, service: str, method: str, request: Any, response_type: Any) -> Any:
+        import grpc
+
         assert self._channel is not None
         stub = self._channel.unary_unary(f"/{api}.{service}/{method}", request_serializer=lambda m: m.SerializeToString(),
                                          response_deserializer=response_type.FromString)
@@ -147,8 +171,8 @@ class CriClient:
         last: Optional[RuntimeUnavailable] = None
         for api in API_VERSIONS:
             try:
-                v = self._rpc(api, "RuntimeService", "Version", M["VersionRequest"](version="v1"),
-                              M["VersionResponse"])
+                v = self._rpc(api, "RuntimeService", "Version", _m()["VersionRequest"](version="v1"),
+                              _m()["VersionResponse"])
             except RuntimeUnavailable as e:
                 last = e
                 if "UNIMPLEMENTED" in str(e):
@@ -163,8 +187,8 @@ class CriClient:
     # ---- what the cache uses --------------------------------------------------------------
     def list(self) -> list[ContainerNames]:
         """Every pod sandbox and container the runtime knows, with their names."""
-        pods = {p.id: p for p in self._call("RuntimeService", "ListPodSandbox", M["ListPodSandboxRequest"]()).items}
-        containers = self._call("RuntimeService", "ListContainers", M["ListContainersRequest"]()).containers
+        pods = {p.id: p for p in self._call("RuntimeService", "ListPodSandbox", _m()["ListPodSandboxRequest"]()).items}
+        containers = self._call("RuntimeService", "ListContainers", _m()["ListContainersRequest"]()).containers
         self._learn_images(containers)
         return [self._sandbox(p) for p in pods.values()] + [self._container(c, pods.get(c.pod_sandbox_id))
                                                             for c in containers]
@@ -172,7 +196,7 @@ class CriClient:
     def get(self, container_id: str) -> Optional[ContainerNames]:
         """One container (or pod sandbox) by its full id; None when the runtime does not know it."""
         found = self._call("RuntimeService", "ListContainers",
-                           M["ListContainersRequest"](filter=M["ContainerFilter"](id=container_id))).containers
+                           _m()["ListContainersRequest"](filter=_m()["ContainerFilter"](id=container_id))).containers
         found = [c for c in found if c.id == container_id]
         if found:
             c = found[0]
@@ -185,7 +209,7 @@ class CriClient:
         if not sandbox_id:
             return None
         items = self._call("RuntimeService", "ListPodSandbox",
-                           M["ListPodSandboxRequest"](filter=M["PodSandboxFilter"](id=sandbox_id))).items
+                           _m()["ListPodSandboxRequest"](filter=_m()["PodSandboxFilter"](id=sandbox_id))).items
         return next((p for p in items if p.id == sandbox_id), None)
 
     def _learn_images(self, containers: Any) -> None:
@@ -194,7 +218,7 @@ class CriClient:
         if not wanted - self._images.keys():
             return
         try:
-            images = self._call("ImageService", "ListImages", M["ListImagesRequest"]()).images
+            images = self._call("ImageService", "ListImages", _m()["ListImagesRequest"]()).images
         except RuntimeUnavailable:
             return  # names without the image are still worth having
         self._images = {i.id: (list(i.repo_tags) or list(i.repo_digests) or [i.id])[0] for i in images}
