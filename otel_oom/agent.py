@@ -241,6 +241,12 @@ class Agent:
         self.sender = sender
         self._spawn("otel-oom-sender", sender.run)
 
+    def export_ready(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the export set up after `ready` is done (or failed); False if still going."""
+        if self._export_thread is not None:
+            self._export_thread.join(timeout)
+        return not self._export_pending
+
     def _wake_sender(self) -> None:
         if self.sender is not None:
             self.sender.wake()
@@ -487,8 +493,8 @@ class Agent:
         self._cleanup.clear()
 
     def _report_undelivered(self) -> None:
-        if not self.sender or self.store is None:
-            return
+        if self.store is None or self.cfg.otlp_settings is None:
+            return  # (a sender that never started, stopped during the export's set-up: the same)
         if isinstance(self.store, DeliveryStore):
             self.store.rescue_memory()  # the spool may take them now
         in_memory = self.store.in_memory()

@@ -176,38 +176,48 @@ class Pipeline:
         self.handle_kills([kill])
 
     def handle_kills(self, kills: list[OomKill]) -> None:
-        """Kills, in order: stored together (one spool write: group commit), then shown and counted."""
-        if not kills:
-            return
-        payloads: list[bytes] = []
-        counted: list[OomKill] = []  # by the reconciler: live kernel kills
-        for i, kill in enumerate(kills):
+        """Kills, in order: stored together (group commit), then shown and counted.
+
+        A burst goes to the store in writes of at most the store's `burst_bytes` (the spool's
+        segment size: what a full spool drops at once stays one segment), each one write.
+        """
+        limit = getattr(self.store, "burst_bytes", None) or (1 << 62)
+        group: list[tuple[OomKill, list[bytes]]] = []
+        size = 0
+        for kill in kills:
             stamped, finished = self._episode(kill)
             assert isinstance(stamped, OomKill)
-            kills[i] = stamped
-            payloads.append(stamped.to_json().encode())
-            payloads.extend(span.to_json().encode() for span in finished)
-            # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
-            if not stamped.recovered and stamped.killer == KILLER_KERNEL:
-                counted.append(stamped)
+            payloads = [stamped.to_json().encode(), *(span.to_json().encode() for span in finished)]
+            n = sum(map(len, payloads))
+            if group and size + n > limit:
+                self._commit(group)
+                group, size = [], 0
+            group.append((stamped, payloads))
+            size += n
+        if group:
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[OomKill, list[bytes]]]) -> None:
+        # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
+        counted = [k for k, _ in group if not k.recovered and k.killer == KILLER_KERNEL]
         # stored and accounted for as one step: the sender takes the same lock to read the store, so
         # it never delivers a kill the reconciliation state does not count yet (a SIGKILL in between
         # would have the next start recover it from the kernel log: a second report of one kill)
         reconciler = self.reconciler if counted else None
         with self.commit_lock:
             if reconciler is not None:
-                # counted with the spool's next seq first, saved once for the burst: see
+                # counted with the spool's next seq first, saved once for the write: see
                 # Reconciler.observed for why no crash point between the two loses a kill or reports it twice
                 for n, kill in enumerate(counted, 1):
                     self._sink("reconciler", functools.partial(reconciler.observed, kill, save=n == len(counted)))
             if self.store is not None:
-                self.store.append_many(payloads)
+                self.store.append_many([p for _, payloads in group for p in payloads])
             if reconciler is not None:
                 reconciler.stored()
-            self.kills_seen += sum(1 for kill in kills if not kill.recovered)
+            self.kills_seen += sum(1 for kill, _ in group if not kill.recovered)
         if self.store is not None:
             self.on_stored()
-        for kill in kills:
+        for kill, _ in group:
             self._show(kill)
 
     def _show(self, kill: OomKill) -> None:

@@ -58,6 +58,7 @@ class Harness:
 
     def start(self) -> "Harness":
         self.agent.start()
+        self.agent.export_ready(30)  # the SDK and exporters come up on a thread after `ready`
         # the main loop (normally run()) on a thread: signal handlers are not needed here
         self.thread = threading.Thread(target=self.agent._loop, daemon=True)
         self.thread.start()

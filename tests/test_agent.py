@@ -80,6 +80,7 @@ def test_a_dead_sender_thread_fails_readiness_and_stops_the_agent_with_exit_1(tm
     with OtlpGrpcReceiver() as rcv:
         h = Harness(tmp_path, rcv.endpoint)
         h.agent.start()
+        h.agent.export_ready(30)
         store = h.agent.store
         monkeypatch.setattr(type(store), "pending", lambda self, limit=100: (_ for _ in ()).throw(MemoryError("boom")))
         h.agent.sender.wake()
@@ -126,11 +127,11 @@ def test_kills_in_memory_at_shutdown_are_left_for_the_next_start_to_recover(tmp_
     # Before, the reconciler had counted them as observed, so the next start did not recover them.
     import json
 
-    def failing_append(self, payload):
+    def failing_append(self, payloads):
         raise spool_module.SpoolError("cannot write OOM event to spool: No space left on device")
 
     h = Harness(tmp_path, f"http://127.0.0.1:{free_port()}").start()
-    monkeypatch.setattr(spool_module.Spool, "append", failing_append)
+    monkeypatch.setattr(spool_module.Spool, "append_many", failing_append)  # append() too: it calls it
     h.push(sample(411), sample(412))
     assert wait(lambda: h.agent.pipeline.kills_seen == 2 and h.agent.store.in_memory() == 2)
     accounted = h.agent.reconciler.accounted()
@@ -142,17 +143,17 @@ def test_kills_in_memory_at_shutdown_are_left_for_the_next_start_to_recover(tmp_
 
 
 def test_the_spool_takes_back_what_waited_in_memory_once_it_can_write(tmp_path, monkeypatch):
-    real = spool_module.Spool.append
+    real = spool_module.Spool.append_many
     broken = {"on": True}
 
-    def flaky_append(self, payload):
+    def flaky_append(self, payloads):
         if broken["on"]:
             raise spool_module.SpoolError("cannot write OOM event to spool: No space left on device")
-        return real(self, payload)
+        return real(self, payloads)
 
     port = free_port()
     h = Harness(tmp_path, f"http://127.0.0.1:{port}").start()
-    monkeypatch.setattr(spool_module.Spool, "append", flaky_append)
+    monkeypatch.setattr(spool_module.Spool, "append_many", flaky_append)
     h.push(sample(421), sample(422))
     assert wait(lambda: h.agent.store.in_memory() == 2)
     broken["on"] = False
@@ -192,13 +193,13 @@ def test_counts_exported_after_close_do_not_go_back(tmp_path):
 
 
 def test_spool_write_failure_keeps_the_kill_in_memory_and_delivers_it(tmp_path, monkeypatch):
-    def failing_append(self, payload):
+    def failing_append(self, payloads):
         raise spool_module.SpoolError("disk full")
 
     with OtlpGrpcReceiver() as rcv:
         h = Harness(tmp_path, rcv.endpoint).start()
         try:
-            monkeypatch.setattr(spool_module.Spool, "append", failing_append)
+            monkeypatch.setattr(spool_module.Spool, "append_many", failing_append)
             h.push(sample(601))
             rcv.wait_for_logs(1)
             assert rcv.log_records()[0]["attributes"]["process.pid"] == 601

@@ -62,6 +62,7 @@ def test_a_request_too_large_is_split_until_it_fits(cls, code, env, tmp_path):
         rx.max_records(2, code)
         h = Harness(tmp_path, rx.endpoint, **env)
         h.agent.start()
+        h.agent.export_ready(30)
         try:
             h.push(*(sample(pid) for pid in range(201, 208)))
             h.agent.source.poll(0)

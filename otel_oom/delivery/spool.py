@@ -430,6 +430,11 @@ class Spool:
                 self._persist_floor()
 
     @property
+    def burst_bytes(self) -> int:
+        """The most payload bytes worth one append_many: a segment's worth (what a full spool drops at once)."""
+        return self._segment_bytes
+
+    @property
     def next_seq(self) -> int:
         """The seq the next append gets; persisted implicitly (segments, names and the ack floor)."""
         with self._lock:

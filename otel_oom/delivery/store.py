@@ -137,6 +137,10 @@ class DeliveryStore:
             done = list(e.written)
             return done + [self.append(p) for p in payloads[len(done):]]
 
+    @property
+    def burst_bytes(self) -> int:
+        return self.spool.burst_bytes
+
     def rescue_memory(self) -> int:
         """Move events waiting in memory into the spool, oldest first, while it writes; how many moved."""
         moved = 0

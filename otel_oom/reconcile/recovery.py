@@ -57,6 +57,7 @@ class Reconciler:
         self.window_recovered = 0  # kernel counts of kills recovered from the attach window
         self._next_seq = next_seq  # the spool's next sequence number (None: no spool)
         self._storing: Optional[int] = None  # spool seq the kill being stored will get, until stored()
+        self._storing_kills = 0  # kills counted for that one spool write (a burst: group commit)
         # read now, before the worker's first save can overwrite the previous run's state
         self._prior_state, self.state_problem = self._load()
         # read before the probes are attached: every later kill is either observed or unobserved
@@ -82,7 +83,9 @@ class Reconciler:
         if state.get("boot_id") == self.boot_id:
             storing = state.get("storing")
             # counted just before it was written to the spool, and the agent died in between
-            unstored = 1 if isinstance(storing, int) and self._next_seq and self._next_seq() <= storing else 0
+            # (a burst stored in one spool write counted all its kills: `storing_kills` of them)
+            burst = state.get("storing_kills", 1)
+            unstored = burst if isinstance(storing, int) and self._next_seq and self._next_seq() <= storing else 0
             return count - state["vmstat_oom_kill"] + unstored
         return count  # rebooted since the last run: every kill of this boot was missed
 
@@ -152,14 +155,17 @@ class Reconciler:
         it as a "recovered" duplicate with another event id. So no crash point reports it twice or
         loses it. A burst written to the spool in one write (group commit) is counted kill by kill
         with `save=False` and saved once, before the write: `storing` is then the burst's first seq,
-        and the write puts all of the burst in the spool or none of it.
+        `storing_kills` how many kills it holds, and the one write puts all of them in the spool or
+        none (`Spool.append_many`).
         """
         if kill.killed is False:
             if save:
                 self.save(durable=False)  # the burst's earlier kills
             return  # a task only marked because it was already exiting: the kernel counts no kill
         with self._lock:
-            self._storing = self._next_seq() if self._next_seq else None
+            storing = self._next_seq() if self._next_seq else None
+            self._storing_kills = self._storing_kills + 1 if storing is not None and storing == self._storing else 1
+            self._storing = storing
             self.observed_count += 1
             if kill.cgroup_path:
                 self._observed_by_cgroup[kill.cgroup_path] += 1
@@ -174,6 +180,7 @@ class Reconciler:
         """The kill just counted by `observed` is in the spool now."""
         with self._lock:
             self._storing = None
+            self._storing_kills = 0
 
     def _count_group_decision(self, kill: OomKill) -> None:
         # members of one decision arrive together from one trigger; the context hook names it exactly
@@ -250,7 +257,7 @@ class Reconciler:
             except OSError:
                 pass  # reported by the write below
             state = {"boot_id": self.boot_id, "vmstat_oom_kill": accounted, "saved_at": time.time(),
-                     "storing": self._storing}
+                     "storing": self._storing, "storing_kills": self._storing_kills}
             record = json.dumps(state).encode().ljust(STATE_BYTES)
             try:
                 if self._state_fd is not None and os.fstat(self._state_fd).st_nlink == 0:
