@@ -134,29 +134,48 @@ class Pipeline:
 
     def handle_record(self, record: Record) -> None:
         """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics."""
-        if isinstance(record, OomKill):
-            self.handle_kill(record)
+        self.handle_records([record])
+
+    def handle_records(self, records: list[Record]) -> None:
+        """Records in order; those other than kills stored together (one spool write per segment's worth)."""
+        others: list[tuple[Record, list[bytes]]] = []
+        for record in records:
+            if isinstance(record, OomKill):
+                self._store_records(others)
+                others = []
+                self.handle_kill(record)
+                continue
+            stamped, finished = self._episode(record)
+            others.append((stamped, [stamped.to_json().encode(), *(span.to_json().encode() for span in finished)]))
+        self._store_records(others)
+
+    def _store_records(self, records: list[tuple[Record, list[bytes]]]) -> None:
+        if not records:
             return
-        record, finished = self._episode(record)
         if self.store is not None:
+            limit = getattr(self.store, "burst_bytes", None) or (1 << 62)
+            chunk: list[bytes] = []
             with self.commit_lock:
-                self.store.append(record.to_json().encode())
-                for span in finished:
-                    self.store.append(span.to_json().encode())
+                for _, payloads in records:
+                    if chunk and sum(map(len, chunk)) + sum(map(len, payloads)) > limit:
+                        self.store.append_many(chunk)
+                        chunk = []
+                    chunk += payloads
+                self.store.append_many(chunk)
             self.on_stored()
-        if isinstance(record, OomEpisode):
-            return
-        if self.console:
-            self._write(format_record_console(record))
-        if self.json:
-            self._write(format_record_json(record) + "\n")
-        self._count(record)
+        for record, _ in records:
+            if isinstance(record, OomEpisode):
+                continue
+            if self.console:
+                self._write(format_record_console(record))
+            if self.json:
+                self._write(format_record_json(record) + "\n")
+            self._count(record)
 
     def tick(self) -> None:
         """About once a second on the worker thread: kills whose memory never came back, episodes too long."""
         if self.reclaim is not None:
-            for record in self.reclaim.expire():
-                self.handle_record(record)
+            self.handle_records(list(self.reclaim.expire()))
         if self.episodes is not None:
             self._store_spans(self.episodes.expire())
 
@@ -168,8 +187,7 @@ class Pipeline:
     def _store_spans(self, spans: list[OomEpisode]) -> None:
         if spans and self.store is not None:
             with self.commit_lock:
-                for span in spans:
-                    self.store.append(span.to_json().encode())
+                self.store.append_many([span.to_json().encode() for span in spans])
             self.on_stored()
 
     def handle_kill(self, kill: OomKill) -> None:
