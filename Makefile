@@ -126,10 +126,15 @@ test-tools: test-packages earlyoom
 test: setup test-tools crictl dockerd
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
 
+# the benchmarks' baseline (bpftrace) and profiler (py-spy, the venv's bench extra); bpffs mounted
+# if the machine has none; any section that cannot run fails the target with one line
+BENCH_PACKAGES := bpftrace bpftool
 bench: setup
+	$(call apt_install,$(BENCH_PACKAGES))
 	$(VENV)/bin/python -m pip install -q ".[bench]"
+	mountpoint -q /sys/fs/bpf || mount -t bpf bpffs /sys/fs/bpf
 	$(MAKE) -s -C bench/bpf
-	$(VENV)/bin/python -m bench
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m bench
 
 clean:
 	$(MAKE) -s -C bpf clean

@@ -1,47 +1,43 @@
 """Run every otel-oom benchmark, print the figures as they come, and write a Markdown report.
 
-    sudo python3 -m bench [--output bench/report.md] [--json results.json] [--baseline bench/baseline.json]
-                          [--only startup,latency,storm,throughput,spool,kernel] [--quick]
+    sudo python3 -m bench [--output bench/report.md] [--json bench/report.json]
+                          [--only startup,latency,storm,kill_storm,throughput,spool,kernel] [--quick]
+    python3 -m bench --readme      # rewrite README.md's performance table from bench/report.json
 
-Needs root, BPF and the built object (`make -C bpf`); bpftrace and bpftool for the start-up
-comparison, py-spy (`pip install py-spy`) for the profiles. About 4-5 minutes on 2 cores.
-Every OOM kill it causes is confined to a throwaway memory cgroup with a small limit.
+`make bench` installs what it needs (bpftrace from apt, py-spy into the venv, the BPF objects) and
+mounts bpffs. Needs root, BPF, bpftrace, bpftool and py-spy: a missing one, or a section that
+fails, is one line on stderr and a non-zero exit. About 6-8 minutes on 2 cores. Every OOM kill it
+causes is confined to a throwaway memory cgroup with a small limit.
+
+bench/report.json holds every figure; its top-level keys `startup_ms`, `startup_ms_bpftrace`,
+`idle_rss_mib` (gRPC), `idle_rss_mib_http`, `latency_ms` (`p50`, `p99`), `bridge_events_per_s`,
+`sdk_events_per_s`, `bridge_ratio` and `storm` (`caused`, `delivered`, ...) are the summary (dotted
+names in the issue are nested objects here); the sections' own figures are under `sections`.
 """
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Optional
 
-from . import bench_spool, kernel_side, latency, startup, storm, throughput
+from . import bench_spool, kernel_side, latency, startup, storm, synthetic_storm, throughput
 from .common import DISK_DIR, REPO, machine
 from .markdown import render
 
-SECTIONS = ("startup", "latency", "storm", "throughput", "spool", "kernel")
+SECTIONS = ("startup", "latency", "storm", "kill_storm", "throughput", "spool", "kernel")
 DEFAULT_OUTPUT = REPO / "bench" / "report.md"
-DEFAULT_BASELINE = REPO / "bench" / "baseline.json"
 
-# What the figures led to, as of this report (see the "Before / after" section).
-CHANGES = [
-    "`otel_oom/agent.py` `_send_loop`: while the worker still has samples queued (a burst), the sender "
-    "waits up to 50 ms for the spool to fill a batch of 100 before exporting, instead of exporting "
-    "every 1-2 events as they land; an isolated kill (empty queue) is sent at once, so single-kill "
-    "latency is unchanged. Fewer exports and one ack fdatasync per 100 events instead of per 1-2.",
-    "`otel_oom/recovery.py` `Reconciler.save()`: the per-kill state record is overwritten in place in a "
-    "file kept open (one pwrite) instead of a temp file + rename, which ext4 flushed on every kill "
-    "(~230 µs per kill, 25-40% of the worker's samples in the storm profile).",
-]
-PROPOSALS = [
-    "Group commit (`Spool.append_many`, one write and one fdatasync per drained burst in the worker) "
-    "would bring the on-disk figure towards the no-spool one; not done: the durable path already "
-    "carries about five times the storm rate this machine can cause.",
-]
+DEFAULT_JSON = REPO / "bench" / "report.json"
+README = REPO / "README.md"
 
 
 def _bound(t: dict) -> str:
@@ -62,54 +58,114 @@ def _bound(t: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def _compare(before: dict, after: dict) -> dict:
-    rows = []
+def _get(r: dict, *path: str):
+    for k in path:
+        if not isinstance(r, dict) or k not in r:
+            return None
+        r = r[k]
+    return r
 
-    def add(label, path, fmt="{:,}"):
-        def get(r):
-            for k in path:
-                if not isinstance(r, dict) or k not in r:
-                    return None
-                r = r[k]
-            return r
-        b, a = get(before), get(after)
-        if b is not None or a is not None:
-            rows.append([label, "–" if b is None else fmt.format(b), "–" if a is None else fmt.format(a)])
 
-    for key, label in (("agent_disk", "spool on disk"), ("agent_tmpfs", "spool on tmpfs"),
-                       ("agent_nospool", "no spool")):
-        add(f"throughput, {label} (events/s)", ("throughput", key, "events_per_s"))
-        add(f"agent CPU per event, {label} (µs)", ("throughput", key, "agent_cpu_us_per_event"))
-        add(f"records per export, {label}", ("throughput", key, "records_per_export"))
-    add("ratio otel-oom (disk) / SDK", ("throughput", "ratio_agent_to_sdk"), "{:.3f}")
-    for q in ("p50", "p99", "max"):
-        add(f"real-kill latency {q} (ms)", ("latency", "latency_ms", q))
-    add("storm: agent CPU (s)", ("storm", "agent_cpu_s"))
-    add("storm: agent CPU per kill (µs)", ("storm", "agent_cpu_us_per_kill"))
-    add("storm: drain after the storm (s)", ("storm", "drain_after_storm_s"))
-    add("storm: delivered", ("storm", "delivered"))
-    return {"before_date": before.get("machine", {}).get("date", "?"), "rows": rows,
-            "text": before.get("baseline_note", "Before: the same benchmarks run on the code before the changes "
-                                                 "listed below (saved as bench/baseline.json).")}
+def summary(results: dict) -> dict:
+    """The report's top-level figures (see the module docstring), from the sections' results."""
+    st = results.get("startup", {})
+    return {
+        "startup_ms": _get(st, "otel-oom", "startup_ms"),
+        "startup_ms_bpftrace": _get(st, "bpftrace", "startup_ms"),
+        "startup_ratio": _get(st, "ratios (otel-oom / bpftrace)", "startup_ms"),
+        "idle_rss_mib": _get(st, "otel-oom", "idle_rss_mib"),
+        "idle_rss_mib_http": _get(st, "otel-oom-http", "idle_rss_mib"),
+        "idle_rss_mib_bpftrace": _get(st, "bpftrace", "idle_rss_mib"),
+        "latency_ms": {q: _get(results, "latency", "latency_ms", q) for q in ("p50", "p90", "p99", "max")},
+        "bridge_events_per_s": _get(results, "throughput", "agent_disk", "events_per_s"),
+        "sdk_events_per_s": _get(results, "throughput", "sdk", "events_per_s"),
+        "bridge_ratio": _get(results, "throughput", "ratio_agent_to_sdk"),
+        "storm": {k: _get(results, "storm", k) for k in
+                  ("rate_per_s", "seconds", "caused", "delivered", "counted_drops", "unaccounted", "peak_rss_mib")},
+    }
+
+
+README_BEGIN = "<!-- bench:performance:begin (generated from bench/report.json by `python3 -m bench --readme`) -->"
+README_END = "<!-- bench:performance:end -->"
+
+
+def readme_table(report: dict) -> str:
+    """The README's performance table: every figure from bench/report.json, nothing typed in by hand."""
+    s = report["summary"]
+
+    def f(v, fmt="{:,}", unit=""):
+        return "–" if v is None else fmt.format(v) + unit
+
+    lat, storm = s["latency_ms"], s["storm"]
+    m = report.get("machine", {})
+    rows = [
+        ("start-up, exec to `ready` (probes attached, spool open)", f(s["startup_ms"], unit=" ms"),
+         f"bpftrace one-liner: {f(s['startup_ms_bpftrace'], unit=' ms')} (ratio {f(s['startup_ratio'])})"),
+        ("idle RSS, OTLP gRPC / http/protobuf", f"{f(s['idle_rss_mib'], unit=' MiB')} / "
+         f"{f(s['idle_rss_mib_http'], unit=' MiB')}", f"bpftrace: {f(s['idle_rss_mib_bpftrace'], unit=' MiB')}"),
+        ("real kill → collector, p50 / p99", f"{f(lat['p50'], '{:.2f}', ' ms')} / {f(lat['p99'], '{:.2f}', ' ms')}", ""),
+        ("durable bridge, ring buffer → collector, spool on disk", f(s["bridge_events_per_s"], unit=" events/s"),
+         f"OTel SDK alone: {f(s['sdk_events_per_s'], unit=' events/s')} (ratio {f(s['bridge_ratio'], '{:.3f}')})"),
+        (f"synthetic storm, {f(storm['rate_per_s'])} events/s for {f(storm['seconds'])} s",
+         f"{f(storm['caused'])} caused, {f(storm['delivered'])} delivered, {f(storm['counted_drops'])} counted as "
+         f"dropped, {f(storm['unaccounted'])} unaccounted", f"peak RSS {f(storm['peak_rss_mib'], unit=' MiB')}"),
+    ]
+    lines = [README_BEGIN, "",
+             f"Measured by `make bench` on {m.get('date', '?')} ({m.get('cpu', '?')}, kernel {m.get('kernel', '?')}, "
+             f"spool disk {m.get('disk (spool)', '?')}); every figure and its method: [bench/report.md](bench/report.md).",
+             "", "| | otel-oom | for comparison |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines + ["", README_END])
+
+
+def rewrite_readme(report: dict, readme: Path = README) -> None:
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"python -m bench: error: {readme} has no {README_BEGIN!r} ... {README_END!r} block")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + readme_table(report) + tail)
+
+
+def preflight() -> Optional[str]:
+    """What the bench needs and does not have, as one line (None: everything is there)."""
+    missing = [t for t in ("bpftrace", "bpftool", "py-spy") if not shutil.which(t)
+               and not (t == "py-spy" and (Path(sys.executable).parent / "py-spy").exists())]
+    if missing:
+        return f"missing {', '.join(missing)}: run `make bench` (installs bpftrace from apt, py-spy into the venv)"
+    if not os.path.ismount("/sys/fs/bpf"):
+        r = subprocess.run(["mount", "-t", "bpf", "bpffs", "/sys/fs/bpf"], capture_output=True, text=True)
+        if r.returncode != 0:
+            return f"bpffs is not mounted at /sys/fs/bpf and mounting it failed: {r.stderr.strip()}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"Markdown report (default {DEFAULT_OUTPUT})")
-    ap.add_argument("--json", type=Path, help="also write the raw results as JSON here")
-    ap.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE,
-                    help="results JSON of an earlier run to compare with (default bench/baseline.json, if present)")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"the results as JSON (default {DEFAULT_JSON})")
     ap.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--quick", action="store_true", help="fewer kills and events (a smoke run; figures are noisier)")
     ap.add_argument("--profile-dir", type=Path, help="keep py-spy's raw stacks here (default: a temporary directory)")
+    ap.add_argument("--readme", action="store_true",
+                    help="only rewrite README.md's performance table from the --json report, run nothing")
     args = ap.parse_args(argv)
+    if args.readme:
+        try:
+            report = json.loads(args.json.read_text())
+        except (OSError, ValueError) as e:
+            print(f"python -m bench: error: cannot read {args.json}: {e}; run the benchmarks first", file=sys.stderr)
+            return 2
+        rewrite_readme(report)
+        print(f"README.md: performance table rewritten from {args.json}")
+        return 0
     if os.geteuid() != 0:
         print("python -m bench: error: needs root (BPF, memory cgroups); run it with sudo", file=sys.stderr)
         return 2
     from otel_oom.kernel.probe import DEFAULT_OBJECT
 
     if not DEFAULT_OBJECT.exists():
-        print("python -m bench: error: BPF object not built; run `make -C bpf` first", file=sys.stderr)
+        print("python -m bench: error: BPF object not built; run `make bench` (or `make -C bpf`)", file=sys.stderr)
         return 2
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     unknown = only - set(SECTIONS)
@@ -117,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench: error: unknown section(s) {', '.join(sorted(unknown))}; "
               f"choose from {','.join(SECTIONS)}", file=sys.stderr)
         return 2
+    problem = preflight()
+    if problem:
+        print(f"python -m bench: error: {problem}", file=sys.stderr)
+        return 2
+    # the agent under test starts from byte-compiled modules, as an installed package does
+    compileall.compile_dir(str(REPO / "otel_oom"), quiet=1)
     quick = args.quick
     profile_dir = args.profile_dir or Path(tempfile.mkdtemp(prefix="otel-oom-bench-profiles-"))
     profile_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             results["errors"][name] = f"{type(e).__name__}: {e}"
             return
-        print(json.dumps(results[name], indent=1, default=str)[:4000], flush=True)
+        shown = {k: v for k, v in results[name].items() if k != "profile"}
+        print(json.dumps(shown, indent=1, default=str)[:4000], flush=True)
         print(f"({time.monotonic() - t0:.0f} s)", flush=True)
 
     def spool_figures():
@@ -147,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
 
     def startup_figures():
-        r = startup.run(idle_s=5.0 if quick else 30.0)
+        r = startup.run(idle_s=5.0 if quick else 20.0)
         r["oneliner"] = startup.BPFTRACE_ONELINER
         return r
 
@@ -158,27 +221,33 @@ def main(argv: list[str] | None = None) -> int:
 
     section("startup", startup_figures)
     section("latency", lambda: latency.run(kills=40 if quick else 250))
-    section("storm", lambda: storm.run(kills=200 if quick else 800, profile_to=profile_dir / "storm.pyspy.txt"))
+    section("storm", lambda: synthetic_storm.run(rate=10_000, seconds=3.0 if quick else 10.0))
+    section("kill_storm", lambda: storm.run(kills=200 if quick else 800, profile_to=profile_dir / "storm.pyspy.txt"))
     section("throughput", throughput_figures)
     section("spool", spool_figures)
     section("kernel", lambda: kernel_side.run(kills=5 if quick else 20, synthetic_runs=50 if quick else 200))
 
     results["total_seconds"] = time.monotonic() - t_start
-    results["changes"], results["proposals"] = CHANGES, PROPOSALS
-    if args.baseline and args.baseline.exists() and args.baseline.resolve() != (args.json.resolve() if args.json else None):
-        try:
-            results["comparison"] = _compare(json.loads(args.baseline.read_text()), results)
-        except (ValueError, OSError) as e:
-            results["errors"]["baseline"] = f"cannot read {args.baseline}: {e}"
+    missing = [n for n in SECTIONS if n in only and n not in results and n not in results["errors"]]
+    for n in missing:
+        results["errors"][n] = "did not run"
     if not results["errors"]:
         del results["errors"]
+    report = {"summary": summary(results), **results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nreport: {args.output}" + (f"; results: {args.json}" if args.json else "")
-          + f"; py-spy stacks: {profile_dir} ({results['total_seconds']:.0f} s in all)")
-    return 1 if results.get("errors") else 0
+    args.output.write_text(render(report))
+    args.json.write_text(json.dumps(report, indent=1, default=str))
+    print("\nsummary: " + json.dumps(report["summary"], default=str))
+    print(f"report: {args.output}; results: {args.json}; py-spy stacks: {profile_dir} "
+          f"({results['total_seconds']:.0f} s in all)")
+    if report.get("errors"):
+        for name, why in report["errors"].items():
+            print(f"python -m bench: error: section {name} failed: {why}", file=sys.stderr)
+        return 1
+    if only == set(SECTIONS) and not quick:
+        rewrite_readme(report)
+        print("README.md: performance table rewritten from the report")
+    return 0
 
 
 if __name__ == "__main__":

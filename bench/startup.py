@@ -16,6 +16,7 @@ import threading
 import time
 
 from otel_oom.trigger import trigger_oom
+from testing.otlp_receiver import OtlpHttpReceiver
 
 from .common import DISK_DIR, OtlpGrpcReceiver, cpu_seconds, remove, rss_kib, spool_dir, start_agent, wait_until
 from .common import run as run_cmd
@@ -60,11 +61,13 @@ def _bpftrace(idle_s: float) -> dict:
     return out
 
 
-def _agent(idle_s: float) -> dict:
+def _agent(idle_s: float, protocol: str = "grpc") -> dict:
     base = spool_dir(DISK_DIR)
+    receiver = OtlpGrpcReceiver if protocol == "grpc" else OtlpHttpReceiver
     try:
-        with OtlpGrpcReceiver() as rcv:
-            a = start_agent([], rcv.endpoint, os.path.join(base, "spool"), OTEL_METRIC_EXPORT_INTERVAL="15000")
+        with receiver() as rcv:
+            a = start_agent([], rcv.endpoint, os.path.join(base, "spool"), OTEL_METRIC_EXPORT_INTERVAL="15000",
+                            OTEL_EXPORTER_OTLP_PROTOCOL=protocol)
             try:
                 startup = a.ready_at - a.started
                 time.sleep(1.0)
@@ -88,7 +91,7 @@ def _agent(idle_s: float) -> dict:
 def run(idle_s: float = 30.0) -> dict:
     """Both measured in turn (never at once, so neither idles next to the other's start-up)."""
     agent = _agent(idle_s)
-    result = {"idle_seconds": idle_s, "otel-oom": agent}
+    result = {"idle_seconds": idle_s, "otel-oom": agent, "otel-oom-http": _agent(idle_s, "http/protobuf")}
     if shutil.which("bpftrace") and shutil.which("bpftool"):
         bt = _bpftrace(idle_s)
         result["bpftrace"] = bt
@@ -96,5 +99,5 @@ def run(idle_s: float = 30.0) -> dict:
             k: round(agent[k] / bt[k], 2) if bt[k] else None
             for k in ("startup_ms", "idle_rss_mib", "peak_rss_mib", "idle_cpu_pct")}
     else:
-        result["bpftrace"] = {"error": "bpftrace or bpftool not on PATH"}
+        raise RuntimeError("bpftrace or bpftool not on PATH: run `make bench`, which installs them")
     return result

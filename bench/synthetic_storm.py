@@ -48,9 +48,9 @@ def run(rate: int = 10_000, seconds: float = 10.0, log=print) -> dict:
                 pid = agent.proc.pid
                 rss0 = rss_kib(pid) / 1024
                 env = {**os.environ, "PYTHONPATH": str(REPO)}
-                drv = subprocess.Popen([sys.executable, "-m", "bench.driver", str(pid), os.path.join(cg.leaf, "cgroup.procs")],
-                                       cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                       bufsize=1)
+                procs = os.path.join(cg.leaf, "cgroup.procs")
+                drv = subprocess.Popen([sys.executable, "-m", "bench.driver", str(pid), procs], cwd=REPO, env=env,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
                 try:
                     if drv.stdout.readline().strip() != "ready":
                         raise RuntimeError("synthetic event driver did not start")

@@ -144,3 +144,22 @@ def test_the_shipped_bpf_object_has_no_bench_program():
     sections = out.stdout
     assert "tp_btf/mark_victim" in sections  # the check reads real section names
     assert "raw_tp" not in sections and b"synthetic_events" not in obj.read_bytes()
+
+
+def test_the_readme_performance_table_is_generated_from_bench_report_json():
+    import json
+
+    from bench.__main__ import README_BEGIN, README_END, readme_table
+
+    report = json.loads((REPO / "bench" / "report.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    assert README_BEGIN in readme and README_END in readme, "README.md lost its generated performance block"
+    block = README_BEGIN + readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0] + README_END
+    # what `python3 -m bench --readme` writes from the committed report, to the character: a figure
+    # edited by hand, or a report rerun without regenerating the README, fails here
+    assert block == readme_table(report), "README.md's performance table is stale: run `python3 -m bench --readme`"
+    summary = report["summary"]
+    for key in ("startup_ms", "startup_ms_bpftrace", "idle_rss_mib", "idle_rss_mib_http", "bridge_events_per_s",
+                "sdk_events_per_s", "bridge_ratio"):
+        assert summary[key] is not None, f"bench/report.json has no {key}"
+    assert summary["latency_ms"]["p50"] is not None and summary["storm"]["caused"] and summary["storm"]["delivered"]
