@@ -37,6 +37,7 @@ from .delivery.parked import ParkedEvents
 from .delivery.sender import RETRY_MAX_S, SpoolSender
 from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .errors import AgentError
+from .kernel.libbpf import release_freed_memory
 from .kernel.source import SampleSource, SourceFactory
 from .model import Record
 from .pipeline import Pipeline
@@ -127,6 +128,7 @@ class Agent:
                                      next_seq=store.next_seq if isinstance(store, DeliveryStore) else None)
         self.source = self._source_factory(self._on_sample)
         self._cleanup.append(self.source.close)
+        release_freed_memory()  # libbpf's parse of the kernel BTF, freed after the load
         commit_lock = threading.Lock()  # a kill is stored and accounted for before the sender may see it
         # issue 13: pressure, OOMs without a kill, reclaim times, episode traces (watchers.py)
         watchers = self.watchers = watcher_parts.build(
@@ -201,6 +203,7 @@ class Agent:
             self.stopping.set()
             return
         self._export_pending = False
+        release_freed_memory()  # what the SDK's imports and set-up freed
         log.info("export ready in %.0f ms after ready", (time.monotonic() - t0) * 1000)
 
     def _build_export(self, commit_lock: threading.Lock, health: Optional["HealthServer"]) -> None:
