@@ -10,8 +10,9 @@ slow collector or a SIGKILL of the agent loses nothing. What the collector says 
   (`parked.py`), acknowledged and counted as `collector_rejected`, so it never blocks later kills.
 - anything else: kept, retried with backoff from 0.5 s to 30 s (or the collector's Retry-After).
 
-During a burst the loop lets a batch fill (up to `BURST_WAIT_S`) so a storm costs one export and
-one acknowledgement per `SEND_BATCH` events rather than per event; an isolated kill is sent at once.
+During a burst the loop lets a batch fill (up to `BURST_WAIT_S`, while kills keep being stored) so a
+storm costs one export and one acknowledgement per `SEND_BATCH` events rather than per event; an
+isolated kill is sent at once (at most `BURST_IDLE_S` later).
 Stopping: once `stopping` is set and `deadline` passed, no new attempt starts, and each attempt's
 timeout is cut to the time left.
 """
@@ -31,7 +32,8 @@ from .parked import ParkedEvents
 log = logging.getLogger("otel_oom.delivery")
 
 SEND_BATCH = 100
-BURST_WAIT_S = 0.05
+BURST_WAIT_S = 0.05   # longest wait for a burst to fill a batch
+BURST_IDLE_S = 0.002  # ... as long as a kill was stored within this
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
 
 
@@ -101,11 +103,18 @@ class SpoolSender:
         self._wake.clear()
 
     def _fill_burst(self, have: int) -> list[tuple[int, bytes]]:
-        target = self._spooled() + SEND_BATCH - have
-        deadline = time.monotonic() + BURST_WAIT_S
-        while (self._burst_in_progress() and self._spooled() < target
-               and time.monotonic() < deadline and not self.stopping.is_set()):
-            time.sleep(0.001)
+        spooled = self._spooled()
+        target = spooled + SEND_BATCH - have
+        now = time.monotonic()
+        deadline, moved = now + BURST_WAIT_S, now
+        # a burst is in progress while kills keep being stored: the queue may also hold samples that
+        # are no kills (a victim's reclaim events follow its kill), which must not hold a lone kill back
+        while (self._burst_in_progress() and spooled < target and now < deadline and now - moved < BURST_IDLE_S
+               and not self.stopping.is_set()):
+            time.sleep(0.0005)
+            now, latest = time.monotonic(), self._spooled()
+            if latest != spooled:
+                spooled, moved = latest, now
         return self._pending()
 
     def _pending(self) -> list[tuple[int, bytes]]:
