@@ -360,6 +360,9 @@ def test_a_victim_the_kernel_only_marked_also_opens_an_oom_without_a_kill(tmp_pa
             self.items.append(record_from_json(payload))
             return len(self.items)
 
+        def append_many(self, payloads: list[bytes]) -> list[int]:
+            return [self.append(p) for p in payloads]
+
     store, queued = Store(), []
     chain = [(50, b"c1", 8192, 8192), (1, b"", 99999, UNLIMITED)]
     nk = NoKillTracker(1, str(tmp_path), "b", queued.append)
