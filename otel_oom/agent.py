@@ -409,8 +409,6 @@ class Agent:
             return False, "; ".join(f"thread {n} died: {why}" for n, why in sorted(self._dead.items()))
         if not self.source or self._closed:
             return False, "probes not attached"
-        if self._export_pending:
-            return False, "OTLP export still being set up (kills caught meanwhile are stored)"
         problem = getattr(self.store, "problem", None)
         if problem:
             return False, f"spool unreadable: {problem}"
