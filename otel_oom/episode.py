@@ -16,7 +16,7 @@ Runs on the worker thread only (the pipeline calls it), so it needs no lock.
 from __future__ import annotations
 
 import dataclasses
-import secrets
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -147,7 +147,8 @@ class EpisodeTracker:
         return best
 
     def _new(self, key: str, start_ns: int, record: Record) -> _Open:
-        ep = _Open(secrets.token_hex(16), secrets.token_hex(8), key, start_ns, self._clock())
+        # os.urandom, what secrets.token_hex reads, without importing hashlib and hmac before `ready`
+        ep = _Open(os.urandom(16).hex(), os.urandom(8).hex(), key, start_ns, self._clock())
         if key != HOST:
             ep.cgroup_path = key
             ep.container_runtime = getattr(record, "container_runtime", None)

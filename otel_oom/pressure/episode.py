@@ -9,7 +9,7 @@ per reading. Peaks are kept for the end record.
 """
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,7 +57,7 @@ class Episode:
     @classmethod
     def begin(cls, boot_id: str, key: str, source: str, wall_ns: int, mono: float) -> "Episode":
         # boot id + start time + a random part: unique, and readable next to the kill's event id
-        return cls(f"{boot_id}:{wall_ns}:{secrets.token_hex(4)}", source, wall_ns, mono, mono)
+        return cls(f"{boot_id}:{wall_ns}:{os.urandom(4).hex()}", source, wall_ns, mono, mono)
 
     def observe(self, usage: Optional[int] = None, psi_avg10: Optional[float] = None) -> None:
         if usage is not None:

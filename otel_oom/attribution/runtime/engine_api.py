@@ -16,7 +16,7 @@ Standard library only: `http.client` with a connection that dials the socket.
 """
 from __future__ import annotations
 
-import http.client
+import functools
 import json
 import socket
 from typing import Any, Callable, Optional
@@ -29,20 +29,29 @@ _EVENT_MAX = 1 << 20
 _EVENTS_POLL_S = 0.25    # how often a quiet event stream looks at the stop flag
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
+@functools.cache
+def _unix_connection_class() -> Any:
+    """An http.client connection class that dials a unix socket. http.client (and the email package
+    under it, ~10 ms) is imported on the first request: an agent on a host without docker or podman
+    never pays for it, one with them pays after `ready`."""
+    import http.client
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    class UnixConnection(http.client.HTTPConnection):
+        def __init__(self, path: str, timeout: float) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self.path = path
+
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixConnection
 
 
 class EngineApiClient:
@@ -58,7 +67,9 @@ class EngineApiClient:
         pass  # one connection per request: nothing held open
 
     def _get(self, url: str) -> tuple[int, Any]:
-        conn = _UnixConnection(self.path, self.timeout)
+        import http.client
+
+        conn = _unix_connection_class()(self.path, self.timeout)
         try:
             conn.request("GET", url, headers={"Accept": "application/json"})
             resp = conn.getresponse()
