@@ -156,10 +156,12 @@ def render(r: dict) -> str:
     if k:
         out += ["## Kernel side", "",
                 "Run time per event of each BPF program from the kernel's own accounting "
-                "(`kernel.bpf_stats_enabled`, run_time_ns / run_cnt of these program ids). The synthetic "
-                "program runs in a tight loop (hot caches); real kills run on the OOM path.", "",
-                _table(["program", "events", "ns per event"],
-                       [[name, v.get("events"), v.get("ns_per_event")] if "error" not in v else [name, "–", v["error"]]
+                "(`kernel.bpf_stats_enabled`, run_time_ns / run_cnt of these program ids) where it counts "
+                "the runs, else as the *method* column says. The synthetic program runs in a tight loop "
+                "(hot caches); real kills run on the OOM path.", "",
+                _table(["program", "events", "ns per event", "method"],
+                       [[name, v.get("events"), v.get("ns_per_event"), v.get("method", "kernel run_time_ns")]
+                        if "error" not in v else [name, "–", v["error"], "–"]
                         for name, v in k.items()]), ""]
 
     if r.get("errors"):
