@@ -39,8 +39,6 @@ def open_source(on_sample: Callable[[bytes], None], backend: str = "auto", victi
                         "kills and reclaim times are not (they need the libbpf backend, i.e. kernel BTF)")
 
         return open_bcc_probe(on_sample, victim, context, task, bcc_buffer, ring_bytes)
-    from .probe import open_probe
+    from .probe import Extras, open_probe
 
-    if extras is None:
-        return open_probe(on_sample, victim, context, ring_bytes=ring_bytes, task=task)
-    return open_probe(on_sample, victim, context, ring_bytes=ring_bytes, task=task, extras=extras)
+    return open_probe(on_sample, victim, context, ring_bytes=ring_bytes, task=task, extras=extras or Extras())
