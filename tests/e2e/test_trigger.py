@@ -30,23 +30,6 @@ def _unique(prefix: str) -> str:
 
 # ---- argument checks (no root needed) ------------------------------------------------------------
 
-@pytest.mark.parametrize("limit, why", [(1 * MiB, "below 4 MiB"), (2 * 2**30, "above 1 GiB")])
-def test_limits_outside_4mib_to_1gib_are_refused(limit, why):
-    with pytest.raises(ValueError, match=why):
-        trigger_oom(limit_bytes=limit)
-
-
-@pytest.mark.parametrize("comm", [b"x" * 16, b"", b"a\0b"])
-def test_comm_must_fit_the_kernel_task_name(comm):
-    with pytest.raises(ValueError, match="1-15 bytes"):
-        trigger_oom(comm=comm)
-
-
-@pytest.mark.parametrize("path", ["/", "", "/a/../b", "./x"])
-def test_cgroup_must_be_a_plain_path_below_the_root(path):
-    with pytest.raises(ValueError):
-        trigger_oom(cgroup=path)
-
 
 def test_not_root_is_a_clear_error():
     require(os.geteuid() == 0, "needs root to drop privileges for the check")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import yaml
 from conftest import require
 
-REPO = Path(__file__).resolve().parent.parent
+from testing.agent_process import REPO
+
 ALERTS = REPO / "deploy" / "alerts"
 
 

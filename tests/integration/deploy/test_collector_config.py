@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import require
 
+from testing.agent_process import REPO
 from testing.collector_process import (
     CollectorProcess,
     collector_binary,
@@ -26,7 +27,6 @@ from testing.collector_process import (
 )
 from testing.otlp_receiver import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "collector-config"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 TOOLS = REPO / "tools" / "collector"

@@ -10,16 +10,15 @@ checked against the Prometheus Operator's documented ones, and its port against 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Optional
 
 import pytest
 import yaml
 from conftest import require
 
+from testing.agent_process import REPO
 from testing.collector_process import collector_binary, collector_env, validate
 
-REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "deploy" / "helm" / "otel-oom"
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 ALL_ON = ["--set", "collector.enabled=true", "--set", "serviceMonitor.enabled=true"]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import require
 
-REPO = Path(__file__).resolve().parent.parent
+from testing.agent_process import REPO
+
 DEPLOY = REPO / "deploy"
 # the oldest Kubernetes minor the manifests promise to work on, and the newest schema shipped
 K8S_VERSIONS = ("1.29.0", "1.37.0")

@@ -28,10 +28,10 @@ import pytest
 import yaml
 from conftest import require, require_root_bpf
 
+from testing.agent_process import REPO
 from testing.daemonset_podman import IMAGE_PREFIX, pod_security_args, podman, seccomp_default_with_bpf_caps
 from testing.otlp_receiver import OtlpGrpcReceiver, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 CAPS = {"BPF": 39, "PERFMON": 38, "SYSLOG": 34}
 pytestmark = pytest.mark.root

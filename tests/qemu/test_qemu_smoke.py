@@ -11,6 +11,7 @@ import os
 import signal
 
 import pytest
+from conftest import require
 
 from tests.qemu import harness
 
@@ -97,10 +98,6 @@ if len(sys.argv) > 2:
         f.write(line)
 '''
 
-
-def require(cond: bool, reason: str) -> None:
-    if not cond:
-        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(reason)
 
 
 @pytest.fixture(scope="module")
