@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO, Union
 
-from . import watchers as watcher_parts
+from .around import wiring as watcher_parts
 from .attribution import clock
 from .attribution.cgroups import CgroupResolver, detect_memory_hierarchy
 from .attribution.enrich import Enricher
@@ -39,15 +39,15 @@ from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .errors import AgentError
 from .kernel.libbpf import release_freed_memory
 from .kernel.source import SampleSource, SourceFactory
-from .model import Record
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
 from .sample_queue import ByteBoundedQueue, Empty
+from .schema.records import Record
 
 if TYPE_CHECKING:
+    from .around.wiring import Watchers
     from .health import HealthServer
     from .otlp.metrics import Metrics
-    from .watchers import Watchers
 
 log = logging.getLogger("otel_oom.agent")
 

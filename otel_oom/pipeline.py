@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO
 from .attribution.enrich import Enricher, bare_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
-from .model import KILLER_KERNEL, OomEpisode, OomKill, Record
+from .schema.records import KILLER_KERNEL, OomEpisode, OomKill, Record
 from .sinks.console import format_console, format_record_console, format_record_json
 
 if TYPE_CHECKING:
-    from .episode import EpisodeTracker
-    from .no_kill import NoKillTracker
+    from .around.episodes import EpisodeTracker
+    from .around.no_kill import NoKillTracker
+    from .around.reclaim import ReclaimTracker
     from .otlp.metrics import Metrics
-    from .reclaim import ReclaimTracker
     from .reconcile.recovery import Reconciler
     from .sinks.webhook import WebhookNotifier
 
@@ -245,7 +245,7 @@ class Pipeline:
         if self.json:
             self._write(format_record_json(kill) + "\n")
         if self.notifier is not None:
-            from .otlp.mapping import log_body
+            from .schema.mapping import log_body
 
             notifier = self.notifier
             self._sink("webhook", lambda: notifier.notify(kill, log_body(kill)))

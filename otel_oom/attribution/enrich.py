@@ -23,7 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from ..kernel.wire import CGROUP_NAME_LEN, HOOK_SIGNAL, MemcgLevel, OomEvent
-from ..model import KILLER_KERNEL, SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
+from ..schema.records import KILLER_KERNEL, SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
 from ..text import to_kernel_bytes
 from . import clock
 from .cgroups import CgroupResolver, MemoryHierarchy, cgroup_line, path_from_names

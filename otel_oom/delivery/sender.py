@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
-from ..model import OomEpisode, Record, record_from_json
+from ..schema.records import OomEpisode, Record, record_from_json
 from ..text import for_terminal
 from .parked import ParkedEvents
 

@@ -15,10 +15,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from .. import __version__
-from ..model import Record
+from ..schema.log_records import log_record
+from ..schema.mapping import SCOPE_NAME
+from ..schema.records import Record
 from .env import SignalSettings
-from .mapping import SCOPE_NAME
-from .records import log_record
 from .transport import RETRY, ExportResult, log_transport
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from .. import __version__
-from ..model import OomEpisode
+from ..schema.mapping import SCOPE_NAME
+from ..schema.records import OomEpisode
 from ..text import for_otlp
 from .env import SignalSettings
 from .exporters import span_exporter
-from .mapping import SCOPE_NAME
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

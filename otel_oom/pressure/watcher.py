@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from ..attribution.cgroups import MemoryHierarchy, walk
 from ..attribution.containers import parse_cgroup_path
-from ..model import STATE_END, STATE_START, OomPressure, Record
+from ..schema.records import STATE_END, STATE_START, OomPressure, Record
 from . import cgroup_files as files
 from . import inotify as ino
 from . import v1_events
@@ -61,7 +61,7 @@ from .episode import Episode, Thresholds
 from .psi import PsiTrigger, PsiUnavailable, read_psi
 
 if TYPE_CHECKING:
-    from ..no_kill import NoKillTracker
+    from ..around.no_kill import NoKillTracker
 
 log = logging.getLogger("otel_oom.pressure")
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..model import SOURCE_KMSG, SOURCE_NONE, OomKill
+from ..schema.records import SOURCE_KMSG, SOURCE_NONE, OomKill
 from .kmsg import KmsgRecord
 
 _INVOKED = re.compile(

@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Callable, Optional
 
 from ..attribution.cgroups import MemoryHierarchy
-from ..model import OomKill
+from ..schema.records import OomKill
 from .kcounters import memcg_oom_kills, vmstat_oom_kills
 
 log = logging.getLogger("otel_oom.recovery")

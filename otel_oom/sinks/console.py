@@ -12,9 +12,9 @@ import json
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from ..model import OomKill, Record
-from ..otlp.mapping import EVENT_NAME, log_attributes, log_body
-from ..otlp.records import log_record
+from ..schema.log_records import log_record
+from ..schema.mapping import EVENT_NAME, log_attributes, log_body
+from ..schema.records import OomKill, Record
 from ..text import for_json_line, for_terminal
 
 

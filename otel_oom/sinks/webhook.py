@@ -21,7 +21,7 @@ import urllib.request
 from typing import Optional
 
 from .. import __version__
-from ..model import OomKill
+from ..schema.records import OomKill
 from ..text import CHAT_TEXT_MAX, for_chat
 from ..urls import Url
 from .console import workload_summary

@@ -18,7 +18,7 @@ import pytest
 from conftest import require_root_bpf
 
 from otel_oom.delivery.spool import Spool
-from otel_oom.model import OomKill
+from otel_oom.schema.records import OomKill
 from otel_oom.trigger import trigger_oom
 from testing.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port
 from testing.storm import trigger_storm

@@ -105,7 +105,7 @@ def test_without_events_a_container_is_asked_for_at_the_kill(podman):
 
     from otel_oom.attribution.runtime.cache import RuntimeNames, RuntimeWatcher
     from otel_oom.attribution.runtime.engine_api import EngineApiClient
-    from otel_oom.model import OomKill
+    from otel_oom.schema.records import OomKill
 
     watcher = RuntimeWatcher(EngineApiClient("podman", podman.socket), Counter(), refresh_s=600)
     stop = threading.Event()

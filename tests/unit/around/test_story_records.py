@@ -9,19 +9,19 @@ import os
 
 import pytest
 
-from otel_oom.episode import EpisodeTracker
+from otel_oom.around.episodes import EpisodeTracker
+from otel_oom.around.no_kill import NoKillTracker
+from otel_oom.around.reclaim import ReclaimTracker
 from otel_oom.kernel.reclaim_wire import RECLAIM_EVENT_SIZE, RawReclaimEvent, ReclaimEvent, decode_reclaim
 from otel_oom.kernel.wire import F_BOOT_CLOCK
-from otel_oom.model import OomEpisode, OomKill, OomNoKill, OomPressure, OomReclaim, record_from_json
-from otel_oom.no_kill import NoKillTracker
 from otel_oom.otlp.env import resolve_otlp
 from otel_oom.otlp.logs import LogSender
-from otel_oom.otlp.records import log_record
 from otel_oom.otlp.resource import build_resource
 from otel_oom.otlp.traces import TraceSender
 from otel_oom.pressure.episode import Episode, Thresholds
 from otel_oom.pressure.psi import parse_psi, trigger_text
-from otel_oom.reclaim import ReclaimTracker
+from otel_oom.schema.log_records import log_record
+from otel_oom.schema.records import OomEpisode, OomKill, OomNoKill, OomPressure, OomReclaim, record_from_json
 from otel_oom.sinks.console import format_record_console, format_record_json
 from testing.otlp_receiver import OtlpGrpcReceiver
 

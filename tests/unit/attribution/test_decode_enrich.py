@@ -149,7 +149,7 @@ def test_a_group_member_without_a_chain_names_its_oom_memcg_from_the_chosen_vict
 # ---- marks that are not kills, and cgroup names cut in the kernel -------------------------------
 
 def test_a_victim_only_marked_because_it_was_exiting_is_no_kill():
-    from otel_oom.otlp.mapping import log_attributes, log_body
+    from otel_oom.schema.mapping import log_attributes, log_body
 
     marked = enrich(raw_event(POD_CHAIN, [50, 40, 30, 20, 1]))  # task read, no SIGKILL: only marked
     killed = enrich(raw_event(POD_CHAIN, [50, 40, 30, 20, 1],

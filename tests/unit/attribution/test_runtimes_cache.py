@@ -21,8 +21,8 @@ from otel_oom.attribution.runtime.names import ContainerNames, RuntimeUnavailabl
 from otel_oom.attribution.runtime.settings import AUTO_SOCKETS, RuntimeSocket, resolve_runtimes
 from otel_oom.config import resolve
 from otel_oom.errors import UsageError
-from otel_oom.model import OomKill
-from otel_oom.otlp.mapping import log_attributes
+from otel_oom.schema.mapping import log_attributes
+from otel_oom.schema.records import OomKill
 from otel_oom.sinks.console import format_console, format_json
 from otel_oom.sinks.webhook import build_message
 

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from otel_oom.delivery.spool import MAGIC, Spool, SpoolError
-from otel_oom.model import OomKill
+from otel_oom.schema.records import OomKill
 from testing.agent_process import REPO
 
 ROOT = str(REPO)

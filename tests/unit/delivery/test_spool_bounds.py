@@ -13,7 +13,7 @@ import pytest
 
 from otel_oom.config import DEFAULT_SPOOL_MAX_BYTES
 from otel_oom.delivery.spool import Spool, SpoolError, segment_size
-from otel_oom.model import OomKill
+from otel_oom.schema.records import OomKill
 
 HEAD = 28
 POD = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"

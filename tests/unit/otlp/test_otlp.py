@@ -18,12 +18,12 @@ from prometheus_client import generate_latest
 
 from otel_oom import __version__
 from otel_oom.errors import UsageError
-from otel_oom.model import OomKill
 from otel_oom.otlp.env import ConfigError, resolve_otlp
 from otel_oom.otlp.logs import LogSender
-from otel_oom.otlp.mapping import RSS_BUCKETS, log_attributes, log_body
 from otel_oom.otlp.metrics import Metrics
 from otel_oom.otlp.resource import SERVICE_INSTANCE_NAMESPACE, build_resource
+from otel_oom.schema.mapping import RSS_BUCKETS, log_attributes, log_body
+from otel_oom.schema.records import OomKill
 from testing.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port, make_test_pki
 
 MiB = 1 << 20

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from otel_oom.model import OomKill
 from otel_oom.reconcile.kmsg import KmsgError, parse_kmsg, parse_record, read_kmsg
 from otel_oom.reconcile.oom_report import parse_oom_kill_line, recovered_kills, to_oom_kill
+from otel_oom.schema.records import OomKill
 from testing.agent_process import REPO
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "kmsg")

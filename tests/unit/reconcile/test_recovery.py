@@ -6,8 +6,8 @@ import json
 import pytest
 
 from otel_oom.attribution.cgroups import MemoryHierarchy
-from otel_oom.model import OomKill
 from otel_oom.reconcile.recovery import Reconciler
+from otel_oom.schema.records import OomKill
 
 BOOT = "boot-1"
 

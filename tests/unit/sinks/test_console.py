@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from otel_oom.model import OomKill
-from otel_oom.otlp.mapping import log_attributes
+from otel_oom.schema.mapping import log_attributes
+from otel_oom.schema.records import OomKill
 from otel_oom.sinks.console import format_console, format_json, format_size, format_time, rfc3339
 from otel_oom.text import for_terminal as escape_untrusted
 

@@ -12,7 +12,7 @@ import pytest
 
 from otel_oom.config import resolve
 from otel_oom.errors import UsageError
-from otel_oom.model import OomKill
+from otel_oom.schema.records import OomKill
 from otel_oom.sinks.webhook import WebhookNotifier as _Notifier
 from otel_oom.sinks.webhook import build_message
 from otel_oom.text import for_chat as escape_text

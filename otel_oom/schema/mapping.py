@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import KILLER_KERNEL, OomKill
 from ..text import for_otlp, for_otlp_label, for_terminal
+from .records import KILLER_KERNEL, OomKill
 
 SCOPE_NAME = "otel_oom"
 EVENT_NAME = "oom.kill"

@@ -19,8 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .kernel.reclaim_wire import FINAL, ReclaimEvent
-from .model import RECLAIM_EXIT, RECLAIM_EXIT_MMAP, RECLAIM_REAPER, RECLAIM_TIMEOUT, OomKill, OomReclaim
+from ..kernel.reclaim_wire import FINAL, ReclaimEvent
+from ..schema.records import RECLAIM_EXIT, RECLAIM_EXIT_MMAP, RECLAIM_REAPER, RECLAIM_TIMEOUT, OomKill, OomReclaim
 
 _METHODS = {"exit": RECLAIM_EXIT, "exit_mmap": RECLAIM_EXIT_MMAP, "reaper_finish": RECLAIM_REAPER}
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..model import STATE_START, OomKill, OomNoKill, OomPressure, OomReclaim, Record
 from ..text import for_otlp, for_terminal
 from .mapping import EVENT_NAME, log_attributes, log_body
+from .records import STATE_START, OomKill, OomNoKill, OomPressure, OomReclaim, Record
 
 # OTLP SeverityNumber values
 INFO, WARN, ERROR = 9, 13, 17

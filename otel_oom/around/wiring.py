@@ -12,16 +12,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .attribution.cgroups import MemoryHierarchy
-from .config import RunConfig
-from .episode import EpisodeTracker
-from .model import Record
+from ..attribution.cgroups import MemoryHierarchy
+from ..config import RunConfig
+from ..pressure.episode import Thresholds
+from ..pressure.watcher import PressureWatcher, WatchSettings
+from ..schema.records import Record
+from .episodes import EpisodeTracker
 from .no_kill import NoKillTracker
-from .pressure.episode import Thresholds
-from .pressure.watcher import PressureWatcher, WatchSettings
 from .reclaim import ReclaimTracker
 
-log = logging.getLogger("otel_oom.watchers")
+log = logging.getLogger("otel_oom.around.wiring")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Watchers:
 def probe_extras(cfg: RunConfig) -> Any:
     """The optional BPF programs to load (`kernel.probe.Extras`): the signal hook for user-space
     OOM killers, and the reclaim hooks."""
-    from .kernel.probe import Extras
+    from ..kernel.probe import Extras
 
     ev = cfg.events
     return Extras(signals=ev.on("userspace_kill"), killers=ev.userspace_killers, reclaim=ev.on("reclaim"))
@@ -74,7 +74,7 @@ def trace_sender(cfg: RunConfig, resource: Any, on_failure: Callable[[], None]) 
     """--traces: the exporter of the episode spans (`otlp.traces.TraceSender`), else None."""
     if not cfg.events.traces or cfg.otlp_settings is None or cfg.otlp_settings.traces is None:
         return None
-    from .otlp.traces import TraceSender
+    from ..otlp.traces import TraceSender
 
     return TraceSender(resource, cfg.otlp_settings.traces, on_failure=on_failure)
 

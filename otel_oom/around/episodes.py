@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .model import (
+from ..schema.records import (
     KILLER_KERNEL,
     STATE_END,
     STATE_START,

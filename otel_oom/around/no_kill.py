@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from .attribution.containers import parse_cgroup_path
-from .model import (
+from ..attribution.containers import parse_cgroup_path
+from ..pressure import cgroup_files as files
+from ..schema.records import (
     NO_KILL_DISABLED,
     NO_KILL_EXITING,
     NO_KILL_NOTHING,
@@ -39,9 +40,8 @@ from .model import (
     OomNoKill,
     Record,
 )
-from .pressure import cgroup_files as files
 
-log = logging.getLogger("otel_oom.no_kill")
+log = logging.getLogger("otel_oom.around.no_kill")
 
 
 def _under(path: Optional[str], root: str) -> bool:
