@@ -258,7 +258,9 @@ def test_full_spool_drops_are_counted_exported_and_logged(receivers, start_agent
     require_root_bpf()
     rx = down_receiver(receivers)
     spool = tmp_path / "spool"
-    agent = start_agent([f"--spool-dir={spool}", "--spool-max-bytes=65536"], rx.endpoint)
+    # kills only (no reclaim or pressure records): then every spooled record is one kill, and the
+    # kills the agent handled are exactly the ones delivered plus the ones the full spool dropped
+    agent = start_agent([f"--spool-dir={spool}", "--spool-max-bytes=65536", "--events=none"], rx.endpoint)
     storm = trigger_storm(cgroups=2, kills=150)  # ~1 KB each: over twice the bound
     victims = set(storm.victim_pids)
     assert len(victims) == storm.kills_caused == 150
@@ -267,20 +269,22 @@ def test_full_spool_drops_are_counted_exported_and_logged(receivers, start_agent
     assert re.search(r"WARNING: spool .*: over max_bytes=65536, dropped the \d+ oldest undelivered OOM events", line)
     rx.start()
     wait_metric(rx, "otel_oom.events.dropped", lambda v: v > 0, 60, reason="spool_full")
-
-    def accounted():
-        # every kill is delivered or counted as dropped -- none silently lost. (The agent sees every
-        # kill on the host, other tests' too, so the drop count may also cover kills not ours.)
-        missing = victims - set(by_pid(rx))
-        return len(missing) <= metric_value(rx, "otel_oom.events.dropped", reason="spool_full") and missing
-
-    wait_until(accounted, 60, "undelivered kills <= dropped(spool_full)", agent)
     wait_until(lambda: spooled_pids(spool) <= set(by_pid(rx)), 60, "the spool drained", agent)
+
+    # the agent sees every kill on the host (other tests' too): count all of them, not only ours
+    def handled() -> float:
+        return sum(p["value"] for p in rx.metric_points("oom.kills", latest=True))
+
+    def settled():
+        received = {r["attributes"]["oom.event.id"] for recs in by_pid(rx).values() for r in recs}
+        dropped = metric_value(rx, "otel_oom.events.dropped", reason="spool_full")
+        return handled() >= storm.kills_caused and len(received) + dropped == handled()
+
+    wait_until(settled, 60, "delivered + dropped(spool_full) == oom.kills", agent)
     delivered = len(set(by_pid(rx)) & victims)
     dropped = metric_value(rx, "otel_oom.events.dropped", reason="spool_full")
     print(f"\nspool bound 65536 B: {storm.kills_caused} kills, {delivered} delivered, {dropped:.0f} dropped "
-          "(spool_full, every kill the agent saw)")
-    assert len(victims) - delivered <= dropped
+          "(spool_full)")
     # at this bound a segment holds one event: an overflow drops the oldest one (two when the new
     # event is larger than the one freed), and the spool keeps as many as fit (before: one
     # overflow dropped 63 of 63); the log lines add up to the exported count
