@@ -48,7 +48,7 @@ class KubepodsCgroup:
     top-level cgroup; no limit is set on it (nothing here is meant to be OOM-killed)."""
 
     def __init__(self) -> None:
-        from otel_oom.attribution.cgroups import detect_memory_hierarchy
+        from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
 
         h = detect_memory_hierarchy()
         if h is None:

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO, Union
 
 from .around import wiring as watcher_parts
 from .attribution import clock
-from .attribution.cgroups import CgroupResolver, detect_memory_hierarchy
 from .attribution.enrich import Enricher
 from .attribution.runtime.settings import build_names
+from .cgroupfs.hierarchy import detect_memory_hierarchy
+from .cgroupfs.tree import CgroupResolver
 from .config import RunConfig
 from .delivery.parked import ParkedEvents
 from .delivery.sender import RETRY_MAX_S, SpoolSender

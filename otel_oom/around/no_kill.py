@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from ..attribution.containers import parse_cgroup_path
-from ..pressure import cgroup_files as files
+from ..cgroupfs import memcg as files
 from ..schema.records import (
     NO_KILL_DISABLED,
     NO_KILL_EXITING,

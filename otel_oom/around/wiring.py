@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..attribution.cgroups import MemoryHierarchy
+from ..cgroupfs.hierarchy import MemoryHierarchy
 from ..config import RunConfig
 from ..pressure.episode import Thresholds
 from ..pressure.watcher import PressureWatcher, WatchSettings

@@ -1,4 +1,4 @@
-"""Pressure stall information: parsing /proc/pressure/memory and memory.pressure, and PSI triggers.
+"""PSI triggers: the kernel wakes a poll when tasks stalled on memory long enough (files: cgroupfs/psi.py).
 
 A trigger ("some <stall us> <window us>" written to an open PSI file) makes the kernel wake a
 poll() for POLLPRI once the tasks stalled on memory for at least the stall time within a window.
@@ -9,8 +9,6 @@ so it needs no extra privilege and adds no kernel thread per cgroup.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional
 
 WINDOW_STEP_S = 2        # unprivileged triggers: the window is a multiple of 2 s
 WINDOW_MAX_S = 10        # the kernel's largest trigger window
@@ -18,37 +16,6 @@ WINDOW_MAX_S = 10        # the kernel's largest trigger window
 
 class PsiUnavailable(OSError):
     """The kernel refused a trigger (no PSI, psi=0 on the command line, a window it does not allow)."""
-
-
-@dataclass(frozen=True)
-class Psi:
-    some_avg10: float   # percent of the last 10 s in which at least one task stalled on memory
-    some_avg60: float
-    full_avg10: Optional[float]  # percent in which all non-idle tasks stalled (None: no "full" line)
-    full_avg60: Optional[float]
-    some_total_us: int
-
-
-def parse_psi(text: str) -> Psi:
-    """`some avg10=1.00 avg60=0.50 avg300=0.10 total=12345` (+ a `full` line since 5.2 for memory)."""
-    rows: dict[str, dict[str, str]] = {}
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        rows[kind] = dict(item.split("=", 1) for item in rest.split() if "=" in item)
-    if "some" not in rows:
-        raise ValueError(f"not a PSI file: {text[:60]!r}")
-    some, full = rows["some"], rows.get("full")
-    return Psi(some_avg10=float(some["avg10"]), some_avg60=float(some["avg60"]),
-               full_avg10=float(full["avg10"]) if full else None, full_avg60=float(full["avg60"]) if full else None,
-               some_total_us=int(some["total"]))
-
-
-def read_psi(path: str) -> Optional[Psi]:
-    try:
-        with open(path) as f:
-            return parse_psi(f.read())
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def trigger_text(stall_percent: float, window_s: int) -> bytes:

@@ -51,14 +51,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
-from ..attribution.cgroups import MemoryHierarchy, walk
 from ..attribution.containers import parse_cgroup_path
+from ..cgroupfs import memcg as files
+from ..cgroupfs.hierarchy import MemoryHierarchy
+from ..cgroupfs.psi import read_psi
+from ..cgroupfs.tree import walk
 from ..schema.records import STATE_END, STATE_START, OomPressure, Record
-from . import cgroup_files as files
 from . import inotify as ino
 from . import v1_events
 from .episode import Episode, Thresholds
-from .psi import PsiTrigger, PsiUnavailable, read_psi
+from .psi import PsiTrigger, PsiUnavailable
 
 if TYPE_CHECKING:
     from ..around.no_kill import NoKillTracker
@@ -277,7 +279,7 @@ class PressureWatcher:
             wd = self._inotify.add_watch(os.path.join(cg.directory, "memory.events.local"), ino.IN_MODIFY)
             cg.wd_events = wd
             self._events_wd[wd] = cg.path
-        cg.events = files.events_local(cg.directory)
+        cg.events = files.events(cg.directory)
         cg.read_mono = self._clock()
 
     def _unregister(self, cg: _Cgroup, ended_by: Optional[str]) -> None:
@@ -450,7 +452,7 @@ class PressureWatcher:
         """v2: memory.events.local changed: max/high start pressure, oom goes to the no-kill tracker."""
         cg.dirty = False
         cg.read_mono = self._clock()
-        now = files.events_local(cg.directory)
+        now = files.events(cg.directory)
         if not now:
             if not os.path.isdir(cg.directory):
                 self._gone(cg.path)
@@ -594,7 +596,7 @@ class PressureWatcher:
         v = self.hierarchy.version
         usage = files.usage_bytes(v, cg.directory)
         psi = read_psi(os.path.join(cg.directory, "memory.pressure")) if v == 2 else None
-        events = files.events_local(cg.directory) if v == 2 else {}
+        events = files.events(cg.directory) if v == 2 else {}
         workload = parse_cgroup_path(cg.path)
         wall = time.time_ns()
         return OomPressure(

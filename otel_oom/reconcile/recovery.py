@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from typing import Callable, Optional
 
-from ..attribution.cgroups import MemoryHierarchy
+from ..cgroupfs.hierarchy import MemoryHierarchy
 from ..schema.records import OomKill
 from .kcounters import memcg_oom_kills, vmstat_oom_kills
 

@@ -18,7 +18,7 @@ import uuid
 import pytest
 from conftest import REPO, agent_env, require_root_bpf
 
-from otel_oom.attribution.cgroups import detect_memory_hierarchy
+from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
 from otel_oom.trigger import trigger_oom
 
 MiB = 1 << 20

@@ -10,8 +10,9 @@ import time
 import pytest
 from conftest import require
 
-from otel_oom.attribution.cgroups import CgroupResolver, detect_memory_hierarchy
 from otel_oom.attribution.containers import Workload, parse_cgroup_path
+from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
+from otel_oom.cgroupfs.tree import CgroupResolver
 
 C = "4f1a3c9be2d07a65b8c0e9d1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5"    # container id
 N = "9e8d7c6b5a49382716051f2e3d4c5b6a79881726354a5b6c7d8e9f0a1b2c3d4e"    # kind/k3d node

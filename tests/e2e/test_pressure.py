@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import require
 
-from otel_oom.attribution.cgroups import detect_memory_hierarchy
+from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
 from testing.story import MemoryHolder
 
 MiB = 1 << 20

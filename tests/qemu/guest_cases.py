@@ -191,7 +191,7 @@ def tracefs_fields(fmt: str) -> dict[str, list[int]]:
 
 
 def kernel_facts(copy_btf_to: Optional[str]) -> dict:
-    from otel_oom.attribution.cgroups import detect_memory_hierarchy
+    from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
     from otel_oom.kernel.btf import KernelBtf, LayoutMismatch, struct_fields
     from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS, detect_features
 

@@ -751,7 +751,7 @@ def test_bcc_oomkill_tool_agrees_on_trigger_victim_and_pages(matrix, g):
 def test_host_tracepoint_fields_when_the_victim_is_not_the_trigger(start_agent):
     """The rich mark_victim layout on the host's own kernel (6.18), without a context hook: the
     bystander's record is built from the tracepoint's fields alone, the allocator's from its task."""
-    from otel_oom.attribution.cgroups import detect_memory_hierarchy
+    from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
     from otel_oom.reconcile.kmsg import read_kmsg
     from testing.otlp_receiver import OtlpGrpcReceiver
     from tests.qemu.guest_cases import bystander_case
@@ -807,7 +807,7 @@ def _proc(tmp_path, pid: int, cgroup: str, flags: Optional[int]) -> str:
 
 @pytest.mark.parametrize("flags, expected", [(0x400100, "/"), (0x400104, None), (None, None)])
 def test_v1_root_cgroup_of_an_exiting_task_is_not_believed(tmp_path, flags, expected):
-    from otel_oom.attribution.cgroups import MemoryHierarchy
+    from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
 
     # cgroup v1 shows every exiting task in the root cgroup; PF_EXITING (0x4) or a vanished task
     # means "/" says nothing about where the victim lived
@@ -817,7 +817,7 @@ def test_v1_root_cgroup_of_an_exiting_task_is_not_believed(tmp_path, flags, expe
 
 
 def test_v2_deleted_cgroup_suffix_is_dropped(tmp_path):
-    from otel_oom.attribution.cgroups import MemoryHierarchy
+    from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
 
     root = _proc(tmp_path, 78, "0::/kmx-gone (deleted)\n", 0x404)
     hierarchy = MemoryHierarchy(version=2, mount="/sys/fs/cgroup", hierarchy_id=0, controllers="")

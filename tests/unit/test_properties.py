@@ -13,8 +13,9 @@ import zlib
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from otel_oom.attribution.cgroups import _read_mounts, _unescape, path_from_names
 from otel_oom.attribution.containers import parse_cgroup_path
+from otel_oom.cgroupfs.hierarchy import _read_mounts, _unescape
+from otel_oom.cgroupfs.tree import path_from_names
 from otel_oom.delivery.spool import MAGIC, Spool
 from otel_oom.errors import UsageError
 from otel_oom.health import parse_listen

@@ -12,6 +12,7 @@ import pytest
 from otel_oom.around.episodes import EpisodeTracker
 from otel_oom.around.no_kill import NoKillTracker
 from otel_oom.around.reclaim import ReclaimTracker
+from otel_oom.cgroupfs.psi import parse_psi
 from otel_oom.kernel.reclaim_wire import RECLAIM_EVENT_SIZE, RawReclaimEvent, ReclaimEvent, decode_reclaim
 from otel_oom.kernel.wire import F_BOOT_CLOCK
 from otel_oom.otlp.env import resolve_otlp
@@ -19,7 +20,7 @@ from otel_oom.otlp.logs import LogSender
 from otel_oom.otlp.resource import build_resource
 from otel_oom.otlp.traces import TraceSender
 from otel_oom.pressure.episode import Episode, Thresholds
-from otel_oom.pressure.psi import parse_psi, trigger_text
+from otel_oom.pressure.psi import trigger_text
 from otel_oom.schema.log_records import log_record
 from otel_oom.schema.records import OomEpisode, OomKill, OomNoKill, OomPressure, OomReclaim, record_from_json
 from otel_oom.sinks.console import format_record_console, format_record_json
@@ -288,8 +289,8 @@ def test_oom_lock_names_the_oom_memcg_even_when_a_lower_level_is_at_its_limit():
 
 
 def test_a_kill_right_after_a_reaped_victim_is_found_by_the_watermark_or_the_oom_count():
-    from otel_oom.attribution.cgroups import MemoryHierarchy
     from otel_oom.attribution.enrich import Enricher, derive_oom_memcg
+    from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
 
     # the reaper gave the first victim's memory back: usage is far below the limit, the watermark is not
     reaped = [(50, b"c1", 2000, 8192), (1, b"", 99999, UNLIMITED)]
@@ -306,8 +307,8 @@ def test_a_kill_right_after_a_reaped_victim_is_found_by_the_watermark_or_the_oom
 
 
 def test_a_user_space_killers_sigkill_names_the_killer_and_no_oom_decision():
-    from otel_oom.attribution.cgroups import MemoryHierarchy
     from otel_oom.attribution.enrich import Enricher
+    from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
 
     ev = _event(CHAIN, [1], hook=4, trigger_comm=b"earlyoom", trigger_tgid=900, trigger_pid=900)
     k = Enricher(MemoryHierarchy(1, "/nonexistent", 4), "b").enrich(ev)
@@ -345,8 +346,8 @@ def test_a_victim_the_kernel_only_marked_also_opens_an_oom_without_a_kill(tmp_pa
     and the no-kill tracker opens a victim_exiting episode for its cgroup."""
     from collections import Counter
 
-    from otel_oom.attribution.cgroups import MemoryHierarchy
     from otel_oom.attribution.enrich import Enricher
+    from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
     from otel_oom.kernel import wire as Wire
     from otel_oom.pipeline import Pipeline
     from testing.events import raw_event

@@ -6,8 +6,8 @@ import ctypes
 
 import pytest
 
-from otel_oom.attribution.cgroups import MemoryHierarchy
 from otel_oom.attribution.enrich import Enricher, derive_oom_memcg
+from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
 from otel_oom.kernel import wire as E
 from otel_oom.kernel.wire import DecodeError, RawEvent, decode
 from testing.events import raw_event
@@ -166,7 +166,7 @@ def _cut(name: bytes) -> bytes:
 
 
 def test_a_cut_cgroup_name_is_never_taken_for_a_path(tmp_path):
-    from otel_oom.attribution.cgroups import CgroupResolver
+    from otel_oom.cgroupfs.tree import CgroupResolver
 
     # a workload names its cgroup so that, cut at 127 bytes, it reads as another container's scope
     other = b"cri-containerd-" + b"cd" * 32 + b".scope"

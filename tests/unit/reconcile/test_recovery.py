@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from otel_oom.attribution.cgroups import MemoryHierarchy
+from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
 from otel_oom.reconcile.recovery import Reconciler
 from otel_oom.schema.records import OomKill
 

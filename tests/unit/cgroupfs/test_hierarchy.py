@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from otel_oom.attribution.cgroups import (
-    CgroupError,
-    CgroupResolver,
-    MemoryHierarchy,
-    cgroup_line,
-    detect_memory_hierarchy,
-    path_from_names,
-)
+from otel_oom.cgroupfs.hierarchy import CgroupError, MemoryHierarchy, cgroup_line, detect_memory_hierarchy
+from otel_oom.cgroupfs.tree import CgroupResolver, path_from_names
 from testing.agent_process import REPO
 
 FIX = REPO / "tests" / "fixtures" / "mountinfo"

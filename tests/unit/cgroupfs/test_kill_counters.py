@@ -1,4 +1,4 @@
-"""The kernel's OOM kill counters: on fixture trees, and on this machine around a real kill."""
+"""The kernel's OOM kill counters (reconcile/kcounters.py over cgroupfs/memcg.py): on fixture trees."""
 from __future__ import annotations
 
 import os

@@ -1,15 +1,14 @@
-"""Find the memory cgroup hierarchy and turn kernel cgroup ids into paths inside it.
+"""Which memory cgroup hierarchy this host has, and where it is mounted (from mountinfo).
 
-The kernel's cgroup id (the kernfs node id the BPF program reads) is the inode number of the
-cgroup's directory, so an id is resolved by scanning the hierarchy's directories once and
-keeping an inode -> path map. Paths are relative to the hierarchy mount: "/" is the root.
+v1 (a "memory" controller mount, possibly co-mounted) wins over a cgroup2 mount offering memory.
+Paths inside the hierarchy are relative to its mount: "/" is the root, "/a/b" below it;
+`MemoryHierarchy.directory(path)` is where that cgroup's files are.
 """
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 
 class CgroupError(ValueError):
@@ -22,6 +21,15 @@ class MemoryHierarchy:
     mount: str             # mount point as this process sees it, e.g. "/sys/fs/cgroup/memory"
     hierarchy_id: int      # v1: /proc/cgroups column 2 of the memory row; v2: 0
     controllers: str = "memory"  # v1: the controller list /proc/<pid>/cgroup prints ("cpu,memory")
+
+    def directory(self, path: str) -> str:
+        """The directory of the cgroup at `path` ("/" is the mount itself)."""
+        return directory(self.mount, path)
+
+
+def directory(mount: str, path: str) -> str:
+    """The directory of the cgroup at `path` under a hierarchy mounted at `mount`."""
+    return mount if path == "/" else mount.rstrip("/") + path
 
 
 @dataclass(frozen=True)
@@ -138,79 +146,3 @@ def cgroup_line(h: MemoryHierarchy, path: str) -> str:
     if h.version == 2:
         return f"0::{path}"
     return f"{h.hierarchy_id}:{h.controllers}:{path}"
-
-
-def path_from_names(names_leaf_first: list[str]) -> str:
-    """Join cgroup names captured leaf first by the kernel walk: ["c", "b", "a", ""] -> "/a/b/c".
-
-    The walk must have reached the root (whose name is ""); a truncated walk raises
-    ValueError because the remaining names would otherwise read as a different, rooted path.
-    """
-    if not names_leaf_first or names_leaf_first[-1] != "":
-        raise ValueError("cgroup name walk did not reach the root: the path is incomplete")
-    return "/" + "/".join(reversed(names_leaf_first[:-1]))
-
-
-class CgroupResolver:
-    """cgroup id -> path inside the hierarchy mounted at `mount`, via a rescanned inode map."""
-
-    def __init__(self, mount: str, min_rescan_interval: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.mount = mount
-        self.min_rescan_interval = min_rescan_interval
-        self._clock = clock
-        self._paths: dict[int, str] = {}
-        self._last_scan: dict[int, str] = {}
-        self._scanned_at: Optional[float] = None
-        self.scans = 0
-
-    def path_for_id(self, cgroup_id: int) -> Optional[str]:
-        path = self._paths.get(cgroup_id)
-        if path is not None:
-            return path
-        now = self._clock()
-        # a storm of kills in cgroups deleted right away must not turn into a scan per event
-        if self._scanned_at is not None and now - self._scanned_at < self.min_rescan_interval:
-            return None
-        self.rescan()
-        return self._paths.get(cgroup_id)
-
-    def rescan(self) -> None:
-        scanned = _scan(self.mount)
-        # ids are not reused within a boot, so a cgroup seen one scan ago still resolves after
-        # it is removed; keeping only two scans bounds memory on hosts with cgroup churn
-        self._paths = {**self._last_scan, **scanned}
-        self._last_scan = scanned
-        self._scanned_at = self._clock()
-        self.scans += 1
-
-
-def walk(mount: str) -> Iterator[tuple[str, str, int]]:
-    """Every cgroup under `mount`, root first: (path inside the hierarchy, directory, inode).
-
-    The one walker of the cgroup tree (id resolution and the kernel counters both use it). Paths
-    are "/" for the root and "/a/b" below, decoded with surrogateescape like every cgroup path in
-    otel-oom. A subtree removed (or made unreadable) while it is walked is skipped.
-    """
-    try:
-        root_inode = os.stat(mount).st_ino
-    except OSError:
-        return
-    yield "/", mount, root_inode
-    stack = [(mount, "")]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            with os.scandir(directory) as it:
-                children = [(e.path, f"{rel}/{e.name}", e.inode()) for e in it
-                            # cgroup directories never are symlinks; following one could loop
-                            if e.is_dir(follow_symlinks=False)]
-        except OSError:
-            continue
-        for path, child, inode in children:
-            yield child, path, inode
-            stack.append((path, child))
-
-
-def _scan(mount: str) -> dict[int, str]:
-    return {inode: rel for rel, _directory, inode in walk(mount)}
