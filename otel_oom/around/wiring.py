@@ -1,64 +1,30 @@
-"""Wiring of the records around the kill (issue 13), so `agent.py` stays wiring in a few lines.
+"""The around-the-kill room's one entry point for agent.py: `build()` makes what `cfg.events` asks for.
 
-`build(cfg, hierarchy, boot_id, submit)` makes what `cfg.events` asks for: the pressure watcher
-(its thread body, stop and close), the no-kill tracker it feeds, the reclaim tracker and, with
---traces, the episode tracker. Records from the watcher's thread reach the pipeline only through
-`submit` (the agent's worker queue), so the pipeline keeps running on one thread.
+  pressure   the pressure source (its own thread) and the pressure tracker (oom.pressure)
+  no_kill    the no-kill tracker (oom.no_kill), fed by the same source (its OOM notifications)
+  reclaim    the reclaim tracker (oom.reclaim), when the probe reports the victims' reclaim events
+  --traces   the episode tracker (trace ids on every record, the span per episode)
+
+Events from the source's thread reach the trackers only through `submit` (the agent's worker
+queue), so everything around the kill runs on the worker thread. `probe_extras` and
+`trace_sender` are the room's parts of the probe and of the export.
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..cgroupfs.hierarchy import MemoryHierarchy
+from ..cgroupfs.host import HostFiles
+from ..cgroupfs.memcg import MemcgFiles
 from ..config import RunConfig
-from ..pressure.episode import Thresholds
-from ..pressure.watcher import PressureWatcher, WatchSettings
-from ..schema.records import Record
+from ..pressure.source import PressureSource, WatchSettings
+from ..pressure.thresholds import Thresholds
 from .episodes import EpisodeTracker
 from .no_kill import NoKillTracker
+from .pressure import PressureTracker
 from .reclaim import ReclaimTracker
-
-log = logging.getLogger("otel_oom.around.wiring")
-
-
-@dataclass
-class Watchers:
-    pressure: Optional[PressureWatcher] = None
-    no_kill: Optional[NoKillTracker] = None
-    reclaim: Optional[ReclaimTracker] = None
-    episodes: Optional[EpisodeTracker] = None
-
-    def describe(self) -> str:
-        parts = []
-        if self.pressure is not None:
-            parts.append("pressure (memory cgroups" + (", host PSI" if self.pressure.host_watched() else "") + ")")
-        if self.no_kill is not None:
-            parts.append("OOMs without a kill")
-        if self.reclaim is not None:
-            parts.append("reclaim times")
-        if self.episodes is not None:
-            parts.append("episode traces")
-        return ", ".join(parts) or "kills only"
-
-    def pressure_active(self) -> dict[str, int]:
-        return self.pressure.active() if self.pressure else {}
-
-    def no_kill_active(self) -> dict[str, int]:
-        return self.no_kill.active() if self.no_kill else {}
-
-    def cgroups(self) -> dict[str, int]:
-        if self.pressure is None:
-            return {}
-        return {"watched": self.pressure.watched(), "unwatched": self.pressure.unwatched}
-
-    def feed_metrics(self, metrics: Any) -> None:
-        """The gauges of `otlp.episode_metrics` read these watchers."""
-        metrics.episodes.pressure_active = self.pressure_active
-        metrics.episodes.no_kill_active = self.no_kill_active
-        metrics.episodes.cgroups = self.cgroups
+from .room import Around
 
 
 def probe_extras(cfg: RunConfig) -> Any:
@@ -80,22 +46,23 @@ def trace_sender(cfg: RunConfig, resource: Any, on_failure: Callable[[], None]) 
 
 
 def build(cfg: RunConfig, hierarchy: Optional[MemoryHierarchy], boot_id: str,
-          submit: Callable[[Record], None], reclaim_events: bool, faults: "Counter[str]") -> Watchers:
-    """`reclaim_events`: the probe reports the victims' reaper and exit events (else no oom.reclaim)."""
+          submit: Callable[[object], None], reclaim_events: bool, faults: "Counter[str]") -> Around:
+    """`reclaim_events`: the probe reports the victims' reaper and exit events (else no oom.reclaim).
+    The source's host trigger and inotify are set up here (errors show at start-up); its thread is
+    `Around.run`, for the agent to start."""
     ev = cfg.events
-    w = Watchers()
-    if ev.on("no_kill") and hierarchy is not None:
-        w.no_kill = NoKillTracker(hierarchy.version, hierarchy.mount, boot_id, submit, clear_s=ev.clear_seconds / 2)
-    if ev.on("pressure") or w.no_kill is not None:
-        settings = WatchSettings(
-            thresholds=Thresholds(stall_percent=ev.stall_percent, usage_percent=ev.usage_percent,
-                                  window_s=ev.psi_window_s, clear_seconds=ev.clear_seconds),
-            scan_interval_s=ev.scan_interval_s, max_cgroups=ev.max_cgroups,
-            host=ev.on("pressure"), memcgs=True, report=ev.on("pressure"))
-        w.pressure = PressureWatcher(hierarchy, settings, boot_id, submit, no_kill=w.no_kill, faults=faults)
-        w.pressure.start()
-    if ev.on("reclaim") and reclaim_events:
-        w.reclaim = ReclaimTracker(timeout_s=ev.reclaim_timeout_s)
-    if ev.traces:
-        w.episodes = EpisodeTracker(expect_reclaim=w.reclaim is not None)
-    return w
+    thresholds = Thresholds(stall_percent=ev.stall_percent, usage_percent=ev.usage_percent,
+                            window_s=ev.psi_window_s, clear_seconds=ev.clear_seconds)
+    files = MemcgFiles(hierarchy.version, hierarchy.mount) if hierarchy is not None else None
+    no_kill = NoKillTracker(files, boot_id, clear_s=ev.clear_seconds / 2) if ev.on("no_kill") and files is not None else None
+    pressure = PressureTracker(files, HostFiles(), thresholds, boot_id) if ev.on("pressure") else None
+    source = None
+    if pressure is not None or no_kill is not None:
+        settings = WatchSettings(thresholds=thresholds, scan_interval_s=ev.scan_interval_s,
+                                 max_cgroups=ev.max_cgroups, host=ev.on("pressure"), memcgs=True,
+                                 report=ev.on("pressure"))
+        source = PressureSource(hierarchy, settings, submit, faults=faults)
+        source.start()
+    reclaim = ReclaimTracker(timeout_s=ev.reclaim_timeout_s) if ev.on("reclaim") and reclaim_events else None
+    episodes = EpisodeTracker(expect_reclaim=reclaim is not None) if ev.traces else None
+    return Around(faults, source=source, pressure=pressure, no_kill=no_kill, reclaim=reclaim, episodes=episodes)

@@ -1,7 +1,7 @@
 """The records around the kill, without a kernel: their spool format (old spools still replay), their
 OTLP mapping through the real SDK into a real receiver (trace and span ids included), the
-console/JSON lines, and the trackers' rules (episodes, reclaim timing, OOMs without a kill against
-a fixture cgroup tree)."""
+console/JSON lines, the OOMing-memcg evidence, and their settings. The trackers that make them:
+test_pressure_tracker.py, test_no_kill_tracker.py, test_reclaim_and_episodes.py, test_room.py."""
 from __future__ import annotations
 
 import json
@@ -10,17 +10,10 @@ import os
 import pytest
 
 from otel_oom.around.episodes import EpisodeTracker
-from otel_oom.around.no_kill import NoKillTracker
-from otel_oom.around.reclaim import ReclaimTracker
-from otel_oom.cgroupfs.psi import parse_psi
-from otel_oom.kernel.reclaim_wire import RECLAIM_EVENT_SIZE, RawReclaimEvent, ReclaimEvent, decode_reclaim
-from otel_oom.kernel.wire import F_BOOT_CLOCK
 from otel_oom.otlp.env import resolve_otlp
 from otel_oom.otlp.logs import LogSender
 from otel_oom.otlp.resource import build_resource
 from otel_oom.otlp.traces import TraceSender
-from otel_oom.pressure.episode import Episode, Thresholds
-from otel_oom.pressure.psi import trigger_text
 from otel_oom.schema.log_records import log_record
 from otel_oom.schema.records import OomEpisode, OomKill, OomNoKill, OomPressure, OomReclaim, record_from_json
 from otel_oom.sinks.console import format_record_console, format_record_json
@@ -136,131 +129,6 @@ def test_log_records_and_the_episode_span_reach_a_receiver_with_matching_ids(mon
         spans.shutdown()
 
 
-# ---- the trackers ---------------------------------------------------------------------------------
-def test_an_episode_spans_pressure_start_to_reclaim_and_the_late_pressure_end_keeps_its_trace():
-    t = EpisodeTracker()
-    s, ended = t.observe(pressure())
-    assert ended == [] and s.trace_id and len(s.trace_id) == 32 and len(s.span_id) == 16
-    k, ended = t.observe(kill())
-    assert (k.trace_id, k.span_id) == (s.trace_id, s.span_id) and ended == []
-    r, ended = t.observe(OomReclaim("r", T + 1, "b:100:42", "exit", 1, 42, 42, "leaky"))
-    (span,) = ended
-    assert span.start_unix_nano == s.time_unix_nano and span.end_unix_nano == T + 1
-    assert [e["name"] for e in span.events] == ["oom.pressure.start", "oom.kill", "oom.reclaim"]
-    e, ended = t.observe(pressure("end"))
-    assert ended == [] and e.trace_id == s.trace_id and t.open_count() == 0
-
-
-def test_kills_elsewhere_start_their_own_episode_and_a_user_space_kill_joins_the_host():
-    t = EpisodeTracker(expect_reclaim=False)
-    h, _ = t.observe(pressure(scope="host", cgroup_path=None, episode_id="h", event_id="h:start"))
-    other, ended = t.observe(kill(cgroup_path="/elsewhere", memcg_path="/elsewhere", event_id="o"))
-    assert other.trace_id != h.trace_id and len(ended) == 1  # no reclaim expected: the kill ends it
-    u, _ = t.observe(kill(killer="earlyoom", cgroup_path="/x", memcg_path=None, constraint="unknown", event_id="u"))
-    assert u.trace_id == h.trace_id
-
-
-def _reclaim_event(kind, ts, pid=42, tgid=42) -> ReclaimEvent:
-    r = RawReclaimEvent()
-    r.version, r.flags, r.kind = 1, F_BOOT_CLOCK, {"exit": 1, "reaper_wake": 2, "reaper_finish": 4, "reaper_skip": 5}[kind]
-    r.timestamp_ns, r.marked_ns, r.pid, r.tgid = ts, 100, pid, tgid
-    raw = bytes(r)
-    assert len(raw) == RECLAIM_EVENT_SIZE == 40
-    return decode_reclaim(raw)
-
-
-def test_reclaim_time_is_from_the_kill_to_the_first_of_exit_and_reaper_finish():
-    clock = [0.0]
-    tr = ReclaimTracker(timeout_s=30, clock=lambda: clock[0])
-    tr.killed(kill())
-    assert tr.observe(_reclaim_event("reaper_wake", 2_000_000_100)) is None
-    r = tr.observe(_reclaim_event("reaper_finish", 2_004_000_100))
-    assert r is not None and r.method == "reaper" and r.duration_ns == 2_004_000_000 and r.reaper_woken
-    assert r.kill_event_id == "b:100:42" and r.time_unix_nano == T + 2_004_000_000
-    assert tr.observe(_reclaim_event("exit", 2_005_000_100)) is None  # only the first counts
-    tr.killed(kill(event_id="b:200:43", boot_time_ns=200, victim_pid=43, victim_tid=43))
-    clock[0] = 31
-    (late,) = tr.expire()
-    assert late.method == "timeout" and late.duration_ns is None and late.victim_pid == 43
-
-
-def _fixture_v1_cgroup(root, name, oom_control, procs=""):
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "memory.oom_control").write_text(oom_control)
-    (d / "memory.limit_in_bytes").write_text(str(32 * MiB))
-    (d / "memory.usage_in_bytes").write_text(str(32 * MiB))
-    (d / "cgroup.procs").write_text(procs)
-    return d
-
-
-def test_no_kill_waits_for_the_kill_then_reports_nothing_killable_once_and_its_end(tmp_path):
-    out, clock = [], [0.0]
-    d = _fixture_v1_cgroup(tmp_path, "a", "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", "")
-    nk = NoKillTracker(1, str(tmp_path), "b", out.append, grace_s=1, clear_s=5, clock=lambda: clock[0])
-    nk.baseline("/a", str(d))
-    nk.oom_notified("/a", str(d))
-    nk.kill_seen(kill(cgroup_path="/a", memcg_path="/a"))  # an ordinary kill came
-    clock[0] = 1.5
-    nk.tick()
-    assert out == []
-    nk.oom_notified("/a", str(d))  # again, and this time no kill
-    clock[0] = 12
-    nk.tick()
-    (start,) = out
-    assert start.reason == "nothing_killable" and start.limit_bytes == 32 * MiB and start.state == "start"
-    nk.oom_notified("/a", str(d), 5)  # the faulting task retries: the same episode
-    clock[0] = 16
-    nk.tick()
-    assert len(out) == 1
-    clock[0] = 22
-    nk.tick()
-    assert out[1].state == "end" and out[1].ended_by == "resolved" and out[1].ooms == 6
-
-
-def test_a_kill_the_probe_missed_is_seen_in_the_kernel_counter(tmp_path):
-    out, clock = [], [0.0]
-    d = _fixture_v1_cgroup(tmp_path, "a", "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
-    nk = NoKillTracker(1, str(tmp_path), "b", out.append, grace_s=1, clock=lambda: clock[0])
-    nk.baseline("/a", str(d))
-    nk.oom_notified("/a", str(d))
-    (d / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
-    clock[0] = 2
-    nk.tick()
-    assert out == []
-
-
-def test_v1_notifies_the_oom_cgroup_and_those_below_it_the_highest_is_reported(tmp_path):
-    out, clock = [], [0.0]
-    top = _fixture_v1_cgroup(tmp_path, "p", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
-    sub = _fixture_v1_cgroup(tmp_path, "p/c", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
-    nk = NoKillTracker(1, str(tmp_path), "b", out.append, grace_s=1, clock=lambda: clock[0])
-    nk.oom_notified("/p/c", str(sub))
-    nk.oom_notified("/p", str(top))
-    clock[0] = 2
-    nk.tick()
-    assert [r.cgroup_path for r in out] == ["/p"]
-
-
-# ---- thresholds ---------------------------------------------------------------------------------
-def test_psi_files_and_triggers():
-    p = parse_psi("some avg10=12.50 avg60=3.00 avg300=1.00 total=999\nfull avg10=1.25 avg60=0.00 avg300=0.00 total=9\n")
-    assert (p.some_avg10, p.full_avg10, p.some_total_us) == (12.5, 1.25, 999)
-    assert trigger_text(10, 2) == b"some 200000 2000000\0"
-    with pytest.raises(ValueError):
-        trigger_text(10, 3)
-
-
-def test_hysteresis_keeps_one_episode_until_every_reading_is_below_its_clear_level():
-    t = Thresholds(usage_percent=90, stall_percent=10, clear_seconds=10)
-    assert t.usage_starts(90, 100) and not t.usage_starts(89, 100)
-    assert t.usage_hot(80, 100) and not t.usage_hot(79, 100)
-    assert t.psi_hot(5.0) and not t.psi_hot(4.9)
-    ep = Episode.begin("b", "/a", "usage", T, 0.0)
-    ep.heat(5.0)
-    assert not ep.cleared(14.9, 10) and ep.cleared(15.0, 10)
-
-
 # ---- the sturdier OOMing-memcg derivation (what the kernel holds at mark_victim) ------------------
 def _event(chain, trigger_ids, levels=(), **fields):
     """A decoded event; `levels`: per-level extras {index: {field: value}} set on the raw bytes."""
@@ -318,7 +186,7 @@ def test_a_user_space_killers_sigkill_names_the_killer_and_no_oom_decision():
 
 
 # ---- configuration ---------------------------------------------------------------------------------
-def test_the_issue_13_settings_come_from_flags_then_the_environment_and_are_checked_once():
+def test_the_settings_around_the_kill_come_from_flags_then_the_environment_and_are_checked_once():
     from otel_oom.config import resolve
     from otel_oom.errors import UsageError
 
@@ -339,40 +207,3 @@ def test_the_issue_13_settings_come_from_flags_then_the_environment_and_are_chec
             ({"pressure_usage_percent": "5"}, {}, "between 11 and 100")):
         with pytest.raises(UsageError, match=message):
             resolve(flags, env)
-
-
-def test_a_victim_the_kernel_only_marked_also_opens_an_oom_without_a_kill(tmp_path):
-    """mark_victim for a task not exiting on SIGKILL (task_will_free_mem): its oom.kill says killed=false,
-    and the no-kill tracker opens a victim_exiting episode for its cgroup."""
-    from collections import Counter
-
-    from otel_oom.attribution.enrich import Enricher
-    from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
-    from otel_oom.kernel import wire as Wire
-    from otel_oom.pipeline import Pipeline
-    from testing.events import raw_event
-
-    class Store:
-        def __init__(self):
-            self.items = []
-            self.next_seq = 1
-
-        def append(self, payload: bytes) -> int:
-            self.items.append(record_from_json(payload))
-            return len(self.items)
-
-        def append_many(self, payloads: list[bytes]) -> list[int]:
-            return [self.append(p) for p in payloads]
-
-    store, queued = Store(), []
-    chain = [(50, b"c1", 8192, 8192), (1, b"", 99999, UNLIMITED)]
-    nk = NoKillTracker(1, str(tmp_path), "b", queued.append)
-    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), Counter(), store=store, no_kill=nk)
-    killed = Wire.F_VICTIM_TASK | Wire.F_MM_SIZES | Wire.F_BOOT_CLOCK | Wire.F_SIGKILLED
-    p.handle_sample(raw_event(chain, [50, 1], flags=killed))
-    assert queued == [] and store.items[0].killed is True
-    p.handle_sample(raw_event(chain, [50, 1], flags=killed & ~Wire.F_SIGKILLED, victim_pid=77, victim_tgid=77,
-                              timestamp_ns=999))
-    assert [(r.victim_pid, r.killed) for r in store.items] == [(4242, True), (77, False)]
-    (nokill,) = queued
-    assert (nokill.reason, nokill.state, nokill.victim_pid, nokill.cgroup_path) == ("victim_exiting", "start", 77, "/c1")

@@ -1,15 +1,14 @@
-"""Thresholds and hysteresis: when a pressure episode starts, and when it is over (pure, no I/O).
+"""Thresholds and hysteresis: the levels at which pressure starts, and below which it clears (pure).
 
 An episode starts when one signal crosses its start level (usage at `usage_percent` of the limit,
 PSI "some" at `stall_percent` over the trigger window, a v2 `max`/`high` event, a v1 medium
 reclaim-pressure notification). It stays on while any reading is still above its clear level
 (usage 10 points below the start level, PSI at half the start level, any further limit event)
-and ends only after `clear_seconds` with none: one start and one end per episode, never a record
-per reading. Peaks are kept for the end record.
+and ends only after `clear_seconds` with none. The source registers the start levels with the
+kernel (v1 usage thresholds, PSI triggers); the tracker (`around/pressure.py`) applies the rest.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,31 +41,3 @@ class Thresholds:
 
     def start_threshold_bytes(self, limit: int) -> int:
         return int(limit * self.usage_percent / 100)
-
-
-@dataclass
-class Episode:
-    episode_id: str
-    source: str
-    started_wall_ns: int
-    started_mono: float
-    last_hot: float
-    peak_usage: Optional[int] = None
-    peak_psi: Optional[float] = None
-
-    @classmethod
-    def begin(cls, boot_id: str, key: str, source: str, wall_ns: int, mono: float) -> "Episode":
-        # boot id + start time + a random part: unique, and readable next to the kill's event id
-        return cls(f"{boot_id}:{wall_ns}:{os.urandom(4).hex()}", source, wall_ns, mono, mono)
-
-    def observe(self, usage: Optional[int] = None, psi_avg10: Optional[float] = None) -> None:
-        if usage is not None:
-            self.peak_usage = max(usage, self.peak_usage or 0)
-        if psi_avg10 is not None:
-            self.peak_psi = max(psi_avg10, self.peak_psi or 0.0)
-
-    def heat(self, mono: float) -> None:
-        self.last_hot = mono
-
-    def cleared(self, mono: float, clear_seconds: float) -> bool:
-        return mono - self.last_hot >= clear_seconds
