@@ -1,13 +1,14 @@
 """One event's way through the agent: decode -> attribute -> store durably -> show -> count.
 
 `handle_sample` runs on the worker thread for every ring-buffer sample, `handle_kill` also for the
-kills recovered from the kernel log at start-up, `handle_record` for the records the watchers
-queue (pressure, no-kill) and the trackers make (reclaim; with --traces, the episode spans). A kill
-counts as handled once it is in the store; from there the sender delivers it. Nothing in here may
-lose a kill silently: an undecodable sample is counted as a drop (`decode_error`); a fault while
-attributing one kill is counted as a fault (`enrich`), logged with the event id, and the kill still
-goes out with what the kernel reported; a failing sink (webhook, metrics, reconciler, the trackers)
-is counted as a fault and never stops the others.
+kills recovered from the kernel log at start-up, `handle_record` for what else the worker queue
+holds (the pressure source's events, for the trackers around the kill) and the records those
+trackers make (pressure, no-kill, reclaim; with --traces, the episode spans). A kill counts as
+handled once it is in the store; from there the sender delivers it. Nothing in here may lose a kill
+silently: an undecodable sample is counted as a drop (`decode_error`); a fault while attributing
+one kill is counted as a fault (`enrich`), logged with the event id, and the kill still goes out
+with what the kernel reported; a failing sink (webhook, metrics, reconciler, a tracker around the
+kill) is counted as a fault and never stops the others.
 """
 from __future__ import annotations
 
@@ -16,18 +17,17 @@ import logging
 import os
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO, Union
 
 from .attribution.enrich import Enricher, bare_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
+from .pressure.events import EVENT_TYPES
 from .schema.records import KILLER_KERNEL, OomEpisode, OomKill, Record
 from .sinks.console import format_console, format_record_console, format_record_json
 
 if TYPE_CHECKING:
-    from .around.episodes import EpisodeTracker
-    from .around.no_kill import NoKillTracker
-    from .around.reclaim import ReclaimTracker
+    from .around.room import Around
     from .otlp.metrics import Metrics
     from .reconcile.recovery import Reconciler
     from .sinks.webhook import WebhookNotifier
@@ -48,8 +48,7 @@ class Pipeline:
                  on_stored: Callable[[], None] = lambda: None, reconciler: Optional["Reconciler"] = None,
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
-                 commit_lock: Optional[threading.Lock] = None, reclaim: Optional["ReclaimTracker"] = None,
-                 no_kill: Optional["NoKillTracker"] = None, episodes: Optional["EpisodeTracker"] = None,
+                 commit_lock: Optional[threading.Lock] = None, around: Optional["Around"] = None,
                  metrics_later: bool = False) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
@@ -67,9 +66,7 @@ class Pipeline:
         # what would be counted waits here, so no kill caught meanwhile is missing from oom.kills
         self._metrics_lock = threading.Lock()
         self._metrics_backlog: Optional[list[Record]] = [] if metrics_later and metrics is None else None
-        self.reclaim = reclaim        # times each kill until its memory is back (oom.reclaim)
-        self.no_kill = no_kill        # told about kills, so an OOM that did kill is not reported as without
-        self.episodes = episodes      # --traces: stamps records with their episode's trace, makes the spans
+        self.around = around          # the trackers around the kill: pressure, no-kill, reclaim, --traces
         self.kills_seen = 0           # live kills handled (in the store when there is one)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._failed_sinks: set[str] = set()
@@ -114,27 +111,22 @@ class Pipeline:
             self.drops["decode_error"] += 1
             log.error("undecodable reclaim event dropped (counted as decode_error): %s", e)
             return
-        if self.reclaim is not None:
-            record = self.reclaim.observe(ev)
-            if record is not None:
-                self.handle_record(record)
+        record = self.around.reclaimed(ev) if self.around is not None else None
+        if record is not None:
+            self.handle_record(record)
 
     def _episode(self, record: Record) -> tuple[Record, list[OomEpisode]]:
         """--traces: the record stamped with its episode's trace, and the episodes that ended with it."""
-        if self.episodes is None or isinstance(record, OomEpisode):
-            return record, []
-        try:
-            return self.episodes.observe(record)
-        except Exception:  # noqa: BLE001 - the record goes out without its trace rather than not at all
-            self.faults["episodes"] += 1
-            if "episodes" not in self._failed_sinks:
-                self._failed_sinks.add("episodes")
-                log.exception("episode tracking failed (counted in otel_oom.faults{stage=episodes})")
-            return record, []
+        return self.around.stamp(record) if self.around is not None else (record, [])
 
-    def handle_record(self, record: Record) -> None:
-        """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics."""
-        self.handle_records([record])
+    def handle_record(self, item: Union[Record, Any]) -> None:
+        """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics; or an
+        event of the pressure source: the records the trackers around the kill make of it."""
+        if isinstance(item, EVENT_TYPES):
+            if self.around is not None:
+                self.handle_records(self.around.handle(item))
+            return
+        self.handle_records([item])
 
     def handle_records(self, records: list[Record]) -> None:
         """Records in order; those other than kills stored together (one spool write per segment's worth)."""
@@ -173,16 +165,17 @@ class Pipeline:
             self._count(record)
 
     def tick(self) -> None:
-        """About once a second on the worker thread: kills whose memory never came back, episodes too long."""
-        if self.reclaim is not None:
-            self.handle_records(list(self.reclaim.expire()))
-        if self.episodes is not None:
-            self._store_spans(self.episodes.expire())
+        """About once a second on the worker thread: what the trackers around the kill decide with time
+        (pressure followed and ended, OOMs without a kill, reclaim timeouts, episodes too long)."""
+        if self.around is not None:
+            records, spans = self.around.tick()
+            self.handle_records(records)
+            self._store_spans(spans)
 
     def close(self) -> None:
         """At shutdown, after the last record: the open episodes end as they are."""
-        if self.episodes is not None:
-            self._store_spans(self.episodes.close_all())
+        if self.around is not None:
+            self._store_spans(self.around.close_episodes())
 
     def _store_spans(self, spans: list[OomEpisode]) -> None:
         if spans and self.store is not None:
@@ -235,11 +228,15 @@ class Pipeline:
             self.kills_seen += sum(1 for kill, _ in group if not kill.recovered)
         if self.store is not None:
             self.on_stored()
+        around: list[Record] = []
         for kill, _ in group:
+            if self.around is not None:
+                around += self.around.killed(kill)  # the reclaim timer; an OOM without a kill ended or begun
             self._show(kill)
+        if around:
+            self.handle_records(around)
 
     def _show(self, kill: OomKill) -> None:
-        self._around(kill)
         if self.console:
             self._write(format_console(kill))
         if self.json:
@@ -277,19 +274,6 @@ class Pipeline:
             self.metrics = metrics
         for record in backlog:
             self._count(record)
-
-    def _around(self, kill: OomKill) -> None:
-        """The trackers hear of every kill: the reclaim timer, and the no-kill tracker (an OOM that
-        did kill is no OOM without one; a victim only marked because it was exiting starts one)."""
-        if self.reclaim is not None:
-            reclaim = self.reclaim
-            self._sink("reclaim", lambda: reclaim.killed(kill))
-        if self.no_kill is not None and kill.killer == KILLER_KERNEL and not kill.recovered:
-            no_kill = self.no_kill
-            if kill.killed is False:
-                self._sink("no_kill", lambda: no_kill.victim_exiting(kill))
-            else:
-                self._sink("no_kill", lambda: no_kill.kill_seen(kill))
 
     def _write(self, text: str) -> None:
         if self.out is None:
