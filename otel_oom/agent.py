@@ -2,9 +2,10 @@
 
     main thread    source.poll() -> callback copies the sample -> samples queue; reconciliation
     worker thread  pipeline.handle_sample: decode -> attribute -> store -> console/JSON/webhook -> metrics
-                   (and pipeline.handle_record for what the watchers queued, pipeline.tick once a second)
+                   (and pipeline.handle_record for the pressure source's events, pipeline.tick once a second)
     sender thread  delivery.sender: store -> OTLP export -> ack   (retries with backoff)
-    pressure       watchers.build: kernel notifications -> oom.pressure / oom.no_kill -> samples queue
+    pressure       around the kill: kernel memory notifications -> events -> samples queue (the
+                   trackers that make oom.pressure / oom.no_kill of them run on the worker)
 
 Set-up happens in `start()`, in data-flow order; every part registers its teardown, and `close()`
 runs them once, in reverse order (it can be called twice). Signals only set a flag. A supervised
@@ -12,8 +13,8 @@ thread that dies makes `/readyz` fail and the agent stop with exit code 1 after 
 orchestrator restarts it; what was stored stays in the spool for the next start.
 
 It is over 400 lines because it is the one place where every stage is wired and its thread
-supervised (kernel, attribution and runtime names, delivery, OTLP, and the watchers around the
-kill); the parts themselves live in their modules (`watchers.py` for issue 13's).
+supervised (kernel, attribution and runtime names, delivery, OTLP, and around the kill); the parts
+themselves live in their modules (`around/wiring.py` for around the kill's).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO, Union
 
-from .around import wiring as watcher_parts
+from .around import wiring as around_the_kill
 from .attribution import clock
 from .attribution.enrich import Enricher
 from .attribution.runtime.settings import build_names
@@ -43,10 +44,9 @@ from .kernel.source import SampleSource, SourceFactory
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
 from .sample_queue import ByteBoundedQueue, Empty
-from .schema.records import Record
 
 if TYPE_CHECKING:
-    from .around.wiring import Watchers
+    from .around.room import Around
     from .health import HealthServer
     from .otlp.metrics import Metrics
 
@@ -73,8 +73,8 @@ class Agent:
         self.drops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
-        # ring-buffer samples, and the records the watchers made (pressure, no-kill); None stops the worker
-        self._samples: ByteBoundedQueue[Optional[Union[bytes, Record]]] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
+        # ring-buffer samples, and the pressure source's events (around the kill); None stops the worker
+        self._samples: ByteBoundedQueue[Optional[Union[bytes, object]]] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
         self._threads: list[threading.Thread] = []
         self._dead: dict[str, str] = {}  # supervised thread name -> why it ended
         self._cleanup: list[Callable[[], None]] = []
@@ -87,7 +87,7 @@ class Agent:
         self.metrics: Optional["Metrics"] = None
         self.reconciler: Optional[Reconciler] = None
         self.pipeline: Optional[Pipeline] = None
-        self.watchers: Optional["Watchers"] = None
+        self.around: Optional["Around"] = None
         self._export_pending = False  # the OTel SDK and exporters being set up after `ready`
         self._export_thread: Optional[threading.Thread] = None
         self.exit_code = 0
@@ -131,8 +131,8 @@ class Agent:
         self._cleanup.append(self.source.close)
         release_freed_memory()  # libbpf's parse of the kernel BTF, freed after the load
         commit_lock = threading.Lock()  # a kill is stored and accounted for before the sender may see it
-        # issue 13: pressure, OOMs without a kill, reclaim times, episode traces (watchers.py)
-        watchers = self.watchers = watcher_parts.build(
+        # around the kill: pressure, OOMs without a kill, reclaim times, episode traces
+        around = self.around = around_the_kill.build(
             cfg, hierarchy, enricher.boot_id, self.submit, faults=self.faults,
             reclaim_events=bool(getattr(self.source, "reclaim_events", False)))
         # the OTel SDK and its exporters come after `ready` (_start_export): what is caught meanwhile
@@ -141,8 +141,7 @@ class Agent:
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if delivers else None,
                                  commit_lock=commit_lock, on_stored=self._wake_sender,
                                  reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
-                                 notifier=notifier, reclaim=watchers.reclaim, no_kill=watchers.no_kill,
-                                 episodes=watchers.episodes, metrics_later=self._export_pending)
+                                 notifier=notifier, around=around, metrics_later=self._export_pending)
 
         health = None
         if cfg.listen:
@@ -168,19 +167,18 @@ class Agent:
         self._spawn("otel-oom-worker", self._work)
         if self.sender:
             self._spawn("otel-oom-sender", self.sender.run)
-        if watchers.pressure is not None:
-            pressure = watchers.pressure
-            self._cleanup.append(pressure.close)  # after the thread stopped (close() joins it first)
-            self._spawn("otel-oom-pressure", pressure.run)
-            self._stoppers.append(pressure.stop)
+        if around.source is not None:
+            self._cleanup.append(around.close)  # after the thread stopped (close() joins it first)
+            self._spawn("otel-oom-pressure", around.run)
+            self._stoppers.append(around.stop)
         plan = self.source.plan
         task = ""
         if plan.victim == "tracepoint":
             task = f" task={plan.task}" + (f" ({plan.task_symbol})" if plan.task == "kprobe" else "")
-        log.info("ready in %.0f ms: hooks victim=%s context=%s%s%s, backend %s; delivery %s; also %s",
+        log.info("ready in %.0f ms: hooks victim=%s context=%s%s%s, backend %s; delivery %s; around the kill: %s",
                  (time.monotonic() - t0) * 1000, plan.victim, plan.context,
                  f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", task, plan.backend,
-                 self._delivery_summary(), watchers.describe())
+                 self._delivery_summary(), around.describe())
         if self._export_pending:
             self._export_thread = threading.Thread(target=self._start_export, args=(commit_lock, health),
                                                    name="otel-oom-export-setup", daemon=True)
@@ -212,14 +210,14 @@ class Agent:
         from .otlp.resource import build_resource
 
         cfg = self.cfg
-        assert self.pipeline is not None and self.store is not None and self.watchers is not None
+        assert self.pipeline is not None and self.store is not None and self.around is not None
         resource = build_resource(self.environ)
         self.metrics = metrics = Metrics(resource, cfg.otlp_settings, prometheus=cfg.prometheus,
                                          drop_counts=self.drop_counts, fault_counts=self.fault_counts,
                                          hooks=self.hooks_attached, unobserved=self.unobserved_kills)
         # the final metric export gets what is left of --shutdown-timeout (see close())
         self._cleanup.append(lambda: metrics.shutdown(max(0.05, self._deadline - time.monotonic()) * 1000))
-        self.watchers.feed_metrics(metrics)
+        self.around.feed_metrics(metrics)
         self.pipeline.attach_metrics(metrics)
         if health is not None and cfg.prometheus:
             health.serve_metrics(metrics.prometheus_registry)
@@ -230,7 +228,7 @@ class Agent:
         log_sender = LogSender(resource, cfg.otlp_settings.logs,
                                on_failure=lambda: metrics.record_export_failure("logs"))
         self._cleanup.append(log_sender.shutdown)
-        trace_sender = watcher_parts.trace_sender(cfg, resource, lambda: metrics.record_export_failure("traces"))
+        trace_sender = around_the_kill.trace_sender(cfg, resource, lambda: metrics.record_export_failure("traces"))
         if trace_sender is not None:
             self._cleanup.append(trace_sender.shutdown)
         store = self.store
@@ -259,10 +257,10 @@ class Agent:
         from .kernel.backends import open_source
 
         cfg = self.cfg
-        # issue 13's extras (user-space killers, reclaim) are libbpf programs: the bcc backend has none
+        # the extras around the kill (user-space killers, reclaim) are libbpf programs: the bcc backend has none
         return open_source(on_sample, cfg.backend, cfg.victim_hook, cfg.context_hook, cfg.task_hook,
                            ring_bytes=cfg.ring_buffer_bytes, bcc_buffer=cfg.bcc_buffer,
-                           extras=watcher_parts.probe_extras(cfg))
+                           extras=around_the_kill.probe_extras(cfg))
 
     def _delivery_summary(self) -> str:
         parts = []
@@ -327,7 +325,7 @@ class Agent:
         pids: set[int] = set()
         for raw in self._samples.snapshot():
             if not isinstance(raw, bytes):
-                continue  # a watcher's record (issue 13), or the stop
+                continue  # an event of the pressure source (around the kill), or the stop
             try:
                 ev = decode(raw, os.sysconf("SC_PAGE_SIZE"))
             except DecodeError:
@@ -341,9 +339,9 @@ class Agent:
         if not self._samples.put_nowait(raw):
             self.drops["queue_full"] += 1
 
-    def submit(self, record: Record) -> None:
-        """A record from a watcher thread, for the worker (never blocks)."""
-        if not self._samples.put_nowait(record):
+    def submit(self, event: object) -> None:
+        """An event from the pressure source's thread, for the worker (never blocks)."""
+        if not self._samples.put_nowait(event):
             self.drops["queue_full"] += 1
 
     def _work(self) -> None:
