@@ -38,18 +38,13 @@ def _module_name(path: Path) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    """Every otel_oom module `path` imports, at any depth (lazy imports count), except TYPE_CHECKING ones."""
+    """Every otel_oom module `path` imports, at any depth: lazy imports and those under TYPE_CHECKING
+    count too (a module that names another's types depends on it, whether Python imports it or not)."""
     tree = ast.parse(path.read_text())
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for n in ast.walk(node))
     found = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("otel_oom"))
         elif isinstance(node, ast.ImportFrom):
