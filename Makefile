@@ -111,7 +111,7 @@ jaeger:
 	@tools/jaeger/build.sh
 # Debian's earlyoom, unpacked rather than installed (its package would start a host-wide killer)
 earlyoom: venv-test
-	@$(VENV)/bin/python -c "from testing.story import earlyoom_binary; print(earlyoom_binary())"
+	@$(VENV)/bin/python -c "from testing.around import earlyoom_binary; print(earlyoom_binary())"
 image: test-packages
 	@tools/image/build.sh
 

@@ -2,7 +2,7 @@
 cgroups under real pressure + a real OTLP gRPC receiver.
 
 The memory hierarchy here is cgroup v1, so these exercise the v1 notifications (usage thresholds,
-memory.pressure_level, memory.oom_control eventfds); tests/test_story_qemu.py runs the v2 ones
+memory.pressure_level, memory.oom_control eventfds); tests/qemu/test_around_qemu.py runs the v2 ones
 (PSI triggers, memory.events) and the host's PSI in a QEMU guest. Each test asserts what the
 receiver got: the cgroup, its limit and usage, the start and the end of each episode, and that an
 episode is one start and one end record, not a record per notification.
@@ -15,7 +15,7 @@ import pytest
 from conftest import require
 
 from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
-from testing.story import MemoryHolder
+from testing.around import MemoryHolder
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

@@ -9,8 +9,8 @@ import pytest
 from conftest import require
 
 from testing import jaeger
+from testing.around import MemoryHolder, wait_killed
 from testing.otlp_receiver import OtlpGrpcReceiver
-from testing.story import MemoryHolder, wait_killed
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from testing.story import MemoryHolder, earlyoom_kills_a_holder, fake_killer, wait_killed
+from testing.around import MemoryHolder, earlyoom_kills_a_holder, fake_killer, wait_killed
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

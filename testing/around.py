@@ -70,7 +70,7 @@ class MemoryHolder:
                  oom_score_adj: Optional[int] = None, name: Optional[str] = None) -> None:
         require_root()
         self.mount, self.version = memory_hierarchy()
-        tag = name or f"otel-oom-13-hold-{os.getpid()}-{secrets.token_hex(2)}"
+        tag = name or f"otel-oom-around-hold-{os.getpid()}-{secrets.token_hex(2)}"
         self.cgroup = ThrowawayCgroup(self.mount, self.version, [tag])
         self.limit_bytes = limit_bytes
         self.hold_bytes = hold_bytes

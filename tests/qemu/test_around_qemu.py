@@ -1,5 +1,5 @@
 """The records around the kill on cgroup v2, for real, in QEMU guests (tests/qemu/harness.py): Debian 6.12
-(no cgroup v1 code: no oom_lock) and 6.1 (with it), each running tests/qemu/story_cases.py: real v2
+(no cgroup v1 code: no oom_lock) and 6.1 (with it), each running tests/qemu/around_cases.py: real v2
 pressure (usage near memory.max, memory.high breaches and their PSI), an OOM that can kill nobody,
 a memcg kill and its reclaim time, and the whole guest out of memory (host PSI, a global kill).
 Judged here against what a real OTLP receiver in the guest got."""
@@ -26,9 +26,9 @@ def guests(tmp_path_factory) -> dict[str, dict]:
 
     usable, reason = h.qemu_usable()
     require(usable, f"QEMU cannot run here: {reason}")
-    share = str(tmp_path_factory.mktemp("story"))
+    share = str(tmp_path_factory.mktemp("around"))
     jobs = [dict(kernel=k, cgroup=cg, memory_mb=GUEST_MEMORY_MB, share_dir=share, timeout=600,
-                 command=["python3", "-m", "tests.qemu.story_cases", "--out", f"{share}/{k}.json"])
+                 command=["python3", "-m", "tests.qemu.around_cases", "--out", f"{share}/{k}.json"])
             for k, cg in GUESTS]
     t0 = time.monotonic()
     results = h.boot_many(jobs, workers=2)
@@ -40,7 +40,7 @@ def guests(tmp_path_factory) -> dict[str, dict]:
         with open(f"{share}/{k}.json") as f:
             out[k] = json.load(f)
         out[k]["boot"] = {"duration_s": round(r.duration_s, 1), "boot_s": r.boot_s}
-    print(f"\nstory guests: {time.monotonic() - t0:.0f} s wall, "
+    print(f"\naround-the-kill guests: {time.monotonic() - t0:.0f} s wall, "
           + ", ".join(f"{k} {v['boot']['duration_s']} s" for k, v in out.items()))
     return out
 

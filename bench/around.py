@@ -1,7 +1,7 @@
 """The records around the kill, measured: the agent's CPU with thousands of memory cgroups watched,
 and real reclaim times (kill -> the victim's memory back).
 
-    sudo python3 -m bench.story [--cgroups 2000] [--idle 60] [--kills 20] [--json out.json]
+    sudo python3 -m bench.around [--cgroups 2000] [--idle 60] [--kills 20] [--json out.json]
 
 Watching: N throwaway memory cgroups, each with a limit (so each is registered: three eventfds on
 v1, a PSI trigger and an inotify watch on v2), under one parent; the agent's CPU (utime + stime)
@@ -24,7 +24,7 @@ import time
 
 from otel_oom.trigger import memory_hierarchy, trigger_oom
 from testing.agent_process import AgentProcess, agent_env
-from testing.story import MemoryHolder, fake_killer, wait_killed
+from testing.around import MemoryHolder, fake_killer, wait_killed
 
 from .common import cpu_seconds, percentiles, rss_kib
 
@@ -32,13 +32,13 @@ MiB = 1 << 20
 
 
 def _agent(args: list[str]) -> tuple[AgentProcess, str]:
-    spool = tempfile.mkdtemp(prefix="otel-oom-bench-story-")
+    spool = tempfile.mkdtemp(prefix="otel-oom-bench-around-")
     return AgentProcess(["--no-otlp", f"--spool-dir={spool}", *args], agent_env(None), ready_timeout=300), spool
 
 
 def _cgroups(n: int) -> tuple[str, list[str]]:
     mount, version = memory_hierarchy()
-    parent = f"{mount}/otel-oom-bench-story-{os.getpid()}"
+    parent = f"{mount}/otel-oom-bench-around-{os.getpid()}"
     os.mkdir(parent)
     if version == 2:
         with open(f"{parent}/cgroup.subtree_control", "w") as f:
@@ -99,7 +99,7 @@ def watching(n: int, idle_s: float) -> dict:
                             time.sleep(0.05)
                             os.rmdir(d)
                     row["churn_cpu_percent"] = round(_cpu_over(agent.proc.pid, 20, churn), 3)
-                    holders = [MemoryHolder(64 * MiB, 60 * MiB, name=f"otel-oom-bench-story-h{i}") for i in range(20)]
+                    holders = [MemoryHolder(64 * MiB, 60 * MiB, name=f"otel-oom-bench-around-h{i}") for i in range(20)]
                     try:
                         for h in holders:
                             h.__enter__()
@@ -169,7 +169,7 @@ def reclaim(kills: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.story", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.around", description=__doc__.splitlines()[0])
     ap.add_argument("--cgroups", type=int, default=2000)
     ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--kills", type=int, default=18)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
-        print("python -m bench.story: needs root", file=sys.stderr)
+        print("python -m bench.around: needs root", file=sys.stderr)
         return 2
     results: dict = {}
     if "watching" in args.only:

@@ -1,7 +1,7 @@
 """Inside a throwaway QEMU guest (cgroup v2): the records around the kill, for real; judged by
-tests/test_story_qemu.py on the host.
+tests/qemu/test_around_qemu.py on the host.
 
-`python3 -m tests.qemu.story_cases --out FILE` starts a real OTLP gRPC receiver and one real
+`python3 -m tests.qemu.around_cases --out FILE` starts a real OTLP gRPC receiver and one real
 `otel-oom run` (fast clear and sweep intervals), then, one after another:
 
   usage     a holder at 94 % of a 64 MiB memory.max, then released   -> oom.pressure start/end (v2 usage)
@@ -108,9 +108,9 @@ def _has(receiver, event: str, key: str, value, state=None) -> Callable[[], bool
 
 
 def usage_case(receiver) -> dict:
-    from testing.story import MemoryHolder
+    from testing.around import MemoryHolder
 
-    with MemoryHolder(64 * MiB, 60 * MiB, name="story-usage") as h:
+    with MemoryHolder(64 * MiB, 60 * MiB, name="around-usage") as h:
         h.start()
         h.wait_held(120)
         _until("the usage start", _has(receiver, "oom.pressure", "oom.memcg.path", h.path, "start"), 60)
@@ -120,9 +120,9 @@ def usage_case(receiver) -> dict:
 
 
 def high_case(receiver) -> dict:
-    from testing.story import MemoryHolder
+    from testing.around import MemoryHolder
 
-    with MemoryHolder(256 * MiB, 24 * MiB, name="story-high") as h:
+    with MemoryHolder(256 * MiB, 24 * MiB, name="around-high") as h:
         _write(os.path.join(h.cgroup.leaf, "memory.high"), str(16 * MiB))
         h.start()
         _until("the high start", _has(receiver, "oom.pressure", "oom.memcg.path", h.path, "start"), 90)
@@ -134,9 +134,9 @@ def high_case(receiver) -> dict:
 
 
 def nokill_case(receiver) -> dict:
-    from testing.story import MemoryHolder
+    from testing.around import MemoryHolder
 
-    with MemoryHolder(32 * MiB, 48 * MiB, oom_score_adj=-1000, name="story-nokill") as h:
+    with MemoryHolder(32 * MiB, 48 * MiB, oom_score_adj=-1000, name="around-nokill") as h:
         h.start()
         _until("the no-kill start", _has(receiver, "oom.no_kill", "oom.memcg.path", h.path, "start"), 90)
         events = open(os.path.join(h.cgroup.leaf, "memory.events")).read()
@@ -150,7 +150,7 @@ def nokill_case(receiver) -> dict:
 def kill_case(receiver) -> dict:
     from otel_oom.trigger import trigger_oom
 
-    k = trigger_oom(limit_bytes=32 * MiB, cgroup="/story-kill", timeout=120)
+    k = trigger_oom(limit_bytes=32 * MiB, cgroup="/around-kill", timeout=120)
     _until("the reclaim", _has(receiver, "oom.reclaim", "process.pid", k.victim_pid), 60)
     return {"cgroup": k.cgroup_path, "pid": k.victim_pid}
 
@@ -200,7 +200,7 @@ def run(out_path: str, cases: list[str]) -> dict:
     receiver = OtlpGrpcReceiver().start()
     # metrics are not judged here: keep the guest's one CPU for the cases
     env = agent_env(receiver.endpoint, OTEL_METRIC_EXPORT_INTERVAL="60000")
-    agent = AgentProcess(["--spool-dir=/tmp/story-spool", *AGENT_ARGS], env, ready_timeout=180)
+    agent = AgentProcess(["--spool-dir=/tmp/around-spool", *AGENT_ARGS], env, ready_timeout=180)
     doc["agent_ready"] = next((line for line in agent.stderr_lines if " ready in " in line), None)
     try:
         for case in cases:
@@ -222,13 +222,13 @@ def run(out_path: str, cases: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m tests.qemu.story_cases", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python3 -m tests.qemu.around_cases", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", default=",".join(CASES))
     args = ap.parse_args(argv)
     why = _refuse_outside_a_test_guest()
     if why:
-        print(f"story_cases: refusing: {why}", file=sys.stderr)
+        print(f"around_cases: refusing: {why}", file=sys.stderr)
         return 2
     os.chdir(REPO)
     doc = run(args.out, [c for c in args.cases.split(",") if c])
