@@ -106,7 +106,7 @@ class PressureTracker:
     # ---- events ------------------------------------------------------------------------------
     def handle(self, event: SourceEvent) -> list[OomPressure]:
         if isinstance(event, CgroupSignal):
-            cg = self._cgroups.get(event.path)
+            cg = self._cgroups.get(event.path) or self._adopt(event.path)
             return self._signal(cg, event.kind) if cg is not None else []
         if isinstance(event, HostPressure):
             return self._host_pressure()
@@ -127,6 +127,14 @@ class PressureTracker:
         if cg.episode is None and self.t.usage_starts(self.files.usage(path), limit):
             return [self._begin(cg, "usage")]
         return []
+
+    def _adopt(self, path: str) -> Optional[_Cgroup]:
+        """A signal from a cgroup not heard of (its CgroupAppeared was lost to a full queue): read it now."""
+        limit = self.files.limit(path) if self.files is not None else None
+        if limit is None:
+            return None
+        cg = self._cgroups[path] = _Cgroup(path, limit, failcnt=self.files.failcnt(path) if self.files else None)
+        return cg
 
     def _removed(self, path: str) -> list[OomPressure]:
         out = []

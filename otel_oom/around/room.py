@@ -126,8 +126,9 @@ class Around:
         """For the ready line: what is watched around the kill."""
         parts = []
         if self.pressure is not None:
-            host = self.source is not None and self.source.host_watched()
-            parts.append("pressure (memory cgroups" + (", host PSI" if host else "") + ")")
+            where = [name for name, on in (("memory cgroups", self.pressure.files is not None),
+                                           ("host PSI", self.source is not None and self.source.host_watched())) if on]
+            parts.append(f"pressure ({', '.join(where) or 'nothing to watch'})")
         if self.no_kill is not None:
             parts.append("OOMs without a kill")
         if self.reclaim is not None:

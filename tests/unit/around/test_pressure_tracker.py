@@ -3,6 +3,8 @@ cgroup trees (v1 and v2 files as the kernel writes them) and a fixture /proc/mem
 start, heat and clear, one start and one end per episode, PSI's hierarchy, the host's shortage rule."""
 from __future__ import annotations
 
+import shutil
+
 from otel_oom.around.pressure import PressureTracker
 from otel_oom.cgroupfs.host import HostFiles
 from otel_oom.cgroupfs.memcg import MemcgFiles
@@ -123,9 +125,10 @@ def test_v2_limit_events_start_with_max_before_high_and_a_removed_cgroup_ends_it
     (start,) = f.t.handle(CgroupSignal("/a/b", MAX))
     assert f.t.handle(CgroupSignal("/a/b", HIGH, 3)) == []
     assert (start.source, start.events_max, start.events_high) == ("memory.events.max", 1, 4)
+    shutil.rmtree(f.root / "cg" / "a")
     (end,) = f.t.handle(CgroupRemoved("/a"))
-    assert (end.ended_by, end.cgroup_path) == ("cgroup_removed", "/a/b")
-    assert f.t.handle(CgroupSignal("/a/b", HIGH)) == []  # no longer tracked
+    assert (end.ended_by, end.cgroup_path, end.usage_bytes) == ("cgroup_removed", "/a/b", None)
+    assert f.t.handle(CgroupSignal("/a/b", HIGH)) == []  # no longer tracked (nor there)
 
 
 def test_v2_psi_hierarchy_only_the_deepest_that_fired_starts_and_not_while_the_host_is_under_pressure(tmp_path):
@@ -170,3 +173,25 @@ def test_without_a_hierarchy_only_the_host_is_tracked(tmp_path):
     f = Fixture(tmp_path, 1)
     t = PressureTracker(None, f.t.host, T, "boot", clock=lambda: 0.0)
     assert t.handle(CgroupSignal("/a", USAGE)) == [] and t.tick() == []
+
+
+def test_a_signal_from_a_cgroup_not_heard_of_reads_it_then_and_an_unlimited_one_is_ignored(tmp_path):
+    """Its CgroupAppeared may have been lost to a full worker queue: the signal alone is enough."""
+    f = Fixture(tmp_path, 2)
+    f.cgroup("/late", 95)
+    (start,) = f.t.handle(CgroupSignal("/late", USAGE))
+    assert (start.cgroup_path, start.limit_bytes) == ("/late", LIMIT)
+    f.cgroup("/free", 95)
+    (f.root / "cg" / "free" / "memory.max").write_text("max\n")
+    assert f.t.handle(CgroupSignal("/free", MAX)) == []
+
+
+def test_describe_names_what_is_watched(tmp_path):
+    from collections import Counter
+
+    from otel_oom.around.room import Around
+
+    f = Fixture(tmp_path, 1)
+    assert Around(Counter(), pressure=f.t).describe() == "pressure (memory cgroups)"
+    host_only = PressureTracker(None, f.t.host, T, "boot")
+    assert Around(Counter(), pressure=host_only).describe() == "pressure (nothing to watch)"
