@@ -18,6 +18,7 @@ from ..cgroupfs.hierarchy import MemoryHierarchy
 from ..cgroupfs.host import HostFiles
 from ..cgroupfs.memcg import MemcgFiles
 from ..config import RunConfig
+from ..pressure.events import REPORT_EVERY_S
 from ..pressure.source import PressureSource, WatchSettings
 from ..pressure.thresholds import Thresholds
 from .episodes import EpisodeTracker
@@ -54,7 +55,10 @@ def build(cfg: RunConfig, hierarchy: Optional[MemoryHierarchy], boot_id: str,
     thresholds = Thresholds(stall_percent=ev.stall_percent, usage_percent=ev.usage_percent,
                             window_s=ev.psi_window_s, clear_seconds=ev.clear_seconds)
     files = MemcgFiles(hierarchy.version, hierarchy.mount) if hierarchy is not None else None
-    no_kill = NoKillTracker(files, boot_id, clear_s=ev.clear_seconds / 2) if ev.on("no_kill") and files is not None else None
+    # an OOM without a kill ends after half of --pressure-clear-seconds without another OOM; a
+    # continuing one is reported once a second, so the window holds at least two reports
+    clear_s = max(ev.clear_seconds / 2, 2 * REPORT_EVERY_S)
+    no_kill = NoKillTracker(files, boot_id, clear_s=clear_s) if ev.on("no_kill") and files is not None else None
     pressure = PressureTracker(files, HostFiles(), thresholds, boot_id) if ev.on("pressure") else None
     source = None
     if pressure is not None or no_kill is not None:

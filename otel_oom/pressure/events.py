@@ -20,6 +20,9 @@ OOM = "oom"                # out of memory: the v1 memory.oom_control eventfd (t
                            # cgroup below it), v2 memory.events.local `oom` rose, or (v1 on a read-only
                            # cgroupfs) `under_oom` at a sweep
 KINDS = (USAGE, VMPRESSURE, PSI, MAX, HIGH, OOM)
+# a notification that keeps firing is reported at most this often (the source's tick): a tracker that
+# decides "no further signal for N seconds" must wait at least twice this to be sure of the news
+REPORT_EVERY_S = 1.0
 VMPRESSURE_LEVEL = "medium,local"  # what the v1 vmpressure eventfd is registered for
 
 

@@ -29,6 +29,7 @@ from .events import (
     MAX,
     OOM,
     PSI,
+    REPORT_EVERY_S,
     USAGE,
     VMPRESSURE,
     VMPRESSURE_LEVEL,
@@ -41,7 +42,7 @@ from .notifier import Notifier
 from .psi_trigger import PsiTrigger, PsiUnavailable
 from .thresholds import Thresholds
 
-EVENTS_READ_EVERY_S = 1.0   # v2 memory.events.local: read at most this often per cgroup
+EVENTS_READ_EVERY_S = REPORT_EVERY_S   # v2 memory.events.local: read at most this often per cgroup
 _V1_TARGETS = {USAGE: "memory.usage_in_bytes", VMPRESSURE: "memory.pressure_level", OOM: "memory.oom_control"}
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 

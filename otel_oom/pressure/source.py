@@ -36,7 +36,7 @@ from ..cgroupfs.hierarchy import MemoryHierarchy
 from ..cgroupfs.psi import HOST_PSI
 from . import inotify as ino
 from .discovery import CREATED, DELETED, FILE, LIMIT, OVERFLOW, Discovery
-from .events import BATCH_MAX, Batch, CgroupRemoved, HostPressure, SourceEvent
+from .events import BATCH_MAX, REPORT_EVERY_S, Batch, CgroupRemoved, HostPressure, SourceEvent
 from .notifier import Notifier
 from .psi_trigger import PsiTrigger, PsiUnavailable
 from .registry import Owner, Registry
@@ -44,7 +44,7 @@ from .thresholds import Thresholds
 
 log = logging.getLogger("otel_oom.pressure")
 
-TICK_S = 1.0
+TICK_S = REPORT_EVERY_S      # while busy: disarmed descriptors re-armed, counter files read
 RESCAN_EVERY = 6             # sweeps between full rescans of the tree
 _HOST: Owner = ("", "host")
 _INOTIFY: Owner = ("", "inotify")

@@ -128,10 +128,12 @@ def test_wiring_builds_what_the_configuration_asks_for(tmp_path):
     (tmp_path / "w" / "memory.events.local").write_text("oom 0\n")
     h = MemoryHierarchy(2, str(tmp_path), 0)
     faults: Counter[str] = Counter()
-    cfg = resolve({"events": "no_kill,reclaim", "no_otlp": True}, {})
+    cfg = resolve({"events": "no_kill,reclaim", "no_otlp": True, "pressure_clear_seconds": "2"}, {})
     around = wiring.build(cfg, h, "b", lambda event: None, reclaim_events=True, faults=faults)
     try:
         assert around.source is not None and around.pressure is None and around.episodes is None
+        # half of --pressure-clear-seconds, but at least two of the source's once-a-second reports
+        assert around.no_kill is not None and around.no_kill.clear_s == 2.0
         assert around.describe() == "OOMs without a kill, reclaim times"
 
         class Gauges:
