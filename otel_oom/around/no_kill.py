@@ -61,6 +61,7 @@ class _Episode:
     last_oom_mono: float
     ooms: int
     oom_kills: Optional[int]     # the kernel's kill counter at the start
+    declared: Optional[int] = None  # v2: the kernel's own OOM count (memory.events.local oom), last read
 
 
 class NoKillTracker:
@@ -185,6 +186,13 @@ class NoKillTracker:
             if ctl.get("oom_kill", 0) > (ep.oom_kills or 0) and ep.oom_kills is not None:
                 return "killed"
             return "resolved" if ctl.get("under_oom", 0) == 0 else None
+        if ep.readable:
+            # v2: the kernel's own count, read each tick like any cgroup in an episode: the source
+            # reports an OOM that keeps coming once a second, out of phase with this tick
+            declared = self.files.events_local(path).get("oom")
+            if declared is not None and ep.declared is not None and declared > ep.declared:
+                ep.last_oom_mono = now
+            ep.declared = declared
         return "resolved" if now - ep.last_oom_mono >= self.clear_s else None
 
     # ---- records -----------------------------------------------------------------------------
@@ -211,7 +219,8 @@ class NoKillTracker:
             victim_pid=victim.victim_pid if victim else None, victim_tid=victim.victim_tid if victim else None,
             victim_comm=victim.victim_comm if victim else None)
         self._candidates.pop(path, None)
-        self._episodes[path] = _Episode(rec, readable, now, now, ooms, self.files.oom_kills(path) if readable else None)
+        self._episodes[path] = _Episode(rec, readable, now, now, ooms, self.files.oom_kills(path) if readable else None,
+                                        self.files.events_local(path).get("oom") if readable else None)
         self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
         log.warning("memory cgroup %s is out of memory and nobody was killed (%s)", path, reason)
         return [rec]

@@ -12,8 +12,10 @@ signalled or has an episode; it returns the records. One start and one end recor
           The host: its PSI trigger while MemAvailable is at most 100 - usage_percent % of MemTotal
           (system PSI also counts a task stalling at its own cgroup's limit on a host with memory
           to spare: the memcg episodes tell those).
-  follow  every tick (about once a second) while the episode lasts: usage, and v2 PSI or v1
-          failcnt; hot readings (or signals) keep it on.
+  follow  every tick (about once a second) while the episode lasts: usage, and v2 PSI and the
+          `max`/`high` counters or v1 failcnt; hot readings (or signals) keep it on. The counters
+          are read here too, not only signalled: the source reports a counter that keeps rising
+          once a second, out of phase with this tick, so only a reading says "none since" for sure.
   end     `clear_seconds` after the last hot reading (cleared), or its cgroup removed or unlimited.
 """
 from __future__ import annotations
@@ -80,6 +82,7 @@ class _Cgroup:
     path: str
     limit: int
     failcnt: Optional[int] = None     # v1, last read
+    limit_events: int = 0             # v2 memory.events.local max + high, last read
     episode: Optional[Episode] = None
 
 
@@ -232,7 +235,10 @@ class PressureTracker:
         if self.files.version == 2:
             p = self.files.pressure(cg.path)
             psi = p.some_avg10 if p else None
-            hot = hot or self.t.psi_hot(psi)
+            events = self.files.events_local(cg.path)
+            limit_events = events.get("max", 0) + events.get("high", 0)
+            hot = hot or self.t.psi_hot(psi) or limit_events > cg.limit_events
+            cg.limit_events = limit_events
         else:
             fc = self.files.failcnt(cg.path)
             hot = hot or (fc is not None and cg.failcnt is not None and fc > cg.failcnt)
@@ -251,6 +257,7 @@ class PressureTracker:
         self._on[cg.path] = cg
         rec = self._memcg_record(cg, STATE_START, ep)
         ep.observe(usage=rec.usage_bytes, psi_avg10=rec.psi_some_avg10)
+        cg.limit_events = (rec.events_max or 0) + (rec.events_high or 0)
         return rec
 
     def _end(self, cg: _Cgroup, ended_by: str) -> OomPressure:

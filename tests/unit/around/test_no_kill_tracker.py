@@ -137,3 +137,26 @@ def test_v2_reads_no_oom_control_and_decides_nothing_killable(tmp_path):
     clock.now = 1
     (start,) = nk.tick()
     assert (start.reason, start.ooms, start.limit_bytes) == ("nothing_killable", 3, 32 * MiB)
+
+
+def test_v2_an_oom_that_goes_on_keeps_its_episode_though_its_signal_lags_behind_the_tick(tmp_path):
+    d = tmp_path / "w"
+    d.mkdir()
+    (d / "memory.max").write_text(f"{32 * MiB}\n")
+    (d / "memory.current").write_text(f"{32 * MiB}\n")
+    (d / "memory.events").write_text("oom 1\noom_kill 0\n")
+    (d / "memory.events.local").write_text("oom 1\noom_kill 0\n")
+    (d / "cgroup.procs").write_text("")
+    nk, clock = tracker(tmp_path, version=2, grace_s=1, clear_s=2)
+    nk.handle(CgroupSignal("/w", OOM))
+    clock.now = 1
+    (start,) = nk.tick()
+    for second, ooms in ((3, 5), (5, 9), (7, 12)):  # the kernel declares OOM on and on; no signal came yet
+        (d / "memory.events.local").write_text(f"oom {ooms}\noom_kill 0\n")
+        clock.now = second
+        assert nk.tick() == []
+    clock.now = 8.9
+    assert nk.tick() == []
+    clock.now = 9
+    (end,) = nk.tick()
+    assert (end.ended_by, end.episode_id) == ("resolved", start.episode_id)

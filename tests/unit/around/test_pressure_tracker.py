@@ -195,3 +195,17 @@ def test_describe_names_what_is_watched(tmp_path):
     assert Around(Counter(), pressure=f.t).describe() == "pressure (memory cgroups)"
     host_only = PressureTracker(None, f.t.host, T, "boot")
     assert Around(Counter(), pressure=host_only).describe() == "pressure (nothing to watch)"
+
+
+def test_v2_limit_counters_still_rising_keep_an_episode_on_without_waiting_for_their_signal(tmp_path):
+    """The source reports a rising counter once a second, out of phase with the tick: the tick reads it."""
+    f = Fixture(tmp_path, 2)
+    f.cgroup("/a", 10, high=1)
+    f.t.handle(CgroupAppeared("/a", LIMIT))
+    (start,) = f.t.handle(CgroupSignal("/a", HIGH))
+    for second, high in ((3, 7), (6, 20), (9, 21), (12, 40)):  # throttled on, never signalled again
+        f.cgroup("/a", 10, high=high)
+        assert f.at(second) == []
+    assert f.at(21.9) == []
+    (end,) = f.at(22)
+    assert (end.ended_by, end.events_high, end.episode_id) == ("cleared", 40, start.episode_id)
