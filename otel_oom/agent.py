@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .around.room import Around
     from .health import HealthServer
     from .otlp.metrics import Metrics
+    from .pressure.events import Submitted
 
 log = logging.getLogger("otel_oom.agent")
 
@@ -74,7 +75,7 @@ class Agent:
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
         # ring-buffer samples, and the pressure source's events (around the kill); None stops the worker
-        self._samples: ByteBoundedQueue[Optional[Union[bytes, object]]] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
+        self._samples: ByteBoundedQueue[Optional[Union[bytes, "Submitted"]]] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
         self._threads: list[threading.Thread] = []
         self._dead: dict[str, str] = {}  # supervised thread name -> why it ended
         self._cleanup: list[Callable[[], None]] = []
@@ -339,7 +340,7 @@ class Agent:
         if not self._samples.put_nowait(raw):
             self.drops["queue_full"] += 1
 
-    def submit(self, event: object) -> None:
+    def submit(self, event: "Submitted") -> None:
         """An event from the pressure source's thread, for the worker (never blocks)."""
         if not self._samples.put_nowait(event):
             self.drops["queue_full"] += 1

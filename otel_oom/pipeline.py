@@ -17,12 +17,12 @@ import logging
 import os
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TextIO, Union
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO, Union
 
 from .attribution.enrich import Enricher, bare_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
-from .pressure.events import EVENT_TYPES
+from .pressure.events import EVENT_TYPES, Submitted
 from .schema.records import KILLER_KERNEL, OomEpisode, OomKill, Record
 from .sinks.console import format_console, format_record_console, format_record_json
 
@@ -119,7 +119,7 @@ class Pipeline:
         """--traces: the record stamped with its episode's trace, and the episodes that ended with it."""
         return self.around.stamp(record) if self.around is not None else (record, [])
 
-    def handle_record(self, item: Union[Record, Any]) -> None:
+    def handle_record(self, item: Union[Record, Submitted]) -> None:
         """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics; or an
         event of the pressure source: the records the trackers around the kill make of it."""
         if isinstance(item, EVENT_TYPES):

@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Any, Callable, Optional, TypeVar
 
 from ..kernel.reclaim_wire import ReclaimEvent
-from ..pressure.events import Batch
+from ..pressure.events import Batch, Submitted
 from ..pressure.source import PressureSource
 from ..schema.records import KILLER_KERNEL, OomEpisode, OomKill, OomReclaim, Record
 from .episodes import EpisodeTracker
@@ -59,7 +59,7 @@ class Around:
             self.source.close()
 
     # ---- the worker thread ---------------------------------------------------------------------
-    def handle(self, event: Any) -> list[Record]:
+    def handle(self, event: Submitted) -> list[Record]:
         """An event of the pressure source (or a batch of them): the records the trackers made."""
         out: list[Record] = []
         for ev in event.events if isinstance(event, Batch) else (event,):

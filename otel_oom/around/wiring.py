@@ -18,7 +18,7 @@ from ..cgroupfs.hierarchy import MemoryHierarchy
 from ..cgroupfs.host import HostFiles
 from ..cgroupfs.memcg import MemcgFiles
 from ..config import RunConfig
-from ..pressure.events import REPORT_EVERY_S
+from ..pressure.events import REPORT_EVERY_S, Submitted
 from ..pressure.source import PressureSource, WatchSettings
 from ..pressure.thresholds import Thresholds
 from .episodes import EpisodeTracker
@@ -47,7 +47,7 @@ def trace_sender(cfg: RunConfig, resource: Any, on_failure: Callable[[], None]) 
 
 
 def build(cfg: RunConfig, hierarchy: Optional[MemoryHierarchy], boot_id: str,
-          submit: Callable[[object], None], reclaim_events: bool, faults: "Counter[str]") -> Around:
+          submit: Callable[[Submitted], None], reclaim_events: bool, faults: "Counter[str]") -> Around:
     """`reclaim_events`: the probe reports the victims' reaper and exit events (else no oom.reclaim).
     The source's host trigger and inotify are set up here (errors show at start-up); its thread is
     `Around.run`, for the agent to start."""

@@ -67,4 +67,5 @@ class Batch:
 
 
 BATCH_MAX = 8  # small values: a batch stays within the queue's flat charge for a non-sample item
+Submitted = Union[SourceEvent, Batch]  # what goes to `submit`
 EVENT_TYPES = (CgroupAppeared, CgroupUnlimited, CgroupRemoved, CgroupSignal, HostPressure, Batch)

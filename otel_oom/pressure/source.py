@@ -36,7 +36,7 @@ from ..cgroupfs.hierarchy import MemoryHierarchy
 from ..cgroupfs.psi import HOST_PSI
 from . import inotify as ino
 from .discovery import CREATED, DELETED, FILE, LIMIT, OVERFLOW, Discovery
-from .events import BATCH_MAX, REPORT_EVERY_S, Batch, CgroupRemoved, HostPressure, SourceEvent
+from .events import BATCH_MAX, REPORT_EVERY_S, Batch, CgroupRemoved, HostPressure, SourceEvent, Submitted
 from .notifier import Notifier
 from .psi_trigger import PsiTrigger, PsiUnavailable
 from .registry import Owner, Registry
@@ -64,7 +64,7 @@ class PressureSource:
     """Run `run()` on its own thread; `stop()` from any thread; `close()` after it returned."""
 
     def __init__(self, hierarchy: Optional[MemoryHierarchy], settings: WatchSettings,
-                 submit: Callable[[object], None], host_psi: str = HOST_PSI,
+                 submit: Callable[[Submitted], None], host_psi: str = HOST_PSI,
                  clock: Callable[[], float] = time.monotonic, faults: Optional["Counter[str]"] = None) -> None:
         self.hierarchy = hierarchy
         self.settings = settings
