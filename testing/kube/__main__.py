@@ -1,0 +1,51 @@
+"""`make kube-up` / `make kube-down`: python -m testing.kube up|down [NAME] (NAME: dev).
+
+up: builds what is missing (cached), starts the node, installs the chart with the node-local
+Collector, waits until the agent's pod is Ready, and prints the admin kubeconfig's path as the last
+line (kubectl is beside it). down: stops the node and removes every trace of it. Both idempotent.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import chart, images, tools
+from .cluster import Cluster
+from .layout import Node
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m testing.kube")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("name", nargs="?", default="dev", help="the node's name (default dev); tests use their own")
+    args = p.parse_args(argv)
+    node = Node(args.name)
+    try:
+        if args.action == "down":
+            Cluster(node).down()
+            print(f"kube-down: {node.node_name} stopped, nothing left", file=sys.stderr)
+            return 0
+        start = time.monotonic()
+        found = tools.find(build=True)
+        built = time.monotonic()
+        cluster = Cluster(node, found).up()
+        chart.install(cluster)
+        if images.BUSYBOX_IMAGE not in images.images(node):
+            raise RuntimeError(f"{images.BUSYBOX_IMAGE} is not on the node")
+        done = time.monotonic()
+    except tools.MissingTool as e:
+        print(f"kube-up: {e}", file=sys.stderr)
+        return 1
+    except (RuntimeError, TimeoutError) as e:
+        print(f"kube-up: {e}\nkube-up: `make kube-down` removes what started", file=sys.stderr)
+        return 1
+    print(f"kube-up: tools {built - start:.1f} s, node Ready {cluster.timings['node_ready_s']:.1f} s, "
+          f"agent Ready {done - built - cluster.timings['node_ready_s']:.1f} s later; "
+          f"kubectl: {node.state / 'kubectl'}", file=sys.stderr)
+    print(node.admin_kubeconfig)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
