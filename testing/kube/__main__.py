@@ -2,7 +2,9 @@
 
 up: builds what is missing (cached), starts the node, installs the chart with the node-local
 Collector, waits until the agent's pod is Ready, and prints the admin kubeconfig's path as the last
-line (kubectl is beside it). down: stops the node and removes every trace of it. Both idempotent.
+line (kubectl is beside it). A node already up with the chart Ready is left as it is (`make
+kube-down kube-up` starts afresh, e.g. with a rebuilt image). down: stops the node and removes every
+trace of it. Both idempotent.
 """
 from __future__ import annotations
 
@@ -29,7 +31,13 @@ def main(argv: list[str]) -> int:
         start = time.monotonic()
         found = tools.find(build=True)
         built = time.monotonic()
-        cluster = Cluster(node, found).up()
+        cluster = Cluster(node, found)
+        if cluster.running() and chart.installed(cluster):
+            chart.wait_ready(cluster)
+            print(f"kube-up: {node.node_name} already up", file=sys.stderr)
+            print(node.admin_kubeconfig)
+            return 0
+        cluster.up()
         chart.install(cluster)
         if images.BUSYBOX_IMAGE not in images.images(node):
             raise RuntimeError(f"{images.BUSYBOX_IMAGE} is not on the node")

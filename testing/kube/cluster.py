@@ -177,6 +177,15 @@ class Cluster:
             time.sleep(0.5)
         self.timings[what] = time.monotonic() - start
 
+    def running(self) -> bool:
+        """Every daemon of the node up, the API server ready and the node Ready."""
+        if not all(Daemon(self.node, name).running() for name in STOP_ORDER):
+            return False
+        try:
+            return self.kubectl.run("get", "--raw=/readyz", check=False).returncode == 0 and self._node_ready()
+        except (OSError, RuntimeError):
+            return False
+
     # ---- down ----------------------------------------------------------------------------------
     def down(self) -> None:
         """Stop everything of this node and remove every trace of it; safe to call twice."""

@@ -17,7 +17,8 @@ from testing.kube.images import ctr
 from testing.kube.layout import NAMESPACE, RELEASE
 from testing.kube.leftovers import bpf_programs_of, bpf_programs_present
 
-pytestmark = pytest.mark.root
+# the first test of a session starts the node (and may rebuild the image): minutes on a loaded machine
+pytestmark = [pytest.mark.root, pytest.mark.timeout(1200)]
 MiB = 1 << 20
 CAPS = {"SYSLOG": 34, "PERFMON": 38, "BPF": 39}
 COLLECTOR_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-collector"

@@ -17,7 +17,8 @@ from testing.kube.layout import Node
 from testing.kube.leftovers import bpf_programs_of, bpf_programs_present, cgroup_dirs, host_mounts, leftovers
 from testing.kube.namespaces import KUBELET_SYSCTLS
 
-pytestmark = pytest.mark.root
+# the first test of a session starts the node (and may rebuild the image): minutes on a loaded machine
+pytestmark = [pytest.mark.root, pytest.mark.timeout(1200)]
 
 
 def host_sysctls() -> dict[str, str]:

@@ -18,7 +18,8 @@ import pytest
 
 from testing.kube.configs import KUBEPODS_MEMORY
 
-pytestmark = pytest.mark.root
+# the first test of a session starts the node (and may rebuild the image): minutes on a loaded machine
+pytestmark = [pytest.mark.root, pytest.mark.timeout(1200)]
 MiB = 1 << 20
 DD = "dd if=/dev/zero of=/dev/null bs=20M"   # upstream's: a 20M block, over a 16Mi limit
 
