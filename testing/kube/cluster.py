@@ -22,7 +22,7 @@ from .configs import CONTAINERD_SOCKET
 from .daemons import Daemon
 from .kubectl import Kubectl
 from .layout import APISERVER_PORT, Node
-from .leftovers import kill_all, leftovers, remove_cgroups
+from .leftovers import cgroup_hierarchies, kill_all, leftovers, remove_cgroups
 from .tools import CRICTL, Tools
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -142,7 +142,7 @@ class Cluster:
 
     def _make_cgroup_root(self) -> None:
         """The kubelet wants its cgroupRoot to exist in every hierarchy; cpuset needs cpus and mems."""
-        for hierarchy in configs_cgroup_hierarchies():
+        for hierarchy in cgroup_hierarchies():
             d = hierarchy / self.node.cgroup_root.lstrip("/")
             d.mkdir(exist_ok=True)
             if hierarchy.name == "cpuset":
@@ -217,13 +217,6 @@ class Cluster:
         endpoint = f"unix://{CONTAINERD_SOCKET}"
         subprocess.run([*self.node.enter(), str(CRICTL), "--runtime-endpoint", endpoint, "--timeout", "30s",
                         "rmp", "--all", "--force"], capture_output=True, timeout=180)
-
-
-def configs_cgroup_hierarchies():
-    """The cgroup hierarchies the kubelet and runc use: every v1 hierarchy and, on a hybrid host, unified."""
-    from .leftovers import CGROUP_MOUNT
-
-    return sorted(p for p in CGROUP_MOUNT.iterdir() if p.is_dir())
 
 
 def _mounts_under(prefix: str) -> list[str]:

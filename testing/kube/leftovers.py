@@ -20,10 +20,20 @@ from .layout import Node
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 
 
+def cgroup_hierarchies() -> list[Path]:
+    """Where the kubelet and runc make cgroups: each v1 hierarchy mounted under /sys/fs/cgroup
+    (and a hybrid host's unified one), or /sys/fs/cgroup itself on a cgroup v2 host."""
+    if (CGROUP_MOUNT / "cgroup.controllers").exists():
+        return [CGROUP_MOUNT]
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    return sorted(p for p in CGROUP_MOUNT.iterdir() if str(p) in points)
+
+
 def cgroup_dirs(node: Node) -> list[Path]:
     """Every directory under the node's cgroup root, deepest first, in every hierarchy."""
     found: list[Path] = []
-    for hierarchy in CGROUP_MOUNT.iterdir():
+    for hierarchy in cgroup_hierarchies():
         top = hierarchy / node.cgroup_root.lstrip("/")
         if top.is_dir():
             found.extend(Path(p) for p, _, _ in os.walk(top))
