@@ -48,9 +48,9 @@ def main(argv: list[str]) -> int:
     except (RuntimeError, TimeoutError) as e:
         print(f"kube-up: {e}\nkube-up: `make kube-down` removes what started", file=sys.stderr)
         return 1
-    print(f"kube-up: tools {built - start:.1f} s, node Ready {cluster.timings['node_ready_s']:.1f} s, "
-          f"agent Ready {done - built - cluster.timings['node_ready_s']:.1f} s later; "
-          f"kubectl: {node.state / 'kubectl'}", file=sys.stderr)
+    steps = ", ".join(f"{what} {t:.1f} s" for what, t in cluster.timings.items())
+    print(f"kube-up: tools checked in {built - start:.1f} s; then {steps}, the agent's pod Ready {done - built:.1f} s "
+          f"after the start; kubectl: {node.state / 'kubectl'}", file=sys.stderr)
     print(node.admin_kubeconfig)
     return 0
 

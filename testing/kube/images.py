@@ -18,6 +18,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -145,13 +146,16 @@ def import_podman_image(node: Node, image: str) -> None:
 
 
 def import_all(node: Node, collector_binary: str, agent_image: str = AGENT_IMAGE) -> str:
-    """Every image the node needs; returns the Collector image's name."""
-    layer = busybox_layer()
-    import_archive(node, docker_archive(PAUSE_IMAGE, layer, entrypoint=["/bin/sleep", "infinity"]))
-    import_archive(node, docker_archive(BUSYBOX_IMAGE, layer, cmd=["sh"]))
-    name, archive = collector_image(collector_binary)
-    import_archive(node, archive)
-    import_podman_image(node, agent_image)
+    """Every image the node needs; returns the Collector image's name. The agent's (the largest,
+    from podman) is imported beside the others."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        agent = pool.submit(import_podman_image, node, agent_image)
+        layer = busybox_layer()
+        import_archive(node, docker_archive(PAUSE_IMAGE, layer, entrypoint=["/bin/sleep", "infinity"]))
+        import_archive(node, docker_archive(BUSYBOX_IMAGE, layer, cmd=["sh"]))
+        name, archive = collector_image(collector_binary)
+        import_archive(node, archive)
+        agent.result()
     return name
 
 

@@ -5,11 +5,13 @@ No conftest.py here on purpose: a second conftest module would shadow tests/conf
 
     @pytest.fixture(scope="module")
     def cluster(request):
-        return kube_fixtures.shared_cluster(request)
+        yield kube_fixtures.shared_cluster(request)
+        kube_fixtures.done_with(request)
 
-and the first call starts the node (testing/kube, what `make kube-up` runs: node Ready, the chart
-installed with the node-local Collector, VictoriaLogs and Prometheus), which is stopped at the end
-of the session, asserting that it left nothing behind.
+The first call starts the node (testing/kube, what `make kube-up` runs: node Ready, the chart
+installed with the node-local Collector, VictoriaLogs and Prometheus); it is stopped, asserting
+that it left nothing behind, after the last module that uses it, so the rest of a `make test`
+session runs without it (and at the session's end at the latest).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from conftest import require, require_root_bpf
@@ -42,6 +45,8 @@ def found_tools() -> tools.Tools:
 
 
 def shared_cluster(request) -> Cluster:
+    require(Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists(),
+            "these tests read cgroup v1 memory files (/sys/fs/cgroup/memory)")
     if "failed" in _shared:
         raise RuntimeError(f"the session's node did not start: {_shared['failed']}")
     if "cluster" not in _shared:
@@ -58,6 +63,16 @@ def shared_cluster(request) -> Cluster:
     if not chart.installed(cluster):   # a failed chart test left it uninstalled
         chart.install(cluster)
     return cluster
+
+
+def done_with(request) -> None:
+    """Stop the shared node if no test after this module's uses it."""
+    items = request.session.items
+    mine = [i for i, item in enumerate(items) if item.path == request.path]
+    later = items[max(mine) + 1:] if mine else []
+    if "cluster" in _shared and not any(item.path.parent == request.path.parent and "cluster" in item.fixturenames
+                                        for item in later):
+        _shared.pop("cluster").down()
 
 
 def test_namespace(cluster: Cluster, prefix: str) -> str:

@@ -27,7 +27,8 @@ AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
 
 @pytest.fixture(scope="module")
 def cluster(request):
-    return kf.shared_cluster(request)
+    yield kf.shared_cluster(request)
+    kf.done_with(request)
 
 
 def rendered_agent_pod(cluster) -> dict:

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(1200)]
 
 @pytest.fixture(scope="module")
 def cluster(request):
-    return kf.shared_cluster(request)
+    yield kf.shared_cluster(request)
+    kf.done_with(request)
 
 
 def oom_kills(memcg: Path) -> int:

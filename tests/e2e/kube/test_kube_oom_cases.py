@@ -26,7 +26,8 @@ DD = "dd if=/dev/zero of=/dev/null bs=20M"   # upstream's: a 20M block, over a 1
 
 @pytest.fixture(scope="module")
 def cluster(request):
-    return kf.shared_cluster(request)
+    yield kf.shared_cluster(request)
+    kf.done_with(request)
 
 
 @pytest.fixture
