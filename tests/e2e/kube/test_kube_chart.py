@@ -132,13 +132,33 @@ def release_containers(cluster) -> list[str]:
     return out.decode().split()
 
 
-def test_helm_upgrade_rolls_the_agent_and_uninstall_leaves_nothing_of_it_on_the_node(cluster):
+def test_helm_upgrade_to_otlp_http_rolls_both_and_uninstall_leaves_nothing_of_it_on_the_node(cluster):
+    """helm upgrade switching the agent to OTLP/HTTP: the agent's endpoint follows to the
+    Collector's port 4318, which the Collector then opens on the node, and kills keep arriving
+    (before the chart's fix the agent kept sending to the gRPC port 4317 and delivered nothing);
+    then helm uninstall, and nothing of the release is left on the node."""
     k = cluster.kubectl
     old = chart.agent_pod(cluster)
-    chart.upgrade(cluster, "--set", "agent.logLevel=debug")
+    chart.upgrade(cluster, "--set", "agent.logLevel=debug", "--set", "otlp.protocol=http/protobuf")
     new = chart.agent_pod(cluster)
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     assert "--log-level=debug" in new["spec"]["containers"][0]["args"]
+    env = {e["name"]: e.get("value") for e in new["spec"]["containers"][0]["env"]}
+    assert (env["OTEL_EXPORTER_OTLP_PROTOCOL"], env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == (
+        "http/protobuf", "http://$(HOST_IP):4318")
+    ports = chart.collector_pod(cluster)["spec"]["containers"][0]["ports"]
+    assert {p["name"]: p.get("hostPort") for p in ports}["otlp-http"] == 4318
+    ns = kf.test_namespace(cluster, "http")
+    try:
+        script = "sleep 2; dd if=/dev/zero of=/dev/null bs=48M count=1; exec sleep 86400"
+        cluster.kubectl.apply(kf.pod("worker", ns, [kf.busybox_container("app", script, "32Mi")]))
+        p = cluster.kubectl.wait_until("the pod to run", lambda: kf.get_pod(cluster, "worker", ns)
+                                       if kf.get_pod(cluster, "worker", ns)["status"].get("phase") == "Running" else None)
+        rows = kf.wait_kills(cluster, p["metadata"]["uid"], 1)
+        assert len(rows) == 1, rows
+        kf.assert_names(rows[0], p, "app", kf.bare_id(kf.status_of(p, "app")["containerID"]))
+    finally:
+        cluster.kubectl.run("delete", "namespace", ns, "--wait=false", check=False)
     pods = [new, chart.collector_pod(cluster)]
     programs = bpf_programs_of([agent_process(cluster, new)])
     assert programs
