@@ -32,13 +32,36 @@ CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 TOOLS = REPO / "tools" / "collector"
 KINDS = ("receivers", "processors", "exporters", "extensions", "connectors")
 # names a current Collector still accepts but logs as deprecated; the files use the new ones
-DEPRECATED_ALIASES = {"k8sattributes", "otlp" + "http", "prometheusremotewrite", "deltatocumulative"}
+DEPRECATED_ALIASES = {"k8sattributes", "otlp" + "http", "prometheusremotewrite", "deltatocumulative", "loadbalancing"}
 # what each file reads from the environment (the deployments set these)
 CONFIG_ENV = {
     "agent.yaml": {"K8S_NODE_NAME": "node-a"},
     "clickhouse.yaml": {"CLICKHOUSE_USER": "otel", "CLICKHOUSE_PASSWORD": "secret"},
     "debug.yaml": {},
+    "gateway.yaml": {},
+    "node-to-gateway.yaml": {"K8S_NODE_NAME": "node-a", "OTEL_OOM_GATEWAY_HOSTNAME": "localhost"},
 }
+# overlays: run on top of the files named first (the Collector merges --config files in order)
+OVERLAYS = {"node-to-gateway.yaml": ["agent.yaml"]}
+
+
+def files(path: Path) -> list[str]:
+    return [str(CONFIG_DIR / base) for base in OVERLAYS.get(path.name, [])] + [str(path)]
+
+
+def merge(base: dict, over: dict) -> dict:
+    """What the Collector makes of two --config files: maps merged key by key, lists replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def effective(path: Path) -> dict:
+    cfg: dict = {}
+    for f in files(path):
+        cfg = merge(cfg, load(Path(f)))
+    return cfg
 
 
 def load(path: Path) -> dict:
@@ -56,7 +79,8 @@ def binary() -> str:
 
 
 def test_the_expected_configs_exist():
-    assert [p.name for p in CONFIGS] == ["agent.yaml", "clickhouse.yaml", "debug.yaml"]
+    assert [p.name for p in CONFIGS] == ["agent.yaml", "clickhouse.yaml", "debug.yaml", "gateway.yaml",
+                                         "node-to-gateway.yaml"]
     assert set(CONFIG_ENV) == {p.name for p in CONFIGS}
 
 
@@ -64,7 +88,7 @@ def test_the_expected_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_validate_accepts_every_config(path):
-    r = validate(binary(), [str(path)], env=collector_env(**CONFIG_ENV[path.name]))
+    r = validate(binary(), files(path), env=collector_env(**CONFIG_ENV[path.name]))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -86,8 +110,8 @@ def test_validate_really_rejects_mistakes(tmp_path):
 
 
 def start_overrides(path: Path, tmp_path: Path) -> dict:
-    ov = loopback_overrides(load(path), tmp_path)
-    if path.name == "agent.yaml":
+    ov = loopback_overrides(effective(path), tmp_path)
+    if "agent.yaml" in {Path(f).name for f in files(path)}:
         # no API server here: k8s_attributes gets a kubeconfig naming a closed loopback port;
         # its informer retries in the background and the Collector starts regardless
         ov["processors::k8s_attributes::auth_type"] = "kubeConfig"
@@ -109,7 +133,7 @@ def test_every_config_starts_and_stops_cleanly(path, tmp_path):
         "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
     env["KUBECONFIG"] = str(kubeconfig)
     ov = start_overrides(path, tmp_path)
-    with CollectorProcess(binary(), [str(path)], ov, env) as col:
+    with CollectorProcess(binary(), files(path), ov, env) as col:
         for key, value in ov.items():
             if key.startswith("extensions::health_check") and key.endswith("::endpoint"):
                 assert http_ok(f"http://{value}/"), col.log_text()
@@ -173,7 +197,7 @@ def test_the_build_has_exactly_the_components_the_configs_use():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_structure(path):
-    cfg = load(path)
+    cfg = effective(path)
     assert set(cfg) <= set(KINDS) | {"service"}, set(cfg) - set(KINDS)
     pipelines = cfg["service"]["pipelines"]
     used: dict[str, set] = {k: set() for k in KINDS}
@@ -187,6 +211,8 @@ def test_structure(path):
                 used[defined_in].add(cid)
     for kind in ("receivers", "processors", "exporters", "connectors"):
         unused = set(cfg.get(kind) or {}) - used[kind]
+        if path.name in OVERLAYS:  # the base file's exporters that the overlay took out of the pipelines
+            unused -= {cid for base in OVERLAYS[path.name] for cid in (load(CONFIG_DIR / base).get(kind) or {})}
         assert not unused, f"{path.name}: defined but in no pipeline: {unused}"
     enabled = cfg["service"].get("extensions", [])
     assert set(cfg.get("extensions") or {}) == set(enabled), "every defined extension must be enabled"
@@ -199,7 +225,7 @@ def test_structure(path):
 def test_no_batch_processor_in_front_of_a_durable_queue(path):
     """The batch processor acknowledges from memory: a Collector killed then would lose records
     the sender already deleted. Durable exporters batch when reading their queue instead."""
-    cfg = load(path)
+    cfg = effective(path)
     for name, p in cfg["service"]["pipelines"].items():
         assert "batch" not in [ctype(x) for x in p.get("processors", [])], f"{path.name}: {name}"
 
@@ -282,3 +308,74 @@ def test_collector_manifest_matches_the_agent_config():
     assert {"pods", "namespaces", "replicasets"} <= resources
     verbs = {v for rule in rules for v in rule["verbs"]}
     assert verbs == {"get", "list", "watch"}
+
+
+# ---- the gateway tier (docs/scale.md; run for real by tests/e2e/test_fleet.py) ------------------
+
+def test_node_overlay_keeps_the_node_processing_and_forwards_durably():
+    """agent.yaml + node-to-gateway.yaml: the same processors, every pipeline leaving through
+    load_balancing; logs leave the node's disk queue only once a gateway acknowledged them."""
+    agent, node = load(CONFIG_DIR / "agent.yaml"), effective(CONFIG_DIR / "node-to-gateway.yaml")
+    pipelines = node["service"]["pipelines"]
+    for name, p in pipelines.items():
+        assert p.get("processors") == agent["service"]["pipelines"][name].get("processors"), name
+        assert p["receivers"] == agent["service"]["pipelines"][name]["receivers"], name
+    assert pipelines["logs"]["exporters"] == ["load_balancing/logs", "count/oom_kills"]
+    assert pipelines["metrics"]["exporters"] == pipelines["metrics/kill_records"]["exporters"] == ["load_balancing/metrics"]
+    # what agent.yaml defines and the overlay no longer uses: nothing else is left over
+    used = {e for p in pipelines.values() for e in p["exporters"]}
+    assert set(node["exporters"]) - used == {"otlp_http/logs", "prometheus_remote_write"}
+    for eid in ("load_balancing/logs", "load_balancing/metrics"):
+        lb = node["exporters"][eid]
+        # one node's records and series to one gateway: by the reporting agent's identity
+        assert lb["routing_key"] == "attributes" and lb["routing_attributes"] == ["service.instance.id"]
+        # no queue or retry per gateway: a send fails back to the top-level queue, whose retries
+        # pick the gateway again from the resolver's current list
+        otlp = lb["protocol"]["otlp"]
+        assert otlp["sending_queue"]["enabled"] is False and otlp["retry_on_failure"]["enabled"] is False
+        assert set(lb["resolver"]) == {"dns"} and lb["resolver"]["dns"]["port"] == "4317"
+    logs = node["exporters"]["load_balancing/logs"]
+    assert logs["sending_queue"]["storage"] == "file_storage/queue" and logs["sending_queue"]["enabled"] is True
+    assert node["extensions"]["file_storage/queue"]["fsync"] is True
+    assert logs["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
+
+
+def test_gateway_writes_durably_to_the_clustered_backends():
+    cfg = load(CONFIG_DIR / "gateway.yaml")
+    pipelines = cfg["service"]["pipelines"]
+    assert pipelines["logs"] == {"receivers": ["otlp"], "processors": ["memory_limiter"], "exporters": ["otlp_http/logs"]}
+    assert pipelines["metrics"]["exporters"] == ["prometheus_remote_write"]
+    assert "grpc" in cfg["receivers"]["otlp"]["protocols"]  # what load_balancing speaks
+    logs = cfg["exporters"]["otlp_http/logs"]
+    assert logs["endpoint"] == "${env:OTEL_OOM_LOGS_OTLP_ENDPOINT:-http://vlinsert:9481/insert/opentelemetry}"
+    q = logs["sending_queue"]
+    assert q["enabled"] is True and q["storage"] == "file_storage/queue" and not q.get("wait_for_result")
+    assert cfg["extensions"]["file_storage/queue"]["fsync"] is True
+    assert logs["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
+    rw = cfg["exporters"]["prometheus_remote_write"]
+    assert rw == load(CONFIG_DIR / "agent.yaml")["exporters"]["prometheus_remote_write"] | {
+        "remote_write_queue": rw["remote_write_queue"]}
+    assert rw["target_info"] == {"enabled": False}
+
+
+def test_node_overlay_accepts_a_static_resolver(tmp_path):
+    """The fleet simulation swaps the DNS resolver for a static one by an override, as an operator
+    without a headless Service would: `dns: null` removes the shipped resolver."""
+    path = CONFIG_DIR / "node-to-gateway.yaml"
+    static = {"static": {"hostnames": ["127.0.0.2:4317", "127.0.0.3:4317"]}, "dns": None}
+    ov = {f"exporters::{e}::resolver": static for e in ("load_balancing/logs", "load_balancing/metrics")}
+    r = validate(binary(), files(path), ov, env=collector_env(**CONFIG_ENV[path.name]))
+    assert r.returncode == 0, r.stdout + r.stderr
+    both = {"static": {"hostnames": ["127.0.0.2:4317"]}}  # dns kept: two resolvers
+    ov = {"exporters::load_balancing/logs::resolver": both}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "none",
+        "clusters": [{"name": "none", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+        "users": [{"name": "none", "user": {}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
+    env = collector_env(**CONFIG_ENV[path.name], KUBECONFIG=str(kubeconfig))
+    col = CollectorProcess(binary(), files(path), {**start_overrides(path, tmp_path), **ov}, env, ready_timeout=30)
+    with pytest.raises(RuntimeError) as e:
+        col.start()
+    assert "only one resolver should be specified" in str(e.value)
