@@ -145,3 +145,26 @@ def test_loki_rules_structure():
         for name in re.findall(r"\|\s*([a-z_]+)\s*(?:!=|=)", e):
             assert name in OOM_METADATA, name
         assert r["labels"]["severity"] in ("info", "warning", "critical")
+
+
+def test_log_kill_counts_count_distinct_event_ids():
+    """Records are delivered at least once (docs/scale.md): every LogQL count of kills, in the
+    Loki rules and the dashboard, counts distinct oom_event_id, never records."""
+    import json
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "otel-oom-dashboard.json").read_text())
+    exprs = [r["expr"] for r in loki_rules()] + [
+        t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if t["datasource"]["type"] == "loki"]
+    counts = [e for e in exprs if "count_over_time" in e]
+    assert len(counts) >= 7, counts  # 3 rules, 4 panels
+    for e in counts:
+        flat = re.sub(r"\s+\)", ")", re.sub(r"\(\s+", "(", " ".join(e.split())))
+        m = re.search(r"count(?: by \(([^)]*)\))? \(sum by \(([^)]*)\) \(count_over_time\(", flat)
+        assert m, flat
+        outer = [x.strip() for x in (m.group(1) or "").split(",") if x.strip()]
+        inner = [x.strip() for x in m.group(2).split(",")]
+        assert inner == outer + ["oom_event_id"], flat
+        assert '| oom_event_id != ""' in flat, flat
+    # and the Prometheus kill alerts no longer present a record count as a number of kills
+    rules = (ALERTS / "prometheus-rules.yaml").read_text()
+    assert "process(es)" not in rules and "kill record(s)" in rules

@@ -357,8 +357,7 @@ def test_dashboard_promql_runs_on_a_real_prometheus():
                 except PromQLError as e:
                     pytest.fail(f"panel {title!r}: Prometheus refused the query: {e}\n{expr}")
             by_title = {t: r for (t, _), r in results.items()}
-            kills = by_title["OOM kills by namespace / pod / container"]
-            assert [(r["metric"]["k8s_pod_name"], float(r["value"][1])) for r in kills] == [("web-7d9f", 1.0)]
+            # (the kill counts are Loki panels, by distinct oom.event.id: tests/test_alerts.py)
             hooks = by_title["Kernel hooks attached"]
             assert hooks[0]["metric"]["oom_hook"] == "tp_btf"
     finally:
