@@ -1,0 +1,34 @@
+"""`python -m bench.fleet`: see the package docstring."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .run import main_entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
+    ap.add_argument("--nodes", type=int, default=50, help="simulated nodes, each a node Collector (default 50)")
+    ap.add_argument("--minutes", type=float, default=1.0, help="how long records are fed (default 1)")
+    ap.add_argument("--kill-gateway-at", type=float, metavar="S",
+                    help="SIGKILL the first gateway S seconds into the run (and restart it --down-seconds later)")
+    ap.add_argument("--kill-storage-at", type=float, metavar="S",
+                    help="kill the second vlstorage node S seconds into the run (and restart it)")
+    ap.add_argument("--storage-signal", choices=("TERM", "KILL"), default="TERM",
+                    help="how the storage node is killed: TERM (stopped and restarted, as in an upgrade or a "
+                         "rescheduled pod; default) or KILL (a crash: it loses what it acknowledged since its "
+                         "last flush to disk, see docs/scale.md)")
+    ap.add_argument("--down-seconds", type=float, default=15.0, help="how long a killed process stays down (15)")
+    args = ap.parse_args(argv)
+    if args.nodes < 1 or args.minutes <= 0:
+        ap.error("--nodes must be at least 1 and --minutes positive")
+    for flag in ("kill_gateway_at", "kill_storage_at"):
+        at = getattr(args, flag)
+        if at is not None and not 0 <= at < args.minutes * 60:
+            ap.error(f"--{flag.replace('_', '-')} must be within the run (0 to {args.minutes * 60:.0f} s)")
+    return main_entry(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

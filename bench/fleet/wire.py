@@ -1,0 +1,73 @@
+"""Everything the fleet simulation takes from the agent's package: its resource, its OTLP log
+encoding and its metrics.
+
+`encode_batch` is the one place records become an OTLP request. It uses the encoding the agent
+uses today (`otel_oom/otlp/logs.py`: `LogSender.records` builds the SDK's log records, the SDK's
+encoder makes the protobuf); when the package gets a direct protobuf encoder, only this function
+changes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from otel_oom.model import OomKill, Record
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from opentelemetry.sdk.resources import Resource
+
+_SENDERS: dict[int, Any] = {}  # one LogSender per node resource, for its records() (never sends)
+
+
+def encode_batch(records: Sequence[Record], resource: "Resource") -> "ExportLogsServiceRequest":
+    """The agent's OTLP encoding of `records` under `resource` (one node's agent)."""
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
+    from otel_oom.otlp.env import SignalSettings
+    from otel_oom.otlp.logs import LogSender
+    from otel_oom.urls import parse_url
+
+    sender = _SENDERS.get(id(resource))
+    if sender is None:
+        # the endpoint is never used: the simulation posts the encoded request itself
+        unused = parse_url("endpoint", "http://127.0.0.1:9/v1/logs", "http://host:4318/v1/logs")
+        sender = _SENDERS[id(resource)] = LogSender(resource, SignalSettings("http/protobuf", unused))
+    return encode_logs(sender.records(records))
+
+
+def node_resource(node_name: str, machine_id: str, scratch: Path) -> "Resource":
+    """The resource the agent on `node_name` reports under (as in a DaemonSet pod: K8S_NODE_NAME
+    set, the host's machine id mounted), built by the agent's own code."""
+    from otel_oom.otlp.resource import build_resource
+
+    path = scratch / f"machine-id-{node_name}"
+    path.write_text(machine_id + "\n")
+    return build_resource({"K8S_NODE_NAME": node_name}, machine_id_path=str(path), hostname=node_name,
+                          boot_id_path=os.devnull)
+
+
+class AgentMetrics:
+    """One node agent's own metrics (oom.kills, oom.victim.rss, its health), exported over OTLP/HTTP
+    to the node Collector every `interval_ms` by the agent's metrics code, as `otel-oom run` does."""
+
+    def __init__(self, resource: "Resource", collector_http: str, interval_ms: int) -> None:
+        from otel_oom.otlp.env import resolve_otlp
+        from otel_oom.otlp.metrics import Metrics
+
+        otlp = resolve_otlp({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                             "OTEL_EXPORTER_OTLP_ENDPOINT": collector_http,
+                             "OTEL_METRIC_EXPORT_INTERVAL": str(interval_ms)})
+        # a healthy agent: its victim hook attached, nothing dropped, nothing unobserved
+        self._metrics = Metrics(resource, otlp, drop_counts=lambda: {}, fault_counts=lambda: {},
+                                hooks=lambda: [("tp_btf", "victim")], unobserved=lambda: 0)
+
+    def record(self, record: Record) -> None:
+        if isinstance(record, OomKill):
+            self._metrics.record_kill(record)
+        else:
+            self._metrics.record_event(record)
+
+    def shutdown(self) -> None:
+        self._metrics.shutdown(timeout_millis=2000)
