@@ -27,6 +27,8 @@ from .workload import make_nodes, schedule
 
 CLONE_NEWNET = 0x40000000
 TIERS = ("node", "gateway", "vlinsert", "vlselect", "vlstorage", "prometheus")
+TOP_PODS_PROMQL = ('topk(10, sum by (k8s_namespace_name, k8s_pod_name) '
+                   '(max_over_time(oom_kill_records_total{job="otel-oom"}[7d])))')
 
 
 class SetupError(Exception):
@@ -129,6 +131,8 @@ def _prometheus(stack: Stack, kills_sent: int, timeout: float) -> dict:
             "series_by_metric": dict(sorted(by_metric.items(), key=lambda kv: -kv[1])),
             "series_oom_kill_records": int(scalar("count(oom_kill_records_total)")),
             "kills_by_agent_counter": int(agent_kills),
+            # docs/scale.md's PromQL "which pods were OOM-killed most": kill records, not distinct kills
+            "top_pods_promql": [{**r["metric"], "kill_records": r["value"][1]} for r in prom.query(TOP_PODS_PROMQL)][:5],
             "kill_records_counted": int(scalar('sum(oom_kill_records_total{job="otel-oom"})'))}
 
 
@@ -201,7 +205,8 @@ def simulate(n_nodes: int, minutes: float, kill_gateway_at: Optional[float], kil
             result["by_pod"] = kills_by_pod(stack.query_url, kills)
             result["top_pods"] = top_pods_query(stack.query_url)[:5]
             result["faults"] = faults
-            result["timing"] = {"feed_s": round(feed_s, 1), "drained_s": round(drained_s, 1), "run_s": round(run_s, 1)}
+            result["timing"] = {"feed_s": round(feed_s, 1), "drained_s": round(drained_s, 1), "run_s": round(run_s, 1),
+                                "records_per_s": round(len(feeder.sent) / feed_s, 2)}
             result["tiers"] = _tiers(stack, cpu, idle_cpu, idle_rss, sampler, run_s, n_nodes)
             result["prometheus"]["series_per_1000_nodes"] = round(result["prometheus"]["series_total"] * 1000 / n_nodes)
         finally:
