@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="how the storage node is killed: TERM (stopped and restarted, as in an upgrade or a "
                          "rescheduled pod; default) or KILL (a crash: it loses what it acknowledged since its "
                          "last flush to disk, see docs/scale.md)")
+    ap.add_argument("--resolver", choices=("static", "dns"), default="static",
+                    help="how node Collectors find the gateways: static (both addresses; a dead gateway's nodes "
+                         "wait for it) or dns (the shipped resolver; the dead gateway leaves the name's records "
+                         "and its nodes move to the other)")
     ap.add_argument("--down-seconds", type=float, default=15.0, help="how long a killed process stays down (15)")
     args = ap.parse_args(argv)
     if args.nodes < 1 or args.minutes <= 0:

@@ -92,16 +92,21 @@ def stored_counts(url: str) -> dict[str, int]:
     return out
 
 
-def wait_all_stored(url: str, sent: dict[str, Sent], timeout: float) -> dict[str, int]:
-    """Poll until every sent id is stored (or timeout); the last counts."""
+def wait_all_stored(url: str, sent: dict[str, Sent], timeout: float, settle: float = 90.0) -> dict[str, int]:
+    """Poll until every sent id is stored, or nothing new was stored for `settle` seconds (longer
+    than the Collectors' longest retry interval, 30 s: what is missing then is lost), or timeout."""
     deadline = time.monotonic() + timeout
     counts: dict[str, int] = {}
+    stored, changed = 0, time.monotonic()
     while True:
         try:
             counts = stored_counts(url)
         except (QueryError, urllib.error.URLError, OSError):
             pass
-        if all(i in counts for i in sent) or time.monotonic() > deadline:
+        now_stored = sum(1 for i in sent if i in counts)
+        if now_stored != stored:
+            stored, changed = now_stored, time.monotonic()
+        if stored == len(sent) or time.monotonic() > min(deadline, changed + settle):
             return counts
         time.sleep(1.0)
 

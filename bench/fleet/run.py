@@ -21,11 +21,12 @@ from typing import Optional
 from .feed import Feeder
 from .measure import Poller, kills_by_pod, latency, top_pods_query, wait_all_stored
 from .procs import read_usage
-from .stack import REPO, Stack, node_address
+from .stack import GATEWAYS, REPO, Stack, node_address
 from .wire import AgentMetrics, node_resource
 from .workload import make_nodes, schedule
 
 CLONE_NEWNET = 0x40000000
+ENDPOINTS_DELAY_S = 1.0
 TIERS = ("node", "gateway", "vlinsert", "vlselect", "vlstorage", "prometheus")
 TOP_PODS_PROMQL = ('topk(10, sum by (k8s_namespace_name, k8s_pod_name) '
                    '(max_over_time(oom_kill_records_total{job="otel-oom"}[7d])))')
@@ -97,15 +98,24 @@ def _fault(stack: Stack, which: str, at: float, down_s: float, sig: int, t0: flo
     proc = stack.gateways[0] if which == "gateway" else stack.storage[1]
     killed = time.monotonic()
     proc.kill(sig)
-    out[which] = {"process": proc.name, "signal": signal.Signals(sig).name, "at_s": round(killed - t0, 2)}
-    if stop.wait(down_s):
+    out[which] = {"process": proc.name, "signal": signal.Signals(sig).name, "at_s": round(killed - t0, 2),
+                  "killed_wall": time.time()}
+    dns = which == "gateway" and stack.resolver == "dns"
+    if dns:  # the pod turns not ready and leaves the headless Service's records (about a second)
+        stop.wait(ENDPOINTS_DELAY_S)
+        stack.set_ready(stack.ready - {GATEWAYS[0]})
+        out[which]["left_dns_at_s"] = round(time.monotonic() - t0, 2)
+    if stop.wait(max(0.0, killed + down_s - time.monotonic())):
         return
+    out[which]["restarted_wall"] = time.time()
     proc.start()
     try:
         ready = proc.wait_healthy(120)
     except RuntimeError as e:
         out[which]["error"] = str(e).splitlines()[0]
         return
+    if dns:
+        stack.set_ready(stack.ready | {GATEWAYS[0]})
     out[which].update(restarted_at_s=round(killed + down_s - t0, 2),
                       down_s=round(time.monotonic() - killed, 2), healthy_after_restart_s=round(ready, 2))
 
@@ -138,7 +148,7 @@ def _prometheus(stack: Stack, kills_sent: int, timeout: float) -> dict:
 
 def simulate(n_nodes: int, minutes: float, kill_gateway_at: Optional[float], kill_storage_at: Optional[float],
              down_s: float = 15.0, storage_signal: int = signal.SIGKILL, drain_timeout: float = 300.0,
-             log=print) -> dict:
+             resolver: str = "static", log=print) -> dict:
     if os.geteuid() != 0:
         raise SetupError("needs root (a network namespace of its own)")
     if shutil.which("prometheus") is None:
@@ -149,11 +159,11 @@ def simulate(n_nodes: int, minutes: float, kill_gateway_at: Optional[float], kil
     nodes = make_nodes(n_nodes)
     occurrences = schedule(nodes, seconds)
     load_before = os.getloadavg()
-    result: dict = {"nodes": n_nodes, "minutes": minutes, "machine": {"cpus": os.cpu_count(),
+    result: dict = {"nodes": n_nodes, "minutes": minutes, "resolver": resolver, "machine": {"cpus": os.cpu_count(),
                                                                    "loadavg_before": [round(x, 2) for x in load_before]}}
     with tempfile.TemporaryDirectory(prefix="otel-oom-fleet-") as tmp:
         scratch = Path(tmp)
-        stack = Stack(collector, victorialogs, nodes, scratch)
+        stack = Stack(collector, victorialogs, nodes, scratch, resolver)
         stop = threading.Event()
         threads: list[threading.Thread] = []
         metrics: list[AgentMetrics] = []
@@ -205,6 +215,8 @@ def simulate(n_nodes: int, minutes: float, kill_gateway_at: Optional[float], kil
             result["by_pod"] = kills_by_pod(stack.query_url, kills)
             result["top_pods"] = top_pods_query(stack.query_url)[:5]
             result["faults"] = faults
+            if "restarted_wall" in faults.get("gateway", {}):
+                faults["gateway"].update(_outage(faults["gateway"], kills, poller.first_seen))
             result["timing"] = {"feed_s": round(feed_s, 1), "drained_s": round(drained_s, 1), "run_s": round(run_s, 1),
                                 "records_per_s": round(len(feeder.sent) / feed_s, 2)}
             result["tiers"] = _tiers(stack, cpu, idle_cpu, idle_rss, sampler, run_s, n_nodes)
@@ -216,6 +228,23 @@ def simulate(n_nodes: int, minutes: float, kill_gateway_at: Optional[float], kil
             stack.stop()
             result.setdefault("machine", {})["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def _outage(fault: dict, kills: list, first_seen: dict[str, float]) -> dict:
+    """Kills that happened while the gateway was down, and which were queryable before it came back.
+    The telling ones are sent once the node Collectors could have re-resolved (a second for the
+    endpoints, 5 s hosts cache, 5 s resolver interval: 12 s) and early enough to be stored before the
+    restart at the usual pace (15 s): with dns every one of them is queryable before the restart (its
+    node's route moved to the other gateway); with static those of the dead gateway's nodes wait."""
+    down, back = fault["killed_wall"], fault["restarted_wall"]
+    during = [k for k in kills if down <= k.time_ns / 1e9 < back]
+    rerouted = [k for k in during if down + ENDPOINTS_DELAY_S + 12.0 <= k.time_ns / 1e9 < back - 15.0]
+
+    def seen_before(ks: list) -> int:
+        return len([k for k in ks if first_seen.get(k.id, float("inf")) < back])
+
+    return {"kills_while_down": len(during), "queryable_before_restart": seen_before(during),
+            "kills_after_reresolve": len(rerouted), "kills_after_reresolve_queryable_before_restart": seen_before(rerouted)}
 
 
 def _tally(feeder: Feeder, counts: dict[str, int], kills: list, poller: Poller) -> dict:
@@ -267,7 +296,7 @@ def main_entry(args) -> int:
     try:
         result = simulate(args.nodes, args.minutes, args.kill_gateway_at, args.kill_storage_at,
                           down_s=args.down_seconds, storage_signal=signal.Signals["SIG" + args.storage_signal],
-                          log=log)
+                          resolver=args.resolver, log=log)
     except SetupError as e:
         print(f"python -m bench.fleet: error: {e}", file=sys.stderr)
         return 2

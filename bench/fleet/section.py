@@ -11,15 +11,18 @@ from typing import Any
 from .stack import REPO
 
 # the larger run: a gateway SIGKILLed and a storage node restarted during the rollout (the busiest
-# minute), then a crash of a storage node (SIGKILL) in a smaller run, to show what that loses
+# minute), static resolver; then, smaller, the shipped dns resolver moving a dead gateway's nodes to
+# the other one, and a crash of a storage node (SIGKILL), to show what that loses
 MAIN = {"nodes": 100, "minutes": 3, "kill_gateway_at": 130, "kill_storage_at": 150, "storage_signal": "TERM"}
+DNS = {"nodes": 50, "minutes": 2, "kill_gateway_at": 75, "kill_storage_at": None, "down": 30, "resolver": "dns"}
 CRASH = {"nodes": 50, "minutes": 2, "kill_gateway_at": None, "kill_storage_at": 95, "storage_signal": "KILL"}
 QUICK = {"nodes": 20, "minutes": 1, "kill_gateway_at": 35, "kill_storage_at": 45, "storage_signal": "TERM"}
 
 
-def simulate(nodes: int, minutes: float, kill_gateway_at: Any, kill_storage_at: Any, storage_signal: str) -> dict:
+def simulate(nodes: int, minutes: float, kill_gateway_at: Any, kill_storage_at: Any, storage_signal: str = "TERM",
+             down: int = 15, resolver: str = "static") -> dict:
     argv = [sys.executable, "-m", "bench.fleet", "--nodes", str(nodes), "--minutes", str(minutes),
-            "--storage-signal", storage_signal, "--down-seconds", "15"]
+            "--storage-signal", storage_signal, "--down-seconds", str(down), "--resolver", resolver]
     if kill_gateway_at is not None:
         argv += ["--kill-gateway-at", str(kill_gateway_at)]
     if kill_storage_at is not None:
@@ -33,6 +36,7 @@ def simulate(nodes: int, minutes: float, kill_gateway_at: Any, kill_storage_at: 
 def run(quick: bool = False) -> dict:
     result = simulate(**(QUICK if quick else MAIN))
     if not quick:
+        result["gateway_failover_dns"] = simulate(**DNS)
         result["storage_crash"] = simulate(**CRASH)
     return result
 
@@ -59,6 +63,14 @@ def markdown(f: dict) -> list[str]:
            f"Prometheus: {f['prometheus']['series_total']} series, {f['prometheus']['series_per_1000_nodes']} per "
            f"1,000 nodes. Load average before/after: {f['machine']['loadavg_before']} / "
            f"{f['machine']['loadavg_after']}.", ""]
+    dns = f.get("gateway_failover_dns")
+    if dns:
+        g, lat = dns["faults"]["gateway"], dns["latency"]
+        out += [f"The shipped dns resolver, {dns['nodes']} nodes, gateway-1 SIGKILLed and down "
+                f"{g.get('down_s')} s: {dns['lost']} lost, kill -> queryable p99 {round(lat['p99_ms'] or 0)} ms, "
+                f"max {round(lat['max_ms'] or 0)} ms; of the {g.get('kills_after_reresolve')} kills sent once the "
+                f"nodes could re-resolve, {g.get('kills_after_reresolve_queryable_before_restart')} were queryable "
+                "before the dead gateway was back.", ""]
     crash = f.get("storage_crash")
     if crash:
         out += [f"A vlstorage crash (SIGKILL) in a {crash['nodes']}-node run: {crash['sent']} sent, "

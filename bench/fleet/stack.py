@@ -6,16 +6,19 @@
                                  vlselect 127.0.0.1:9471 (queries)
         -> Prometheus (remote write receiver)
 
-The shipped configurations run as they are; only addresses, queue directories, the Kubernetes API
-(the test double of testing/k8s_api_double.py, serving every node's pods) and the gateway
-resolver (static here: the two gateway addresses) are set by `--config=yaml:` overrides and the
-files' environment variables.
+The shipped configurations run as they are; only addresses, queue directories and the Kubernetes
+API (the test double of testing/k8s_api_double.py, serving every node's pods) are set by
+`--config=yaml:` overrides and the files' environment variables. The gateway resolver is either
+`static` (the two gateway addresses, by override) or the shipped `dns` one: then each node
+Collector runs in a mount namespace of its own whose /etc/hosts is the simulation's file naming the
+ready gateways, which the simulation rewrites as Kubernetes' endpoints controller would rewrite a
+headless Service's records (`set_ready`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from testing.k8s_api_double import KubernetesApiDouble, make_pod
 from testing.prometheus_server import PrometheusServer
@@ -31,6 +34,9 @@ VLINSERT, VLSELECT = "127.0.0.1:9481", "127.0.0.1:9471"
 # vlstorage writes what it holds in memory to disk at least this often; what it acknowledged
 # since the last write is what a SIGKILL of it loses (default 5 s, minimum 1 s)
 VL_FLUSH = "1s"
+GATEWAY_NAME = "otel-oom-gateway-headless.fleet.test"
+# a node Collector with the simulation's hosts file as its /etc/hosts (a private mount namespace)
+WITH_HOSTS = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"']
 
 
 def node_address(index: int) -> str:
@@ -54,8 +60,12 @@ def _listen(ip: str, scratch: Path) -> dict[str, object]:
 class Stack:
     """Every process of the simulation; `start()` brings them up in dependency order."""
 
-    def __init__(self, collector: str, victorialogs: str, nodes: list[Node], scratch: Path) -> None:
+    def __init__(self, collector: str, victorialogs: str, nodes: list[Node], scratch: Path,
+                 resolver: str = "static") -> None:
         self.collector, self.victorialogs, self.nodes, self.scratch = collector, victorialogs, nodes, scratch
+        self.resolver = resolver
+        self.hosts = scratch / "hosts"
+        self.ready = set(GATEWAYS)
         self.prometheus = PrometheusServer(remote_write_receiver=True)
         self.k8s_api = KubernetesApiDouble([
             make_pod(uid=p.uid, name=p.name, namespace=p.namespace, node=n.name,
@@ -90,6 +100,7 @@ class Stack:
         self.gateways = [self._gateway(i, ip) for i, ip in enumerate(GATEWAYS)]
         start_all(self.gateways, timeout)
         kubeconfig = self.k8s_api.write_kubeconfig(self.scratch)
+        self.set_ready(GATEWAYS)
         self.node_procs = [self._node(n, kubeconfig) for n in self.nodes]
         start_all(self.node_procs, timeout)
         return self
@@ -107,15 +118,26 @@ class Stack:
         d = self.scratch / "nodes" / node.name
         d.mkdir(parents=True, exist_ok=True)
         ip = node_address(node.index)
-        static = {"static": {"hostnames": [f"{g}:4317" for g in GATEWAYS]}, "dns": None}
-        values = {**_listen(ip, d), "processors::k8s_attributes::auth_type": "kubeConfig",
-                  "exporters::load_balancing/logs::resolver": static,
-                  "exporters::load_balancing/metrics::resolver": static}
-        env = {"PATH": "/usr/bin:/bin", "K8S_NODE_NAME": node.name, "KUBECONFIG": kubeconfig}
-        return Proc(node.name, "node",
-                    [self.collector, f"--config={CONFIGS / 'agent.yaml'}",
-                     f"--config={CONFIGS / 'node-to-gateway.yaml'}", *_overrides(values)],
-                    d / "collector.log", f"http://{ip}:13133/", env)
+        values: dict[str, object] = {**_listen(ip, d), "processors::k8s_attributes::auth_type": "kubeConfig"}
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "K8S_NODE_NAME": node.name, "KUBECONFIG": kubeconfig}
+        argv = [self.collector, f"--config={CONFIGS / 'agent.yaml'}", f"--config={CONFIGS / 'node-to-gateway.yaml'}"]
+        if self.resolver == "static":
+            static = {"static": {"hostnames": [f"{g}:4317" for g in GATEWAYS]}, "dns": None}
+            values.update({"exporters::load_balancing/logs::resolver": static,
+                           "exporters::load_balancing/metrics::resolver": static})
+        else:  # the shipped dns resolver, reading the simulation's hosts file
+            env["OTEL_OOM_GATEWAY_HOSTNAME"] = GATEWAY_NAME
+            argv = [*WITH_HOSTS, str(self.hosts), *argv]
+        return Proc(node.name, "node", [*argv, *_overrides(values)], d / "collector.log", f"http://{ip}:13133/", env)
+
+    def set_ready(self, gateways: Iterable[str]) -> None:
+        """The gateway addresses the headless Service's name resolves to (dns resolver only). Written
+        in place: each node Collector's /etc/hosts is this very file (a bind mount of its inode)."""
+        self.ready = set(gateways)
+        text = "127.0.0.1 localhost\n" + "".join(f"{g} {GATEWAY_NAME}\n" for g in sorted(self.ready))
+        with open(self.hosts, "r+" if self.hosts.exists() else "w") as f:
+            f.truncate(0)
+            f.write(text)
 
     def stop(self) -> None:
         # the senders first, so nothing is left half-way: nodes, gateways, then the backends
