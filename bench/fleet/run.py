@@ -281,7 +281,7 @@ def _tiers(stack: Stack, cpu: dict, idle_cpu: dict, idle_rss: dict, sampler: Sam
         out[t] = {"processes": count[t], "cpu_s": round(busy, 2), "cores": round(cores, 4),
                   "idle_rss_mib": round(idle_rss[t] / 2**20, 1), "peak_rss_mib": round(mib, 1),
                   "max_process_peak_rss_mib": round(hwm[t] / 2**20, 1),
-                  "per_1000_nodes": {"cores": round(cores * 1000 / n_nodes, 3),
+                  "per_1000_nodes": {"cpu_s": round(busy * 1000 / n_nodes, 1), "cores": round(cores * 1000 / n_nodes, 3),
                                      "peak_rss_mib": round(mib * 1000 / n_nodes, 1)}}
     return out
 
