@@ -37,10 +37,12 @@ class Feeder:
     attempts: int = 0
     retries: int = 0
     rejected: int = 0      # answered 400: the agent would drop it as malformed (must stay 0)
+    undelivered: int = 0   # still refused when the run gave up (a node Collector that never came back)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, occurrences: list[Occurrence], t0: float, stop: threading.Event) -> None:
-        """Send every occurrence at t0 + its time (blocks until all are accepted, or `stop`)."""
+        """Send every occurrence at t0 + its time (blocks until all are accepted, or `stop`: then
+        what is still refused is counted as undelivered)."""
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-agent") as pool:
             for occ in occurrences:
                 delay = t0 + occ.at - time.monotonic()
@@ -81,6 +83,8 @@ class Feeder:
                 self.retries += 1
             stop.wait(backoff)
             backoff = min(5.0, backoff * 2)
+        with self._lock:
+            self.undelivered += 1
 
     def kills(self) -> list[Sent]:
         return [s for s in self.sent.values() if s.kind == OomKill.TYPE]

@@ -197,7 +197,11 @@ def simulate(n_nodes: int, minutes: float, kill_gateway_at: Optional[float], kil
             for t in threads:
                 t.start()
             log(f"fleet: feeding {len(occurrences)} records over {seconds:.0f} s")
-            feeder.run(occurrences, t0, threading.Event())
+            give_up = threading.Event()  # the agents stop retrying when the drain would time out anyway
+            give_up_timer = threading.Timer(seconds + drain_timeout, give_up.set)
+            give_up_timer.start()
+            feeder.run(occurrences, t0, give_up)
+            give_up_timer.cancel()
             feed_s = time.monotonic() - t0
             for t in threads[2:]:
                 t.join()  # the faults are over and both processes are back
@@ -259,7 +263,8 @@ def _tally(feeder: Feeder, counts: dict[str, int], kills: list, poller: Poller) 
         "duplicates": sum(counts.get(i, 0) - 1 for i in stored),
         "unexpected_ids": len(set(counts) - sent_ids),
         "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "latency": lat,
-        "agent": {"posts": feeder.attempts, "retries": feeder.retries, "rejected": feeder.rejected},
+        "agent": {"posts": feeder.attempts, "retries": feeder.retries, "rejected": feeder.rejected,
+                  "undelivered": feeder.undelivered},
         "vlselect_refused": {"answers_502": len(refused),
                              "window_s": round(refused[-1] - refused[0], 1) if refused else 0.0},
     }
