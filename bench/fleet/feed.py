@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_oom.model import OomKill, Record
+from otel_oom.schema.records import OomKill, Record
 
 from .stack import node_address
 from .wire import AgentMetrics, encode_batch

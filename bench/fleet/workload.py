@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
-from otel_oom.model import OomKill, OomPressure, OomReclaim, Record
+from otel_oom.schema.records import OomKill, OomPressure, OomReclaim, Record
 
 CALM_KILLS_PER_NODE_HOUR = 1.0
 CALM_PRESSURE_PER_NODE_HOUR = 2.0
