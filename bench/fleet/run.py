@@ -124,16 +124,16 @@ def _prometheus(stack: Stack, kills_sent: int, timeout: float) -> dict:
     prom = stack.prometheus
     deadline = time.monotonic() + timeout
     agent_kills = 0.0
-    while time.monotonic() < deadline:  # the agents export every 15 s: wait for the last export
-        r = prom.query('sum(oom_kills_total{job="otel-oom"})')
-        agent_kills = float(r[0]["value"][1]) if r else 0.0
-        if agent_kills >= kills_sent:
-            break
-        time.sleep(1.0)
 
     def scalar(q: str) -> float:
         r = prom.query(q)
         return float(r[0]["value"][1]) if r else 0.0
+
+    while time.monotonic() < deadline:  # the agents export every 15 s: wait for the last export
+        agent_kills = scalar('sum(oom_kills_total{job="otel-oom"})')
+        if agent_kills >= kills_sent and scalar('sum(oom_kill_records_total{job="otel-oom"})') >= kills_sent:
+            break
+        time.sleep(1.0)
 
     by_metric = {r["metric"]["__name__"]: int(r["value"][1])
                  for r in prom.query('count by (__name__) ({__name__=~".+"})')}

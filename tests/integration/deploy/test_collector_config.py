@@ -353,9 +353,16 @@ def test_gateway_writes_durably_to_the_clustered_backends():
     assert cfg["extensions"]["file_storage/queue"]["fsync"] is True
     assert logs["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
     rw = cfg["exporters"]["prometheus_remote_write"]
-    assert rw == load(CONFIG_DIR / "agent.yaml")["exporters"]["prometheus_remote_write"] | {
-        "remote_write_queue": rw["remote_write_queue"]}
+    agent_rw = load(CONFIG_DIR / "agent.yaml")["exporters"]["prometheus_remote_write"]
+    assert {k: v for k, v in rw.items() if k not in ("remote_write_queue", "retry_on_failure")} == {
+        k: v for k, v in agent_rw.items() if k not in ("remote_write_queue", "retry_on_failure")}
     assert rw["target_info"] == {"enabled": False}
+    # synchronous: a gateway answers a node only once Prometheus took the points, and gives a
+    # failure back before the node's own timeout (its queue retries)
+    assert rw["remote_write_queue"] == {"enabled": False}
+    node = effective(CONFIG_DIR / "node-to-gateway.yaml")["exporters"]["load_balancing/metrics"]
+    seconds = lambda d: float(d.removesuffix("s"))  # noqa: E731 - "10s" -> 10.0
+    assert seconds(rw["retry_on_failure"]["max_elapsed_time"]) < seconds(node["timeout"])
 
 
 def test_node_overlay_accepts_a_static_resolver(tmp_path):
