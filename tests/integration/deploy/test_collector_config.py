@@ -343,15 +343,21 @@ def test_node_overlay_keeps_the_node_processing_and_forwards_durably():
 def test_gateway_writes_durably_to_the_clustered_backends():
     cfg = load(CONFIG_DIR / "gateway.yaml")
     pipelines = cfg["service"]["pipelines"]
-    assert pipelines["logs"] == {"receivers": ["otlp"], "processors": ["memory_limiter"], "exporters": ["otlp_http/logs"]}
+    # every record to two copies (VictoriaLogs does not replicate; docs/scale.md, "Two copies")
+    assert pipelines["logs"] == {"receivers": ["otlp"], "processors": ["memory_limiter"],
+                                 "exporters": ["otlp_http/logs", "otlp_http/logs_replica"]}
     assert pipelines["metrics"]["exporters"] == ["prometheus_remote_write"]
     assert "grpc" in cfg["receivers"]["otlp"]["protocols"]  # what load_balancing speaks
-    logs = cfg["exporters"]["otlp_http/logs"]
-    assert logs["endpoint"] == "${env:OTEL_OOM_LOGS_OTLP_ENDPOINT:-http://vlinsert:9481/insert/opentelemetry}"
-    q = logs["sending_queue"]
+    copy_a, copy_b = cfg["exporters"]["otlp_http/logs"], cfg["exporters"]["otlp_http/logs_replica"]
+    assert copy_a["endpoint"] == "${env:OTEL_OOM_LOGS_OTLP_ENDPOINT:-http://vlinsert-a:9481/insert/opentelemetry}"
+    assert copy_b["endpoint"] == ("${env:OTEL_OOM_LOGS_REPLICA_OTLP_ENDPOINT:-"
+                                  "http://vlinsert-b:9481/insert/opentelemetry}")
+    # the same settings; each its own disk queue (the storage extension keeps one per exporter)
+    assert {k: v for k, v in copy_a.items() if k != "endpoint"} == {k: v for k, v in copy_b.items() if k != "endpoint"}
+    q = copy_a["sending_queue"]
     assert q["enabled"] is True and q["storage"] == "file_storage/queue" and not q.get("wait_for_result")
     assert cfg["extensions"]["file_storage/queue"]["fsync"] is True
-    assert logs["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
+    assert copy_a["retry_on_failure"]["max_elapsed_time"] in ("0s", 0)
     rw = cfg["exporters"]["prometheus_remote_write"]
     agent_rw = load(CONFIG_DIR / "agent.yaml")["exporters"]["prometheus_remote_write"]
     assert {k: v for k, v in rw.items() if k not in ("remote_write_queue", "retry_on_failure")} == {
