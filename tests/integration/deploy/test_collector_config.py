@@ -178,6 +178,28 @@ def test_manifest_and_generated_package_agree():
         assert f"replace {line}" in gomod, line
 
 
+def test_regenerate_fails_when_the_proxy_refuses_a_module(tmp_path):
+    """tools/collector/regenerate.sh on a copy of tools/ whose manifest names a module the Go module
+    proxy refuses: `go mod tidy -e` drops it and exits 0, leaving a go.mod that cannot build the
+    generated components.go. The script must say so, exit non-zero and copy nothing."""
+    import shutil
+    import subprocess
+
+    go = shutil.which("go") or next((g for g in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if Path(g).exists()), None)
+    require(go is not None, "needs Go >= 1.26 (tools/go-env.sh)")
+    tools = tmp_path / "tools"
+    shutil.copytree(REPO / "tools", tools, ignore=shutil.ignore_patterns("*.tar", "*.tgz"))
+    manifest = tools / "collector" / "manifest.yaml"
+    manifest.write_text(manifest.read_text().replace(
+        "exporters:\n", "exporters:\n  - gomod: example.invalid/otel-oom/refusedexporter v0.0.1\n", 1))
+    before = {f.name: f.read_bytes() for f in (tools / "collector" / "otelcol").iterdir()}
+    r = subprocess.run([str(tools / "collector" / "regenerate.sh")], capture_output=True, text=True, timeout=1500)
+    assert r.returncode != 0, r.stderr[-3000:]
+    assert "the generated go.mod cannot build the Collector" in r.stderr, r.stderr[-3000:]
+    assert "example.invalid/otel-oom/refusedexporter" in r.stderr
+    assert {f.name: f.read_bytes() for f in (tools / "collector" / "otelcol").iterdir()} == before
+
+
 def test_the_build_has_exactly_the_components_the_configs_use():
     """Every component type a config names is in the build, and the build has nothing else but
     the test-only file exporter."""
