@@ -315,51 +315,65 @@ def test_dashboard_loki_queries_are_well_formed():
 
 
 def test_dashboard_promql_runs_on_a_real_prometheus():
-    """Every PromQL expression (and the variable query) must parse and run on a real Prometheus,
-    which scrapes the agent's metric names as the OTel Prometheus exporter really writes them."""
+    """Every PromQL expression (and the variable query) must parse, run and show something on a real
+    Prometheus once an agent reported a kill. The agent's metrics are its own code's (`Metrics`, as
+    `otel-oom run --listen` serves them), so a panel that joins or filters on a label the agent's
+    series do not have comes back empty and fails here. `oom_kill_records_total` is a stand-in for
+    what the Collector's count connector remote-writes (tests/e2e/test_collector_e2e.py runs the
+    real one): the enriched resource's labels and oom_constraint."""
     import shutil
+    import time
 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.metrics import Observation
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
     from prometheus_client import CollectorRegistry
 
     from otel_oom.health import HealthServer
+    from otel_oom.otlp.metrics import Metrics
+    from otel_oom.schema.records import OomKill
     from testing.prometheus_server import PrometheusServer, PromQLError
 
     require(shutil.which("prometheus") is not None, "needs the `prometheus` binary (apt-get install prometheus)")
+    agent = Metrics(Resource.create({"service.name": "otel-oom"}), None, prometheus=True,
+                    drop_counts=lambda: {"queue_full": 0}, fault_counts=lambda: {},
+                    hooks=lambda: [("tp_btf", "victim")], unobserved=lambda: 0)
+    agent.record_kill(OomKill(event_id="boot:1:4242", time_unix_nano=time.time_ns(), boot_time_ns=1, hook="tp_btf",
+                              context_hook="none", recovered=False, victim_pid=4242, victim_tid=4242, victim_comm="app",
+                              anon_rss_bytes=300 << 20, file_rss_bytes=0, shmem_rss_bytes=0, constraint="memcg",
+                              container_runtime="containerd", container_id="c1", pod_uid="0f5e6c2a",
+                              pod_qos_class="burstable", killed=True))
     reg = CollectorRegistry()
     provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=reg)])
-    m = provider.get_meter("otel_oom")
-    m.create_counter("oom.kills", unit="{kill}").add(1, {"oom.constraint": "memcg", "k8s.pod.uid": "0f5e6c2a"})
-    # what the Collector's count connector remote-writes (tests/test_collector_e2e.py runs the
-    # real one): oom_kill_records_total with the k8s_attributes-enriched resource as labels
-    m.create_counter("oom.kill.records").add(1, {
+    provider.get_meter("count").create_counter("oom.kill.records").add(1, {
         "k8s.namespace.name": "shop", "k8s.pod.name": "web-7d9f", "k8s.container.name": "app",
         "k8s.pod.uid": "0f5e6c2a", "container.id": "c1", "oom.constraint": "memcg"})
-    m.create_histogram("oom.victim.rss", unit="By").record(300 << 20)
-    m.create_counter("otel_oom.events.dropped", unit="{event}").add(0, {"reason": "queue_full"})
-    m.create_counter("otel_oom.export.failures", unit="{failure}").add(1, {"signal": "logs"})
-    m.create_observable_gauge("otel_oom.hooks.attached", [
-        lambda _o: [Observation(1, {"oom.hook": "tp_btf", "oom.hook.role": "victim"})]])
-    m.create_observable_gauge("oom.kills.unobserved", [lambda _o: [Observation(0)]], unit="{kill}")
-    srv = HealthServer("127.0.0.1:0", lambda: (True, "ok"), reg)
+    servers = [HealthServer("127.0.0.1:0", lambda: (True, "ok"), r) for r in (agent.prometheus_registry, reg)]
     try:
-        with PrometheusServer([f"127.0.0.1:{srv.port}"]) as prom:
+        with PrometheusServer([f"127.0.0.1:{srv.port}" for srv in servers]) as prom:
             assert prom.wait_for('oom_kill_records_total{job="otel-oom"}'), prom.log_text()
+            assert prom.wait_for('oom_kills_total{job="otel-oom"}'), prom.log_text()
             variable = dashboard()["templating"]["list"][2]["definition"]
             series = re.match(r"label_values\((.*), k8s_namespace_name\)$", variable).group(1)
             assert prom.query(series)[0]["metric"]["k8s_namespace_name"] == "shop"
+            time.sleep(3)  # a few scrapes (1 s apart): rate() and increase() need two samples
             results = {}
             for title, expr in dashboard_targets("prometheus"):
                 try:
                     results[(title, expr)] = prom.query(expand(expr))
                 except PromQLError as e:
                     pytest.fail(f"panel {title!r}: Prometheus refused the query: {e}\n{expr}")
+            for (title, expr), rows in results.items():
+                assert rows, f"panel {title!r} shows nothing although the agent reported a kill:\n{expr}"
             by_title = {t: r for (t, _), r in results.items()}
-            # (the kill counts are Loki panels, by distinct oom.event.id: tests/test_alerts.py)
-            hooks = by_title["Kernel hooks attached"]
-            assert hooks[0]["metric"]["oom_hook"] == "tp_btf"
+            # (the distinct kill counts are Loki panels: tests/integration/deploy/test_alerts.py)
+            assert by_title["Kernel hooks attached"][0]["metric"]["oom_hook"] == "tp_btf"
+            pods = by_title["OOM kill records by pod (Prometheus)"]
+            assert [(r["metric"]["k8s_pod_name"], float(r["value"][1])) for r in pods] == [("web-7d9f", 1.0)]
+            fleet = by_title["OOM kills in the time range, whole fleet (agents' counter)"]
+            assert float(fleet[0]["value"][1]) == 1.0
     finally:
-        srv.close()
+        for srv in servers:
+            srv.close()
         provider.shutdown()
+        agent.shutdown()
