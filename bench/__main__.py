@@ -9,7 +9,7 @@ mounts bpffs. Needs root, BPF, bpftrace, bpftool and py-spy: a missing one, or a
 fails, is one line on stderr and a non-zero exit. About 6-8 minutes on 2 cores. Every OOM kill it
 causes is confined to a throwaway memory cgroup with a small limit. The `fleet` section (bench/fleet:
 100 node Collectors, two gateways, a VictoriaLogs cluster, with faults; docs/scale.md) adds about
-10 minutes (three runs) and needs Prometheus and the Collector and VictoriaLogs builds, not BPF.
+7 minutes (two runs) and needs Prometheus and the Collector and VictoriaLogs builds, not BPF.
 
 bench/report.json holds every figure; its top-level keys `startup_ms`, `startup_ms_bpftrace`,
 `idle_rss_mib` (gRPC), `idle_rss_mib_http`, `latency_ms` (`p50`, `p99`), `bridge_events_per_s`,

@@ -1,5 +1,6 @@
-"""The simulation's child processes: start, wait until healthy, SIGKILL, restart, and what each
-cost (CPU seconds and resident memory, read from /proc while it runs, summed over restarts)."""
+"""The simulation's child processes: start, wait until healthy, SIGKILL, stall (SIGSTOP), restart,
+and what each cost (CPU seconds and resident memory, read from /proc while it runs, summed over
+restarts)."""
 from __future__ import annotations
 
 import os
@@ -111,6 +112,20 @@ class Proc:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stalls (as a CPU-throttled or paused pod does); its sockets stay open
+        and the kernel keeps taking what its peers send."""
+        if self.running():
+            assert self.popen is not None
+            self.events.append(("sigstop", time.monotonic()))
+            self.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running():
+            assert self.popen is not None
+            self.events.append(("sigcont", time.monotonic()))
+            self.popen.send_signal(signal.SIGCONT)
+
     @property
     def cpu_s(self) -> float:
         return self.cpu_done + self.cpu_now
@@ -132,6 +147,7 @@ def stop_all(procs: Sequence[Proc], timeout: float = 60.0) -> None:
         p.sample()
         assert p.popen is not None
         p.popen.send_signal(signal.SIGTERM)
+        p.popen.send_signal(signal.SIGCONT)  # a stalled process could not act on it
     deadline = time.monotonic() + timeout
     for p in live:
         assert p.popen is not None

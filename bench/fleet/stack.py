@@ -2,8 +2,10 @@
 
     node Collectors (agent.yaml + node-to-gateway.yaml)   127.1.x.y:4317/4318, one address per node
       -> 2 gateways (gateway.yaml)                        127.0.0.2:4317, 127.0.0.3:4317
-        -> VictoriaLogs cluster: vlinsert 127.0.0.1:9481 -> vlstorage 127.0.0.1:9491, 127.0.0.1:9492
-                                 vlselect 127.0.0.1:9471 (queries)
+        -> VictoriaLogs cluster, every record twice (the gateways' two logs exporters):
+             copy A: vlinsert-a 127.0.0.1:9481 -> vlstorage-1 127.0.0.1:9491
+             copy B: vlinsert-b 127.0.0.1:9482 -> vlstorage-2 127.0.0.1:9492
+             vlselect 127.0.0.1:9471 (queries) -> both vlstorage nodes
         -> Prometheus (remote write receiver)
 
 The shipped configurations run as they are; only addresses, queue directories and the Kubernetes
@@ -29,11 +31,12 @@ from .workload import Node
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "collector-config"
 GATEWAYS = ("127.0.0.2", "127.0.0.3")
-STORAGE = ("127.0.0.1:9491", "127.0.0.1:9492")
-VLINSERT, VLSELECT = "127.0.0.1:9481", "127.0.0.1:9471"
+STORAGE = ("127.0.0.1:9491", "127.0.0.1:9492")      # one per copy
+VLINSERT = ("127.0.0.1:9481", "127.0.0.1:9482")     # copy A -> STORAGE[0], copy B -> STORAGE[1]
+VLSELECT = "127.0.0.1:9471"
 # vlstorage writes what it holds in memory to disk at least this often; what it acknowledged
-# since the last write is what a SIGKILL of it loses (default 5 s, minimum 1 s)
-VL_FLUSH = "1s"
+# since the last write is what a SIGKILL of it loses from its copy (VictoriaLogs' default, 5 s)
+VL_FLUSH = "5s"
 GATEWAY_NAME = "otel-oom-gateway-headless.fleet.test"
 # a node Collector with the simulation's hosts file as its /etc/hosts (a private mount namespace)
 WITH_HOSTS = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"']
@@ -75,9 +78,12 @@ class Stack:
         self.storage = [self._vl(f"vlstorage-{i + 1}", "vlstorage", addr, [
             f"-storageDataPath={scratch / f'vlstorage-{i + 1}'}", f"-inmemoryDataFlushInterval={VL_FLUSH}",
             "-retentionPeriod=1d"]) for i, addr in enumerate(STORAGE)]
-        nodes_flag = "-storageNode=" + ",".join(STORAGE)
-        self.vlinsert = self._vl("vlinsert", "vlinsert", VLINSERT, [nodes_flag, "-select.disable"])
-        self.vlselect = self._vl("vlselect", "vlselect", VLSELECT, [nodes_flag, "-insert.disable"])
+        # each copy's vlinsert stores to its own vlstorage node only (in a real cluster: a group of them)
+        self.vlinsert = [self._vl(f"vlinsert-{c}", "vlinsert", addr, [f"-storageNode={storage}", "-select.disable"])
+                         for c, addr, storage in zip("ab", VLINSERT, STORAGE, strict=True)]
+        # reads both copies; a storage node down: an answer from the other copy, not a 502
+        self.vlselect = self._vl("vlselect", "vlselect", VLSELECT, ["-storageNode=" + ",".join(STORAGE),
+                                                                    "-insert.disable", "-search.allowPartialResponse"])
         self.gateways: list[Proc] = []
         self.node_procs: list[Proc] = []
 
@@ -87,16 +93,22 @@ class Stack:
 
     @property
     def processes(self) -> list[Proc]:
-        return [*self.storage, self.vlinsert, self.vlselect, *self.gateways, *self.node_procs]
+        return [*self.storage, *self.vlinsert, self.vlselect, *self.gateways, *self.node_procs]
 
     @property
     def query_url(self) -> str:
         return f"http://{VLSELECT}"
 
+    @property
+    def copy_urls(self) -> list[str]:
+        """Each copy's vlstorage node, queried directly (a vlstorage node is also a single-node
+        VictoriaLogs): what each copy holds, row by row."""
+        return [f"http://{addr}" for addr in STORAGE]
+
     def start(self, timeout: float = 300.0) -> "Stack":
         self.prometheus.start()
         self.k8s_api.start()
-        start_all([*self.storage, self.vlinsert, self.vlselect], timeout)
+        start_all([*self.storage, *self.vlinsert, self.vlselect], timeout)
         self.gateways = [self._gateway(i, ip) for i, ip in enumerate(GATEWAYS)]
         start_all(self.gateways, timeout)
         kubeconfig = self.k8s_api.write_kubeconfig(self.scratch)
@@ -108,7 +120,8 @@ class Stack:
     def _gateway(self, i: int, ip: str) -> Proc:
         d = self.scratch / f"gateway-{i + 1}"
         d.mkdir(exist_ok=True)
-        env = {"PATH": "/usr/bin:/bin", "OTEL_OOM_LOGS_OTLP_ENDPOINT": f"http://{VLINSERT}/insert/opentelemetry",
+        env = {"PATH": "/usr/bin:/bin", "OTEL_OOM_LOGS_OTLP_ENDPOINT": f"http://{VLINSERT[0]}/insert/opentelemetry",
+               "OTEL_OOM_LOGS_REPLICA_OTLP_ENDPOINT": f"http://{VLINSERT[1]}/insert/opentelemetry",
                "OTEL_OOM_PROMETHEUS_REMOTE_WRITE_URL": self.prometheus.remote_write_url}
         return Proc(f"gateway-{i + 1}", "gateway",
                     [self.collector, f"--config={CONFIGS / 'gateway.yaml'}", *_overrides(_listen(ip, d))],
@@ -143,7 +156,7 @@ class Stack:
         # the senders first, so nothing is left half-way: nodes, gateways, then the backends
         stop_all(self.node_procs)
         stop_all(self.gateways)
-        stop_all([self.vlinsert, self.vlselect])
+        stop_all([*self.vlinsert, self.vlselect])
         stop_all(self.storage)
         self.k8s_api.stop()
         self.prometheus.stop()
