@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, TextIO
 
 from .around import wiring as around_the_kill
 from .attribution import clock
@@ -43,7 +43,8 @@ from .kernel.libbpf import release_freed_memory
 from .kernel.source import SampleSource, SourceFactory
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
-from .sample_queue import ByteBoundedQueue, Empty
+from .sample_queue import ByteBoundedQueue
+from .worker import Item, Settle, Worker
 
 if TYPE_CHECKING:
     from .around.room import Around
@@ -54,28 +55,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("otel_oom.agent")
 
 SAMPLE_QUEUE_BYTES = 16 << 20  # samples and records waiting for the worker (see sample_queue.py)
-BURST_MAX = 64             # samples the worker takes at once: stored in one spool write (group commit)
 POLL_MS = 100
 # compare with /proc/vmstat oom_kill every cfg.reconcile_interval (default 5 s), and with every
 # memory cgroup's own oom_kill counter this many times less often (default every 30 s)
 RECONCILE_MEMCGS_EVERY = 6
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-TICK_S = 1.0               # the worker's tick: reclaim timeouts, episodes that ran too long
 PARKED_MIN_BYTES = 64 << 10  # events the collector refused for good, kept for inspection (spool_max_bytes / 16)
 
 
 class Agent:
     def __init__(self, cfg: RunConfig, environ: Mapping[str, str] = os.environ, out: TextIO = sys.stdout,
-                 source_factory: Optional[SourceFactory] = None) -> None:
+                 source_factory: Optional[SourceFactory] = None, proc_root: str = "/proc",
+                 kmsg_path: str = "/dev/kmsg") -> None:
         self.cfg = cfg
         self.environ = environ
         self.out = out
+        self.proc_root, self.kmsg_path = proc_root, kmsg_path  # the kernel's counters and log
         self._source_factory = source_factory or self._open_probe
         self.drops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
-        # ring-buffer samples, and the pressure source's events (around the kill); None stops the worker
-        self._samples: ByteBoundedQueue[Optional[Union[bytes, "Submitted"]]] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
+        # ring-buffer samples, the pressure source's events (around the kill), Settle markers; None stops the worker
+        self._samples: ByteBoundedQueue[Item] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
         self._threads: list[threading.Thread] = []
         self._dead: dict[str, str] = {}  # supervised thread name -> why it ended
         self._cleanup: list[Callable[[], None]] = []
@@ -104,13 +105,13 @@ class Agent:
         names = build_names(cfg.runtimes, self.faults)  # container names: watchers start below
         if names is not None:
             self._cleanup.append(names.close)
-        enricher = Enricher(hierarchy, clock.boot_id(), CgroupResolver(hierarchy.mount) if hierarchy else None,
+        enricher = Enricher(hierarchy, clock.boot_id(self.proc_root), CgroupResolver(hierarchy.mount) if hierarchy else None,
                             names=names)
 
         # the spool first: it is what most often cannot be used (path, permissions, a read-only
         # filesystem), and nothing should be exporting yet when the agent refuses to start
         delivers = cfg.otlp_settings is not None
-        store: Store = open_store(cfg) if delivers else MemoryStore()
+        store: Store = open_store(cfg, enricher.boot_id) if delivers else MemoryStore()
         self.store = store
         self._cleanup.append(store.close)
         notifier = None
@@ -122,16 +123,14 @@ class Agent:
             self._cleanup.append(lambda: notifier.close(max(0.5, self._deadline - time.monotonic())))
 
         # the kernel's count and log are read before the probes attach (see reconcile.recovery); the
-        # state lives in the spool directory, so only with the spool's lock held (an agent without
-        # one, e.g. --no-otlp, must not overwrite the state of another agent's spool)
-        holds_spool = isinstance(store, DeliveryStore)
-        self.reconciler = Reconciler(state_dir=cfg.spool_dir if holds_spool else None, hierarchy=hierarchy,
-                                     boot_id=enricher.boot_id,
-                                     next_seq=store.next_seq if isinstance(store, DeliveryStore) else None)
+        # ledger lives in the spool, so only an agent holding the spool's lock keeps state across
+        # restarts (an agent without one, e.g. --no-otlp, must not touch another agent's spool)
+        ledger = store if isinstance(store, DeliveryStore) else None
+        self.reconciler = Reconciler(ledger, hierarchy, enricher.boot_id, self.proc_root, self.kmsg_path,
+                                     state_dir=cfg.spool_dir if ledger else None)
         self.source = self._source_factory(self._on_sample)
         self._cleanup.append(self.source.close)
         release_freed_memory()  # libbpf's parse of the kernel BTF, freed after the load
-        commit_lock = threading.Lock()  # a kill is stored and accounted for before the sender may see it
         # around the kill: pressure, OOMs without a kill, reclaim times, episode traces
         around = self.around = around_the_kill.build(
             cfg, hierarchy, enricher.boot_id, self.submit, faults=self.faults,
@@ -140,7 +139,7 @@ class Agent:
         # waits in the store, and its metrics in the pipeline's backlog
         self._export_pending = bool(cfg.otlp or cfg.prometheus)
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if delivers else None,
-                                 commit_lock=commit_lock, on_stored=self._wake_sender,
+                                 on_stored=self._wake_sender,
                                  reconciler=self.reconciler, out=self.out, console=cfg.console, json=cfg.json,
                                  notifier=notifier, around=around, metrics_later=self._export_pending)
 
@@ -154,18 +153,18 @@ class Agent:
         # before the worker runs: kills that happened while no agent was running, from the kernel's
         # own record, then those of the attach window that the probe did not catch (what it caught
         # is in the sample queue by now); they are older than what the queue holds
-        missed = self.reconciler.recover_missed()
+        self.pipeline.handle_kills(self.reconciler.recover_missed())
+        self.reconciler.start()  # the ledger: everything up to the start-up's count is accounted for
         self.source.poll(0)
         window = self.reconciler.recover_window(self._queued_victims())
         self.reconciler.release_snapshot()
-        for kill in missed + window:
-            self.pipeline.handle_kill(kill)
+        self.pipeline.handle_kills(window)
         for i, watcher in enumerate(names.watchers if names else []):
             self._spawn(f"otel-oom-runtime-{watcher.client.kind}-{i}", functools.partial(watcher.run, self.stopping))
             if hasattr(watcher.client, "events"):
                 self._spawn(f"otel-oom-runtime-{watcher.client.kind}-{i}-events",
                             functools.partial(watcher.follow, self.stopping))
-        self._spawn("otel-oom-worker", self._work)
+        self._spawn("otel-oom-worker", Worker(self._samples, self.pipeline).run)
         if self.sender:
             self._spawn("otel-oom-sender", self.sender.run)
         if around.source is not None:
@@ -181,11 +180,11 @@ class Agent:
                  f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", task, plan.backend,
                  self._delivery_summary(), around.describe())
         if self._export_pending:
-            self._export_thread = threading.Thread(target=self._start_export, args=(commit_lock, health),
+            self._export_thread = threading.Thread(target=self._start_export, args=(health,),
                                                    name="otel-oom-export-setup", daemon=True)
             self._export_thread.start()
 
-    def _start_export(self, commit_lock: threading.Lock, health: Optional["HealthServer"]) -> None:
+    def _start_export(self, health: Optional["HealthServer"]) -> None:
         """After `ready`, on a thread of its own: the OTel SDK, the exporters, the sender.
 
         Importing and building them takes longer than everything before `ready` (~150 ms of
@@ -194,7 +193,7 @@ class Agent:
         """
         t0 = time.monotonic()
         try:
-            self._build_export(commit_lock, health)
+            self._build_export(health)
         except Exception as e:  # noqa: BLE001 - recorded, shown by /readyz, and stops the agent
             self._dead["otel-oom-export-setup"] = f"{type(e).__name__}: {e}"
             log.critical("cannot set up the OTLP export (%s); stopping (stored events stay in the spool)",
@@ -206,7 +205,7 @@ class Agent:
         release_freed_memory()  # what the SDK's imports and set-up freed
         log.info("export ready in %.0f ms after ready", (time.monotonic() - t0) * 1000)
 
-    def _build_export(self, commit_lock: threading.Lock, health: Optional["HealthServer"]) -> None:
+    def _build_export(self, health: Optional["HealthServer"]) -> None:
         from .otlp.metrics import Metrics
         from .otlp.resource import build_resource
 
@@ -238,7 +237,7 @@ class Agent:
         sender = SpoolSender(store, log_sender, self.drops, self.stopping,
                              burst_in_progress=lambda: not self._samples.empty(),
                              spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
-                             parked=parked, commit_lock=commit_lock, span_exporter=trace_sender)
+                             parked=parked, span_exporter=trace_sender)
         if self.stopping.is_set():
             return  # stopping before the export existed: what is stored stays in the spool
         self.sender = sender
@@ -345,35 +344,6 @@ class Agent:
         if not self._samples.put_nowait(event):
             self.drops["queue_full"] += 1
 
-    def _work(self) -> None:
-        assert self.pipeline is not None
-        next_tick = time.monotonic() + TICK_S
-        while True:
-            try:
-                item = self._samples.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except Empty:
-                item = b""
-            # a burst: the samples queued behind this one go to the store in one write (group commit)
-            burst: list[bytes] = []
-            while isinstance(item, bytes) and item and len(burst) < BURST_MAX:
-                burst.append(item)
-                try:
-                    item = self._samples.get_nowait()
-                except Empty:
-                    item = b""
-            if burst:
-                self.pipeline.handle_samples(burst)
-            if item is None:
-                self.pipeline.close()  # the open episodes' spans, before the sender's last attempt
-                return
-            if not isinstance(item, bytes):
-                self.pipeline.handle_record(item)
-            elif item:
-                self.pipeline.handle_samples([item])  # the one after a full burst
-            if time.monotonic() >= next_tick:
-                self.pipeline.tick()
-                next_tick = time.monotonic() + TICK_S
-
     # ---- observability of the agent itself ----------------------------------------------------
     def drop_counts(self) -> dict[str, int]:
         counts = dict(self.drops)
@@ -442,7 +412,10 @@ class Agent:
             if now - last_reconcile >= self.cfg.reconcile_interval:
                 # walking every memory cgroup costs more than one read of /proc/vmstat: less often
                 walk = now - last_memcgs >= self.cfg.reconcile_interval * RECONCILE_MEMCGS_EVERY
-                self.reconciler.refresh(memcgs=walk)
+                settled = self.reconciler.refresh(memcgs=walk)
+                if settled is not None:
+                    # right after the reading, before the next poll: see worker.Settle
+                    self._samples.put(Settle(settled))
                 last_reconcile = now
                 last_memcgs = now if walk else last_memcgs
 
@@ -483,9 +456,6 @@ class Agent:
         for t in self._threads:
             t.join(max(0.0, grace - time.monotonic()))
         self._report_undelivered()
-        if self.reconciler:
-            self.reconciler.save()
-            self.reconciler.close()
         for fn in reversed(self._cleanup):
             try:
                 fn()
@@ -496,19 +466,6 @@ class Agent:
     def _report_undelivered(self) -> None:
         if self.store is None or self.cfg.otlp_settings is None:
             return  # (a sender that never started, stopped during the export's set-up: the same)
-        if isinstance(self.store, DeliveryStore):
-            self.store.rescue_memory()  # the spool may take them now
-        in_memory = self.store.in_memory()
-        if in_memory:
-            self.drops["shutdown_in_memory"] += in_memory
-            if self.reconciler is not None:
-                # they are the newest kills (the store keeps order): the next start recovers them
-                # from the kernel log, where the state is kept
-                self.reconciler.forget(in_memory)
-            log.error("stopping with %d OOM event(s) held in memory only (no usable spool): they are lost "
-                      "here (counted as shutdown_in_memory)%s", in_memory,
-                      "; the next start recovers them from the kernel log" if self.reconciler
-                      and self.reconciler.state_path else "")
-        elif self.store.pending(1):
-            log.warning("stopping with OOM events not yet accepted by the collector; they stay in the "
-                        "spool and are sent at the next start")
+        lost = self.store.report_undelivered()
+        if lost:
+            self.drops["shutdown_in_memory"] += lost

@@ -12,18 +12,17 @@ kill) is counted as a fault and never stops the others.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO, Union
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, TextIO, Union
 
 from .attribution.enrich import Enricher, bare_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
 from .pressure.events import EVENT_TYPES, Submitted
-from .schema.records import KILLER_KERNEL, OomEpisode, OomKill, Record
+from .schema.records import OomEpisode, OomKill, Record
 from .sinks.console import format_console, format_record_console, format_record_json
 
 if TYPE_CHECKING:
@@ -36,8 +35,7 @@ log = logging.getLogger("otel_oom.pipeline")
 
 
 class Store(Protocol):
-    def append(self, payload: bytes) -> int: ...
-    def append_many(self, payloads: list[bytes]) -> list[int]: ...
+    def append_many(self, payloads: Sequence[bytes], accounted: Optional[Sequence[Optional[int]]] = None) -> list[int]: ...
 
 
 METRICS_BACKLOG_MAX = 10000  # records counted before the agent's metrics exist (see attach_metrics)
@@ -48,14 +46,13 @@ class Pipeline:
                  on_stored: Callable[[], None] = lambda: None, reconciler: Optional["Reconciler"] = None,
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
-                 commit_lock: Optional[threading.Lock] = None, around: Optional["Around"] = None,
+                 around: Optional["Around"] = None,
                  metrics_later: bool = False) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
         self.store = store            # None: no OTLP delivery (console/JSON only)
         self.on_stored = on_stored    # wakes the sender
-        self.commit_lock = commit_lock or threading.Lock()  # held across store + account; the sender reads under it
         self.reconciler = reconciler
         self.out = out
         self.console = console
@@ -147,13 +144,12 @@ class Pipeline:
         if self.store is not None:
             limit = getattr(self.store, "burst_bytes", None) or (1 << 62)
             chunk: list[bytes] = []
-            with self.commit_lock:
-                for _, payloads in records:
-                    if chunk and sum(map(len, chunk)) + sum(map(len, payloads)) > limit:
-                        self.store.append_many(chunk)
-                        chunk = []
-                    chunk += payloads
-                self.store.append_many(chunk)
+            for _, payloads in records:
+                if chunk and sum(map(len, chunk)) + sum(map(len, payloads)) > limit:
+                    self.store.append_many(chunk)
+                    chunk = []
+                chunk += payloads
+            self.store.append_many(chunk)
             self.on_stored()
         for record, _ in records:
             if isinstance(record, OomEpisode):
@@ -179,8 +175,7 @@ class Pipeline:
 
     def _store_spans(self, spans: list[OomEpisode]) -> None:
         if spans and self.store is not None:
-            with self.commit_lock:
-                self.store.append_many([span.to_json().encode() for span in spans])
+            self.store.append_many([span.to_json().encode() for span in spans])
             self.on_stored()
 
     def handle_kill(self, kill: OomKill) -> None:
@@ -209,25 +204,20 @@ class Pipeline:
             self._commit(group)
 
     def _commit(self, group: list[tuple[OomKill, list[bytes]]]) -> None:
-        # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
-        counted = [k for k, _ in group if not k.recovered and k.killer == KILLER_KERNEL]
-        # stored and accounted for as one step: the sender takes the same lock to read the store, so
-        # it never delivers a kill the reconciliation state does not count yet (a SIGKILL in between
-        # would have the next start recover it from the kernel log: a second report of one kill)
-        reconciler = self.reconciler if counted else None
-        with self.commit_lock:
-            if reconciler is not None:
-                # counted with the spool's next seq first, saved once for the write: see
-                # Reconciler.observed for why no crash point between the two loses a kill or reports it twice
-                for n, kill in enumerate(counted, 1):
-                    self._sink("reconciler", functools.partial(reconciler.observed, kill, save=n == len(counted)))
-            if self.store is not None:
-                self.store.append_many([p for _, payloads in group for p in payloads])
-            if reconciler is not None:
-                reconciler.stored()
-            self.kills_seen += sum(1 for kill, _ in group if not kill.recovered)
+        # stored and accounted for in one write: each kernel kill's record carries the ledger's count
+        # with that kill in it (see reconcile.recovery), so no crash point lets a restart report it
+        # twice or never, and the sender may read the store at any time
+        accounted: list[Optional[int]] = []
+        for kill, payloads in group:
+            accounted += [self._account(kill)] + [None] * (len(payloads) - 1)
         if self.store is not None:
+            payloads = [p for _, records in group for p in records]
+            if any(a is not None for a in accounted):
+                self.store.append_many(payloads, accounted)
+            else:
+                self.store.append_many(payloads)
             self.on_stored()
+        self.kills_seen += sum(1 for kill, _ in group if not kill.recovered)
         around: list[Record] = []
         for kill, _ in group:
             if self.around is not None:
@@ -235,6 +225,25 @@ class Pipeline:
             self._show(kill)
         if around:
             self.handle_records(around)
+
+    def _account(self, kill: OomKill) -> Optional[int]:
+        if self.reconciler is None:
+            return None
+        try:
+            return self.reconciler.account(kill)
+        except Exception:  # noqa: BLE001 - the kill is stored even if the count fails (it is recovered once more)
+            self.faults["reconciler"] += 1
+            if "reconciler" not in self._failed_sinks:
+                self._failed_sinks.add("reconciler")
+                log.exception("reconciler failed on an OOM event (counted in otel_oom.faults{stage=reconciler})")
+            return None
+
+    def settle(self, count: int) -> None:
+        """The worker reached a `worker.Settle` marker: kills of that kernel count not handled by now
+        were never caught (see reconcile.recovery.Reconciler.settle)."""
+        if self.reconciler is not None:
+            reconciler = self.reconciler
+            self._sink("reconciler", lambda: reconciler.settle(count))
 
     def _show(self, kill: OomKill) -> None:
         if self.console:

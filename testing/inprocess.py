@@ -33,7 +33,8 @@ def wait(predicate, timeout: float = 10.0) -> bool:
 class Harness:
     """An Agent built from real flags and environment, its source the scripted double."""
 
-    def __init__(self, tmp_path, endpoint: "str | None", *flags: str, **env: str) -> None:
+    def __init__(self, tmp_path, endpoint: "str | None", *flags: str, proc_root: str = "/proc",
+                 kmsg_path: str = "/dev/kmsg", **env: str) -> None:
         from otel_oom.cli import build_parser
 
         # --events=none: the host's real memory cgroups are not these tests' business (a later flag wins)
@@ -53,7 +54,9 @@ class Harness:
             self.source = ScriptedSource(on_sample)
             return self.source
 
-        self.agent = Agent(self.cfg, environ, self.out, source_factory=factory)
+        # proc_root, kmsg_path: the kernel's OOM kill counter (and boot id) and log, from fixture files
+        self.agent = Agent(self.cfg, environ, self.out, source_factory=factory, proc_root=proc_root,
+                           kmsg_path=kmsg_path)
         self.thread: "threading.Thread | None" = None
 
     def start(self) -> "Harness":

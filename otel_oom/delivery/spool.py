@@ -1,34 +1,33 @@
-"""Durable on-disk spool of encoded OOM events awaiting acknowledgement by the OTLP collector.
+"""Durable on-disk spool of encoded OOM events awaiting acknowledgement by the OTLP collector,
+and the agent's ledger of the kernel's OOM kills.
 
 Its one responsibility: an event appended here survives the agent being SIGKILLed or the
-collector being away, and is handed out again, in append order, until it is acknowledged.
-It is over 400 lines because that one job (format, recovery, bounds, acknowledgement) reads best
-whole: splitting it would scatter the crash-safety argument across files.
+collector being away, and is handed out again, in append order, until it is acknowledged; and
+the count of this boot's kernel OOM kills the agent has accounted for survives with it, written in
+the same record as the kill it counts (`ledger`, `account`; the format is in `spool_format.py`).
+It is over 400 lines because that one job (recovery, bounds, acknowledgement, the ledger) reads
+best whole: splitting it would scatter the crash-safety argument across files.
 
 Directory layout (created with mode 0700, one process at a time):
 
   lock                        flock()ed by the owning process; holds its pid for the error message.
-  ack                         1024 bytes, two 16-byte slots at offsets 0 and 512, each
-                              b"\\x8fACK" | u64 floor | u32 crc32(floor).  The floor is the highest
-                              sequence number that is acknowledged *or dropped*; the valid slot with
-                              the highest floor wins.  Updates overwrite the older slot in place and
-                              fdatasync, so a torn write costs at most the previous update, and no
-                              new block is ever allocated: acknowledging (which is what frees
-                              space) keeps working on a full disk, unlike write-temp-and-rename.
+  ack                         1024 bytes, two slots (spool_format.py): the floor (the highest sequence
+                              number acknowledged *or dropped*) and the ledger's count. Updates
+                              overwrite the older slot in place, so a torn write costs at most the
+                              previous update, and no new block is ever allocated: acknowledging
+                              (which is what frees space) keeps working on a full disk, unlike
+                              write-temp-and-rename. The floor is fdatasync'ed; the ledger's count
+                              alone is not (a SIGKILL keeps the page cache, and after a power loss
+                              the boot id differs, which starts a new ledger anyway).
   seg-<first seq:020d>.log    append-only segment files of records, in sequence order.
 
-Record (all integers little-endian), 28-byte header then payload:
-
-  b"\\x8fOOM" | u32 length | u32 crc32 | u64 seq | i64 append time (ns, from `clock`) | payload
-
-The crc32 covers length, seq, time and payload.  The magic starts with a non-ASCII byte so it
-never occurs inside the JSON (ensure_ascii) payloads.  On open every segment is scanned; a
-record whose header, length, crc or sequence order is wrong, or that is cut short, is skipped by
-resynchronising on the next magic that starts a valid record, logged and counted as
-`spool_corrupt`.  Segments from earlier runs are never appended to: each process starts a new
-segment on its first append, so garbage left by a crash is never followed by good records in the
-same file.  A failed append truncates its partial record away and seals the segment; its
-sequence number is burnt, never reused, so no two records on disk share one.
+On open every segment is scanned; a record whose header, length, crc or sequence order is wrong,
+or that is cut short, is skipped by resynchronising on the next magic that starts a valid record,
+logged and counted as `spool_corrupt`.  Records of the earlier format (v1, before the ledger) are
+read and delivered like the others.  Segments from earlier runs are never appended to: each
+process starts a new segment on its first append, so garbage left by a crash is never followed by
+good records in the same file.  A failed append truncates its partial record away and seals the
+segment; its sequence number is burnt, never reused, so no two records on disk share one.
 
 Sequence numbers are > every number in the segments, in the segment names and in the ack floor,
 so they increase across restarts.  A segment is deleted as soon as a floor covering all its
@@ -38,11 +37,13 @@ past old records (max_age_seconds, `spool_expired`); both are logged with the co
 they happen.  Dropping by segment keeps the code simple and really frees disk; it drops up to
 `segment_bytes` of events at once, so segments are sized from the bound: max_bytes / 1024
 (1 KiB to 1 MiB): one event at 64 KiB, about 0.1 % of the spool (~40 events) at 64 MiB.
+A dropped or expired kill stays accounted for in the ledger: it is counted under its reason.
 
 A spool directory removed (or replaced) while the agent runs is noticed at the next append or
-read: it is created again with a fresh lock and ack file, the events of the segment being
-appended to are rescued through its still open descriptor and written again, and those of
-older segments, gone with the directory, are counted as `spool_lost`.
+read: it is created again with a fresh lock and ack file (holding the floor and the ledger's count
+as this process knows them), the events of the segment being appended to are rescued through its
+still open descriptor and written again, and those of older segments, gone with the directory,
+are counted as `spool_lost`.
 
 fsync=False keeps every guarantee against a process crash (the page cache survives) but not
 against power loss.
@@ -54,19 +55,31 @@ import fcntl
 import logging
 import os
 import re
-import struct
 import threading
 import time
-import zlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+
+from .spool_format import (
+    ACK_FILE_BYTES,
+    ACK_SLOTS,
+    HEAD,
+    MAGIC,
+    NO_LEDGER,
+    AckState,
+    Rec,
+    ack_slot,
+    boot_tag,
+    find_magic,
+    newest,
+    read_ack_slot,
+    record_at,
+    record_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"\x8fOOM"
-_HEAD = struct.Struct("<4sIIQq")  # magic, payload length, crc32, seq, append time ns
-_ACK_MAGIC = b"\x8fACK"
-_ACK = struct.Struct("<4sQI")     # magic, floor, crc32
-_ACK_SLOTS = (0, 512)             # different sectors: one torn write cannot hit both
+__all__ = ["MAGIC", "NO_LEDGER", "DROP_REASONS", "Ledger", "Spool", "SpoolError", "segment_size"]
+
 _SEGMENT = re.compile(r"^seg-(\d{20})\.log$")
 
 DROP_REASONS = ("spool_full", "spool_expired", "spool_corrupt", "spool_lost")
@@ -84,8 +97,11 @@ class SpoolError(Exception):
     written: list[int] = []  # append_many: the seqs of the burst's first events, written before it failed
 
 
-def _crc(length: int, seq: int, ts_ns: int, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<IQq", length, seq, ts_ns)))
+class Ledger(NamedTuple):
+    """What the spool holds of the ledger for the running boot, as found when it was opened."""
+    accounted: Optional[int]  # this boot's kernel kills accounted for; None if the ledger has no value for it
+    seen: bool                # the ledger has a value, for this boot or an earlier one
+    problem: Optional[str]    # the ledger could not be read (its ack file is damaged), None if fine
 
 
 def _fsync_dir(path: str) -> None:
@@ -96,13 +112,21 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 class _Segment:
     __slots__ = ("path", "first", "records", "size", "fd")
 
-    def __init__(self, path: str, first: int, records: list, size: int, fd: Optional[int] = None):
+    def __init__(self, path: str, first: int, records: list[Rec], size: int, fd: Optional[int] = None):
         self.path = path
         self.first = first      # the seq in the file name: next_seq when the file was created
-        self.records = records  # [(seq, offset, payload length, append time ns)], seq ascending
+        self.records = records  # valid records, seq ascending
         self.size = size
         self.fd = fd            # set only on the one segment this process appends to
 
@@ -116,7 +140,7 @@ class _Segment:
         """Highest seq this file may have held, even if its records are unreadable now (an empty
         file held none: the agent died between creating it and writing its first record)."""
         if self.records:
-            return max(self.first, self.records[-1][0])
+            return max(self.first, self.records[-1].seq)
         return self.first if self.size > 0 else self.first - 1
 
 
@@ -125,25 +149,30 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 64 * 2**20, max_age_seconds: float = 7 * 86400,
                  segment_bytes: Optional[int] = None, fsync: bool = True,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, boot_id: Optional[str] = None):
         segment_bytes = segment_size(max_bytes) if segment_bytes is None else segment_bytes
-        if max_bytes <= _HEAD.size or segment_bytes <= 0 or max_age_seconds <= 0:
+        if max_bytes <= HEAD.size or segment_bytes <= 0 or max_age_seconds <= 0:
             raise SpoolError("spool max_bytes, segment_bytes and max_age_seconds must be positive "
-                             f"(max_bytes > {_HEAD.size})")
+                             f"(max_bytes > {HEAD.size})")
         self._dir = os.fspath(directory)
         self._max_bytes = max_bytes
         self._max_age_ns = int(max_age_seconds * 1e9)
         self._segment_bytes = segment_bytes
         self._fsync = fsync
         self._clock = clock
+        self._boot = boot_tag(_read_boot_id() if boot_id is None else boot_id)
         self._lock = threading.RLock()
         self._closed = True
         self.dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
         self._segments: list[_Segment] = []
         self._active: Optional[_Segment] = None
-        self._rescued: list[tuple[int, bytes]] = []  # (append time, payload) from a removed directory
+        self._rescued: list[tuple[Rec, bytes]] = []  # (header, payload) from a removed directory
         self._bytes = 0
         self._floor = self._floor_disk = 0  # set from the ack file by _lock_directory
+        self._generation = 0
+        self._accounted = NO_LEDGER          # this boot's ledger count, as written last (or found)
+        self._ledger_seen = False
+        self._ledger_problem: Optional[str] = None
         self._lock_directory()
         try:
             self._scan()
@@ -152,6 +181,8 @@ class Spool:
             os.close(self._lock_fd)
             raise SpoolError(f"cannot open spool {self._dir}: {e.strerror}; "
                              "check the directory's permissions and free space") from None
+        self.ledger = Ledger(None if self._accounted == NO_LEDGER else self._accounted, self._ledger_seen,
+                             self._ledger_problem)
         self._closed = False
         with self._lock:
             self._delete_consumed()
@@ -204,10 +235,10 @@ class Spool:
         """The directory was removed or replaced: make it again, rescue what the open segment holds."""
         active = self._active
         if active is not None:
-            for seq, offset, length, ts_ns in active.records:
-                if seq > self._floor:
+            for rec in active.records:
+                if rec.seq > self._floor:
                     try:
-                        self._rescued.append((ts_ns, os.pread(active.handle(), length, offset + _HEAD.size)))
+                        self._rescued.append((rec, os.pread(active.handle(), rec.length, rec.offset + rec.head)))
                     except OSError:
                         break
             os.close(active.handle())
@@ -220,15 +251,15 @@ class Spool:
                 os.close(fd)
         self._ack_fd = self._lock_fd = -1
         self._segments, self._bytes = [], 0
-        floor = self._floor
+        floor, accounted = self._floor, self._accounted
         self._lock_directory()  # raises SpoolError if it cannot be made again: tried at the next call
-        self._floor = floor
-        self._persist_floor()   # numbering goes on above everything handed out before
+        self._floor, self._accounted = floor, accounted
+        self._persist_floor()   # numbering goes on above everything handed out before; the ledger too
         log.error("spool %s was removed or replaced while the agent ran: created it again; %d waiting OOM "
                   "event(s) rescued, %d lost with it (counted as spool_lost)", self._dir, len(self._rescued), lost)
         while self._rescued:
-            ts_ns, payload = self._rescued[0]
-            self._write([payload], ts_ns)
+            rec, payload = self._rescued[0]
+            self._write([payload], [rec.accounted], rec.wall_ns)
             self._rescued.pop(0)
 
     def _check_directory(self) -> None:
@@ -242,26 +273,31 @@ class Spool:
             tmp = path + ".tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, self._ack_slot(0).ljust(1024, b"\0"))
+                os.write(fd, ack_slot(0, 0, self._boot, NO_LEDGER).ljust(ACK_FILE_BYTES, b"\0"))
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, path)
             _fsync_dir(self._dir)
         self._ack_fd = os.open(path, os.O_RDWR)
-        floors = []
-        for offset in _ACK_SLOTS:
-            magic, floor, crc = _ACK.unpack(os.pread(self._ack_fd, _ACK.size, offset).ljust(_ACK.size, b"\0"))
-            floors.append(floor if magic == _ACK_MAGIC and crc == zlib.crc32(struct.pack("<Q", floor)) else -1)
-        if max(floors) < 0:
+        slots = [read_ack_slot(os.pread(self._ack_fd, 64, offset)) for offset in ACK_SLOTS]
+        state, self._ack_next = newest(slots)
+        if state is None:
+            self._ledger_problem = "its ack file is unreadable"
             log.warning("spool %s: ack file is unreadable; every event still on disk will be delivered again",
                         self._dir)
-        self._floor = self._floor_disk = max(max(floors), 0)
-        self._ack_next = 1 - floors.index(max(floors))  # overwrite the older slot
+            state = AckState(0, 0, 0, NO_LEDGER)
+        self._floor = self._floor_disk = state.floor
+        self._generation = max(0, state.generation)
+        self._note_ledger(state.boot, state.accounted)
 
-    @staticmethod
-    def _ack_slot(floor: int) -> bytes:
-        return _ACK.pack(_ACK_MAGIC, floor, zlib.crc32(struct.pack("<Q", floor)))
+    def _note_ledger(self, boot: int, accounted: int) -> None:
+        """A ledger value found on disk: this boot's count is the highest found for it."""
+        if accounted == NO_LEDGER:
+            return
+        self._ledger_seen = True
+        if boot == self._boot and (self._accounted == NO_LEDGER or accounted > self._accounted):
+            self._accounted = accounted
 
     def _scan(self) -> None:
         names = sorted((n for n in os.listdir(self._dir) if _SEGMENT.match(n)))
@@ -277,49 +313,43 @@ class Spool:
             if not data:  # created, then the agent died before its first record: it held nothing
                 os.unlink(path)
                 continue
+            for rec in seg.records:
+                self._note_ledger(rec.boot, rec.accounted)
             self._segments.append(seg)
             self._bytes += len(data)
         self._next_seq = max(last, self._floor) + 1
 
-    def _parse(self, name: str, data: bytes, last: int) -> list:
-        records, pos, n = [], 0, len(data)
+    def _parse(self, name: str, data: bytes, last: int) -> list[Rec]:
+        records: list[Rec] = []
+        pos, n = 0, len(data)
         while pos < n:
-            rec = self._record_at(data, pos, last)
+            rec = record_at(data, pos, last, self._max_bytes)
             if rec is not None:
                 records.append(rec)
-                last = rec[0]
-                pos += _HEAD.size + rec[2]
+                last = rec.seq
+                pos = rec.end
                 continue
-            nxt = data.find(MAGIC, pos + 1)
-            while nxt != -1 and self._record_at(data, nxt, last) is None:
-                nxt = data.find(MAGIC, nxt + 1)
+            nxt = find_magic(data, pos + 1)
+            while nxt != -1 and record_at(data, nxt, last, self._max_bytes) is None:
+                nxt = find_magic(data, nxt + 1)
             end = n if nxt == -1 else nxt
             what = "a truncated or garbage tail" if nxt == -1 else "a corrupt record"
             self._corrupt(f"{name}: skipped {end - pos} bytes at offset {pos}, {what}")
             pos = end
         return records
 
-    @staticmethod
-    def _record_at(data: bytes, pos: int, last: int) -> Optional[tuple[int, int, int, int]]:
-        """(seq, offset, length, time) of the valid record starting at pos with seq > last, or None."""
-        if len(data) - pos < _HEAD.size:
-            return None
-        magic, length, crc, seq, ts_ns = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + length
-        if magic != MAGIC or end > len(data) or seq <= last:
-            return None
-        if _crc(length, seq, ts_ns, memoryview(data)[pos + _HEAD.size:end]) != crc:
-            return None
-        return (seq, pos, length, ts_ns)
-
     # ---- public API ----
 
-    def append(self, payload: bytes) -> int:
+    def append(self, payload: bytes, accounted: Optional[int] = None) -> int:
         """Write one event durably; returns its sequence number. Raises SpoolError if it cannot."""
-        return self.append_many([payload])[0]
+        return self.append_many([payload], None if accounted is None else [accounted])[0]
 
-    def append_many(self, payloads: list[bytes]) -> list[int]:
+    def append_many(self, payloads: Sequence[bytes], accounted: Optional[Sequence[Optional[int]]] = None) -> list[int]:
         """Write a burst of events durably (group commit); returns their sequence numbers.
+
+        `accounted[i]` is the ledger's count once payload i is written (its own kill included), or
+        None to carry the count of the record before it: it goes into the same record, so a kill is
+        stored and accounted for in one write.
 
         The burst goes out in one write() and one fdatasync (into one segment, which may grow past
         segment_bytes by it), so it costs one flush instead of one per event. The guarantees are
@@ -331,10 +361,12 @@ class Spool:
         (the rest is not).
         """
         payloads = [bytes(p) for p in payloads]
+        counts = list(accounted) if accounted is not None else [None] * len(payloads)
+        assert len(counts) == len(payloads), "one ledger value (or None) per payload"
         with self._lock:
             self._check_open()
             for payload in payloads:
-                if _HEAD.size + len(payload) > self._max_bytes or len(payload) >= 2**32:
+                if HEAD.size + len(payload) > self._max_bytes or len(payload) >= 2**32:
                     raise SpoolError(f"event of {len(payload)} bytes does not fit in spool max_bytes="
                                      f"{self._max_bytes}; raise max_bytes")
             self._check_directory()
@@ -343,34 +375,39 @@ class Spool:
             seqs: list[int] = []
             while len(seqs) < len(payloads):
                 try:
-                    seqs += self._write(payloads[len(seqs):], now)
+                    seqs += self._write(payloads[len(seqs):], counts[len(seqs):], now)
                 except SpoolError as e:
                     e.written = seqs  # the first ones are on disk already (an earlier segment's write)
                     raise
             return seqs
 
-    def _write(self, payloads: list[bytes], now: int) -> list[int]:
+    def _write(self, payloads: list[bytes], counts: Sequence[Optional[int]], now: int) -> list[int]:
         """`payloads` (as many as fit in max_bytes: all, unless the burst alone is larger) in one
         write, in one segment (which may grow past segment_bytes by that burst); their seqs."""
         # called with self._lock held
-        records: list[bytes] = []
         sizes: list[int] = []
-        seqs: list[int] = []
         total = 0
         for payload in payloads:
-            size = _HEAD.size + len(payload)
+            size = HEAD.size + len(payload)
             if sizes and total + size > self._max_bytes:
                 break
             sizes.append(len(payload))
             total += size
         self._make_room(total)
         seg = self._writable(total)
-        for payload in payloads[:len(sizes)]:
+        uptime = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        records: list[bytes] = []
+        heads: list[Rec] = []
+        accounted = self._accounted
+        offset = seg.size
+        for payload, count in zip(payloads[:len(sizes)], counts[:len(sizes)], strict=True):
             seq = self._next_seq
             self._next_seq += 1  # burnt even on failure: a half-failed write may still hold it
-            records.append(_HEAD.pack(MAGIC, len(payload), _crc(len(payload), seq, now, payload), seq, now))
-            records.append(payload)
-            seqs.append(seq)
+            if count is not None:
+                accounted = count
+            records.append(record_bytes(payload, seq, self._boot, uptime, now, accounted))
+            heads.append(Rec(seq, offset, HEAD.size, len(payload), self._boot, uptime, now, accounted))
+            offset += HEAD.size + len(payload)
         try:
             view = memoryview(b"".join(records))
             while view:
@@ -381,11 +418,27 @@ class Spool:
             self._abandon(seg)
             raise SpoolError(f"cannot write OOM event to spool {self._dir}: {e.strerror}; "
                              "free disk space on that filesystem") from None
-        for seq, length in zip(seqs, sizes, strict=True):
-            seg.records.append((seq, seg.size, length, now))
-            seg.size += _HEAD.size + length
+        seg.records.extend(heads)
+        seg.size = offset
         self._bytes += total
-        return seqs
+        if accounted != self._accounted:
+            self._accounted = accounted
+            self._persist_floor(sync=False)  # the ledger's mirror in the ack file
+        return [h.seq for h in heads]
+
+    def account(self, accounted: int, durable: bool = False) -> None:
+        """The ledger's count moved without a record to carry it (kills counted as unobserved, the
+        start-up's accounting, events delivered from memory): kept in the ack file."""
+        with self._lock:
+            self._check_open()
+            if self._accounted != NO_LEDGER and accounted <= self._accounted:
+                if not durable:
+                    return
+            else:
+                self._accounted = accounted
+            self._check_directory()
+            if not self._persist_floor(sync=durable):
+                raise SpoolError(f"cannot record the ledger in spool {self._dir}")
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         """Up to `limit` unacknowledged events, oldest first, as (seq, payload)."""
@@ -399,17 +452,16 @@ class Spool:
                 for seg, rec in self._iter_pending():
                     if len(out) >= limit:
                         break
-                    seq, offset, length, ts_ns = rec
                     if seg.path not in files:
                         files[seg.path] = os.open(seg.path, os.O_RDONLY)
-                    raw = os.pread(files[seg.path], _HEAD.size + length, offset)
+                    raw = os.pread(files[seg.path], rec.head + rec.length, rec.offset)
                     # re-verified: the file may have been damaged since it was scanned or written
-                    if self._record_at(raw, 0, seq - 1) != (seq, 0, length, ts_ns):
+                    if record_at(raw, 0, rec.seq - 1, self._max_bytes) != rec._replace(offset=0):
                         bad.append((seg, rec))
-                        self._corrupt(f"{os.path.basename(seg.path)}: record {seq} at offset {offset} "
+                        self._corrupt(f"{os.path.basename(seg.path)}: record {rec.seq} at offset {rec.offset} "
                                       "changed on disk since it was written")
                         continue
-                    out.append((seq, raw[_HEAD.size:]))
+                    out.append((rec.seq, raw[rec.head:]))
             except OSError as e:
                 raise SpoolError(f"cannot read spool {self._dir}: {e.strerror}") from None
             finally:
@@ -440,6 +492,12 @@ class Spool:
         with self._lock:
             return self._next_seq
 
+    @property
+    def accounted(self) -> Optional[int]:
+        """The ledger's count for this boot as written last (None: none yet)."""
+        with self._lock:
+            return None if self._accounted == NO_LEDGER else self._accounted
+
     def stats(self) -> dict:
         """pending, bytes, segments, oldest_pending_age_seconds (None if none), acked_seq, next_seq, dropped."""
         with self._lock:
@@ -449,7 +507,7 @@ class Spool:
                 "bytes": self._bytes,
                 "segments": len(self._segments),
                 "oldest_pending_age_seconds":
-                    None if oldest is None else max(0.0, (self._now_ns() - oldest[1][3]) / 1e9),
+                    None if oldest is None else max(0.0, (self._now_ns() - oldest[1].wall_ns) / 1e9),
                 "acked_seq": self._floor,
                 "next_seq": self._next_seq,
                 "dropped": dict(self.dropped),
@@ -489,9 +547,9 @@ class Spool:
         return int(self._clock() * 1e9)
 
     def _first_pending(self, seg: _Segment) -> int:
-        return bisect.bisect_right(seg.records, self._floor, key=lambda r: r[0])
+        return bisect.bisect_right(seg.records, self._floor, key=lambda r: r.seq)
 
-    def _iter_pending(self) -> Iterator[tuple[_Segment, tuple]]:
+    def _iter_pending(self) -> Iterator[tuple[_Segment, Rec]]:
         for seg in self._segments:
             for rec in seg.records[self._first_pending(seg):]:
                 yield seg, rec
@@ -534,20 +592,24 @@ class Spool:
             except OSError:
                 pass
 
-    def _persist_floor(self) -> bool:
+    def _persist_floor(self, sync: bool = True) -> bool:
+        """Write the floor and the ledger's count into the older ack slot (fdatasync'ed if `sync`)."""
         floor = self._floor
+        generation = self._generation + 1
         try:
-            os.pwrite(self._ack_fd, self._ack_slot(floor), _ACK_SLOTS[self._ack_next])
-            if self._fsync:
+            os.pwrite(self._ack_fd, ack_slot(generation, floor, self._boot, self._accounted), ACK_SLOTS[self._ack_next])
+            if self._fsync and sync:
                 os.fdatasync(self._ack_fd)
         except OSError as e:
             log.warning("spool %s: cannot record acknowledgement up to %d (%s); "
                         "will retry, a restart now would deliver those events again",
                         self._dir, floor, e.strerror)
             return False
+        self._generation = generation
         self._ack_next ^= 1
-        self._floor_disk = floor
-        self._delete_consumed()
+        if sync:
+            self._floor_disk = floor
+            self._delete_consumed()
         return True
 
     def _delete_consumed(self) -> None:
@@ -570,9 +632,9 @@ class Spool:
     def _expire(self, now_ns: int) -> None:
         cutoff, count, upto = now_ns - self._max_age_ns, 0, self._floor
         for _, rec in self._iter_pending():
-            if rec[3] >= cutoff:
+            if rec.wall_ns >= cutoff:
                 break
-            count, upto = count + 1, rec[0]
+            count, upto = count + 1, rec.seq
         if count:
             self.dropped["spool_expired"] += count
             log.warning("spool %s: dropped %d undelivered OOM events older than %ds (spool_expired)",

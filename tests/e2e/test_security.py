@@ -191,6 +191,6 @@ def test_spool_directory_and_files_are_private(receiver, start_agent, tmp_path):
     spool = tmp_path / "spool"
     assert os.stat(spool).st_mode & 0o777 == 0o700
     names = os.listdir(spool)
-    assert "reconcile.json" in names and "ack" in names
+    assert "ack" in names and "lock" in names  # (the ledger is in the ack file and the records)
     for name in names:
         assert os.stat(spool / name).st_mode & 0o077 == 0, f"{name} is readable by others"

@@ -9,9 +9,13 @@ import pytest
 
 from otel_oom.attribution import enrich as enrich_module
 from otel_oom.delivery import spool as spool_module
+from otel_oom.kernel import wire
 from testing.events import ScriptedSource
 from testing.inprocess import Harness, sample, wait
 from testing.otlp_receiver import OtlpGrpcReceiver, free_port
+
+# a kernel kill (the victim was sent SIGKILL), as opposed to sample()'s default: a victim marked while exiting
+KILLED = wire.F_VICTIM_TASK | wire.F_MM_SIZES | wire.F_BOOT_CLOCK | wire.F_SIGKILLED
 
 
 def test_samples_flow_to_the_collector_in_order_and_the_spool_drains(tmp_path):
@@ -125,31 +129,31 @@ def test_kills_held_in_memory_at_shutdown_are_counted_as_lost(tmp_path):
 def test_kills_in_memory_at_shutdown_are_left_for_the_next_start_to_recover(tmp_path, monkeypatch, caplog):
     # the spool cannot write (disk full): kills wait in memory, the collector is down, the agent stops.
     # Before, the reconciler had counted them as observed, so the next start did not recover them.
-    import json
-
-    def failing_append(self, payloads):
+    def failing_append(self, payloads, accounted=None):
         raise spool_module.SpoolError("cannot write OOM event to spool: No space left on device")
 
     h = Harness(tmp_path, f"http://127.0.0.1:{free_port()}").start()
     monkeypatch.setattr(spool_module.Spool, "append_many", failing_append)  # append() too: it calls it
-    h.push(sample(411), sample(412))
+    h.push(sample(411, flags=KILLED), sample(412, flags=KILLED))
     assert wait(lambda: h.agent.pipeline.kills_seen == 2 and h.agent.store.in_memory() == 2)
     accounted = h.agent.reconciler.accounted()
     h.stop()
+    monkeypatch.undo()
     assert h.agent.drops["shutdown_in_memory"] == 2
-    saved = json.loads((tmp_path / "spool" / "reconcile.json").read_text())
-    assert saved["vmstat_oom_kill"] == accounted - 2
-    assert any("the next start recovers them from the kernel log" in r.getMessage() for r in caplog.records)
+    with spool_module.Spool(tmp_path / "spool") as spool:  # the ledger on disk leaves both out
+        assert spool.ledger.accounted == accounted - 2
+    assert any("the next start recovers the 2 kernel OOM kill(s) among them from the kernel log" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_the_spool_takes_back_what_waited_in_memory_once_it_can_write(tmp_path, monkeypatch):
     real = spool_module.Spool.append_many
     broken = {"on": True}
 
-    def flaky_append(self, payloads):
+    def flaky_append(self, payloads, accounted=None):
         if broken["on"]:
             raise spool_module.SpoolError("cannot write OOM event to spool: No space left on device")
-        return real(self, payloads)
+        return real(self, payloads, accounted)
 
     port = free_port()
     h = Harness(tmp_path, f"http://127.0.0.1:{port}").start()
@@ -171,15 +175,16 @@ def test_the_spool_takes_back_what_waited_in_memory_once_it_can_write(tmp_path, 
 
 
 def test_an_agent_without_the_spool_leaves_another_agents_state_alone(tmp_path):
-    state = tmp_path / "spool" / "reconcile.json"
-    state.parent.mkdir()
-    state.write_text('{"boot_id": "theirs", "vmstat_oom_kill": 3}'.ljust(256))
-    before = state.read_bytes()
+    with spool_module.Spool(tmp_path / "spool", boot_id="theirs") as theirs:  # another agent's ledger
+        theirs.append(b"their kill", accounted=3)
+    (tmp_path / "spool" / "reconcile.json").write_text('{"boot_id": "theirs", "vmstat_oom_kill": 3}'.ljust(256))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "spool").iterdir()}
     h = Harness(tmp_path, None, "--no-otlp", "--console").start()
     h.push(sample(431))
     assert wait(lambda: "pid=431" in h.out.getvalue())
     h.stop()
-    assert state.read_bytes() == before and h.agent.reconciler.state_path is None
+    assert {p.name: p.read_bytes() for p in (tmp_path / "spool").iterdir()} == before
+    assert h.agent.reconciler.store is None
 
 
 def test_counts_exported_after_close_do_not_go_back(tmp_path):
@@ -193,7 +198,7 @@ def test_counts_exported_after_close_do_not_go_back(tmp_path):
 
 
 def test_spool_write_failure_keeps_the_kill_in_memory_and_delivers_it(tmp_path, monkeypatch):
-    def failing_append(self, payloads):
+    def failing_append(self, payloads, accounted=None):
         raise spool_module.SpoolError("disk full")
 
     with OtlpGrpcReceiver() as rcv:

@@ -17,6 +17,7 @@ from otel_oom.attribution.containers import parse_cgroup_path
 from otel_oom.cgroupfs.hierarchy import _read_mounts, _unescape
 from otel_oom.cgroupfs.tree import path_from_names
 from otel_oom.delivery.spool import MAGIC, Spool
+from otel_oom.delivery.spool_format import MAGIC_V1, record_bytes
 from otel_oom.errors import UsageError
 from otel_oom.health import parse_listen
 from otel_oom.kernel.wire import EVENT_SIZE, OOM_EVENT_VERSION, DecodeError, RawEvent, decode
@@ -151,9 +152,11 @@ def test_short_or_foreign_samples_raise_only_decode_error(data):
 # ---- spool segments, ack file and the reconciliation state ----------------------------------------
 
 def _record(seq: int, payload: bytes) -> bytes:
-    head = struct.pack("<IQq", len(payload), seq, 7)
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return struct.pack("<4sIIQq", MAGIC, len(payload), crc, seq, 7) + payload
+    if seq % 2:  # odd: the format before the ledger (v1), read and delivered like the current one
+        head = struct.pack("<IQq", len(payload), seq, 7)
+        crc = zlib.crc32(payload, zlib.crc32(head))
+        return struct.pack("<4sIIQq", MAGIC_V1, len(payload), crc, seq, 7) + payload
+    return record_bytes(payload, seq, boot=5, uptime_ns=7, wall_ns=7, accounted=seq)
 
 
 @FAST
@@ -172,7 +175,7 @@ def test_garbage_in_a_segment_or_the_ack_file_never_loses_a_valid_record(tmp_pat
         want = [(i + 1, p) for i, p in enumerate(payloads) if i + 1 > floor]
         assert [x for x in want if x in got] == [x for x in got if x in want]
         assert all(x in want for x in got)
-        if MAGIC not in junk and floor == 0:
+        if MAGIC not in junk and MAGIC_V1 not in junk and floor == 0:
             assert got == want
         seq = sp.append(b"new")
         assert seq > max(len(payloads), floor)

@@ -15,12 +15,13 @@ import threading
 
 import pytest
 
-from otel_oom.delivery.spool import MAGIC, Spool, SpoolError
+from otel_oom.delivery.spool import MAGIC, NO_LEDGER, Spool, SpoolError
+from otel_oom.delivery.spool_format import HEAD as HEADER
 from otel_oom.schema.records import OomKill
 from testing.agent_process import REPO
 
 ROOT = str(REPO)
-HEAD = 28  # record header size, see the format in otel_oom/delivery/spool.py
+HEAD = HEADER.size  # record header size, see the format in otel_oom/delivery/spool_format.py
 
 
 def segments(d) -> list[str]:
@@ -176,8 +177,8 @@ def test_truncated_tail_is_skipped_and_later_appends_survive(tmp_path, caplog):
         assert sp.append(b"next") > more[-1]
 
 
-@pytest.mark.parametrize("field,offset", [("magic", 0), ("length", 5), ("crc", 9), ("seq", 12),
-                                          ("time", 22), ("payload", HEAD + 50)])
+@pytest.mark.parametrize("field,offset", [("magic", 0), ("length", 5), ("crc", 9), ("seq", 12), ("boot", 22),
+                                          ("uptime", 30), ("wall", 38), ("accounted", 46), ("payload", HEAD + 50)])
 def test_flipped_byte_skips_one_record_only(tmp_path, field, offset):
     d = tmp_path / "s"
     seqs = _spool_with(d, 10)
@@ -346,13 +347,26 @@ def test_bad_directory_is_a_clear_error(tmp_path):
 
 
 def test_record_layout_is_as_documented(tmp_path):
+    import time
+
     d = tmp_path / "s"
-    with Spool(d, clock=lambda: 12.5) as sp:
-        seq = sp.append(b"hello")
+    with Spool(d, clock=lambda: 12.5, boot_id="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0") as sp:
+        before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        seq = sp.append(b"hello", accounted=41)
+        plain = sp.append(b"world")  # carries the count of the record before it
+        after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     with open(segments(d)[0], "rb") as f:
         raw = f.read()
-    magic, length, crc, s, ts = struct.unpack("<4sIIQq", raw[:HEAD])
-    assert (magic, length, s, ts, raw[HEAD:]) == (MAGIC, 5, seq, 12_500_000_000, b"hello")
+    magic, length, crc, s, boot, uptime, wall, accounted = struct.unpack("<4sIIQQqqQ", raw[:HEAD])
+    assert (magic, length, s, boot, wall, accounted, raw[HEAD:HEAD + 5]) == \
+        (MAGIC, 5, seq, 0x0F1E2D3C4B5A6978, 12_500_000_000, 41, b"hello")
+    assert before <= uptime <= after
+    assert struct.unpack("<QQqqQ", raw[HEAD + 5 + 12:HEAD + 5 + HEAD])[0] == plain
+    assert struct.unpack("<QQqqQ", raw[HEAD + 5 + 12:HEAD + 5 + HEAD])[4] == 41
+    with Spool(tmp_path / "no-ledger") as sp:  # a writer without a ledger marks its records so
+        sp.append(b"x")
+    with open(segments(tmp_path / "no-ledger")[0], "rb") as f:
+        assert struct.unpack("<4sIIQQqqQ", f.read(HEAD))[7] == NO_LEDGER
 
 
 def test_a_burst_is_one_write_in_one_segment_and_survives_reopen(tmp_path):

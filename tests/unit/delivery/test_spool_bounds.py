@@ -13,9 +13,10 @@ import pytest
 
 from otel_oom.config import DEFAULT_SPOOL_MAX_BYTES
 from otel_oom.delivery.spool import Spool, SpoolError, segment_size
+from otel_oom.delivery.spool_format import HEAD as HEADER
 from otel_oom.schema.records import OomKill
 
-HEAD = 28
+HEAD = HEADER.size
 POD = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 CID = "4f0c3b2a1e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b"
 

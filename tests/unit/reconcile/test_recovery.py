@@ -1,4 +1,5 @@
-"""Reconciliation against the kernel's own counters, on fixture /proc and memory-cgroup trees."""
+"""Reconciliation against the kernel's own counters, on fixture /proc and memory-cgroup trees, with
+the ledger in a real spool."""
 from __future__ import annotations
 
 import json
@@ -6,10 +7,33 @@ import json
 import pytest
 
 from otel_oom.cgroupfs.hierarchy import MemoryHierarchy
+from otel_oom.delivery.spool import Spool
+from otel_oom.delivery.store import DeliveryStore
 from otel_oom.reconcile.recovery import Reconciler
 from otel_oom.schema.records import OomKill
 
 BOOT = "boot-1"
+
+
+def _store(directory) -> DeliveryStore:
+    return DeliveryStore(Spool(directory, fsync=False, boot_id=BOOT))
+
+
+def sigkill(store: DeliveryStore) -> None:
+    """What a SIGKILL leaves: the spool's descriptors closed (its lock released), nothing more written."""
+    import os
+
+    sp = store.spool
+    sp._closed = True
+    for fd in (sp._lock_fd, sp._ack_fd, sp._active.fd if sp._active else -1):
+        if fd >= 0:
+            os.close(fd)
+
+
+def _stored(r: Reconciler, store: DeliveryStore, kill: OomKill) -> None:
+    """What the pipeline does with a kill: count it, and store it with the count, in one write."""
+    a = r.account(kill)
+    store.append_many([kill.to_json().encode()], [a])
 
 
 def _tree(tmp_path, vmstat: int, memcgs: dict[str, int]):
@@ -32,8 +56,8 @@ def _kill(pid: int, path: str) -> OomKill:
 
 def test_unobserved_counts_only_kills_older_than_one_refresh(tmp_path):
     proc, h = _tree(tmp_path, 10, {"/": 0, "/a": 1})
-    r = Reconciler(str(tmp_path / "state"), h, BOOT, proc_root=proc)
-    r.observed(_kill(1, "/a"))
+    r = Reconciler(None, h, BOOT, proc_root=proc)
+    r.account(_kill(1, "/a"))
     _tree(tmp_path, 12, {"/": 0, "/a": 2, "/b": 1})   # one kill in /a (seen), one in a new /b (not seen)
     r.refresh()
     assert r.unobserved() == 0                       # the latest snapshot may still be in flight
@@ -47,37 +71,49 @@ def test_a_cgroup_counter_reveals_a_miss_the_host_count_hides(tmp_path):
     # two "kills" in /a, the kernel counted one there and one in /b that the agent missed
     proc, h = _tree(tmp_path, 0, {"/": 0, "/a": 0, "/b": 0})
     r = Reconciler(None, h, BOOT, proc_root=proc)
-    r.observed(_kill(1, "/a"))
-    r.observed(_kill(2, "/a"))
+    r.account(_kill(1, "/a"))
+    r.account(_kill(2, "/a"))
     _tree(tmp_path, 2, {"/": 0, "/a": 1, "/b": 1})
     r.refresh()
     r.refresh()
     assert r.unobserved() == 1
 
 
-def test_state_survives_as_one_record_and_a_restart_recovers_nothing_it_saw(tmp_path):
+def test_the_ledger_survives_in_the_spool_and_a_restart_recovers_nothing_it_saw(tmp_path):
     proc, h = _tree(tmp_path, 5, {"/": 0})
-    state = tmp_path / "state"
-    first = Reconciler(str(state), h, BOOT, proc_root=proc)
+    state = tmp_path / "spool"
+    store = _store(state)
+    first = Reconciler(store, h, BOOT, proc_root=proc)
     assert first.recover_missed() == []              # first start ever: nothing was missed
-    first.observed(_kill(1, "/"))
+    first.start()
     _tree(tmp_path, 6, {"/": 1})
-    first.close()
-    saved = json.loads((state / "reconcile.json").read_text())
-    assert saved["boot_id"] == BOOT and saved["vmstat_oom_kill"] == 6
-    assert (state / "reconcile.json").stat().st_size == 256
-    second = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(tmp_path / "no-kmsg"))
+    _stored(first, store, _kill(1, "/"))
+    store.close()                                    # (or a SIGKILL: the record is written)
+    assert not (state / "reconcile.json").exists()
+    with Spool(state, boot_id=BOOT) as spool:
+        assert spool.ledger.accounted == 6 and [p for _, p in spool.pending()] == [_kill(1, "/").to_json().encode()]
+    again = _store(state)
+    second = Reconciler(again, h, BOOT, proc_root=proc, kmsg_path=str(tmp_path / "no-kmsg"))
     assert second.recover_missed() == [] and second.unobserved() == 0
+    again.close()
 
 
 def test_kills_while_stopped_are_counted_even_without_the_kernel_log(tmp_path):
     proc, h = _tree(tmp_path, 5, {"/": 0})
-    state = tmp_path / "state"
-    Reconciler(str(state), h, BOOT, proc_root=proc).recover_missed()
+    store = _store(tmp_path / "spool")
+    first = Reconciler(store, h, BOOT, proc_root=proc)
+    first.recover_missed()
+    first.start()
+    store.close()
     _tree(tmp_path, 8, {"/": 3})                     # three kills while no agent ran
-    again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(tmp_path / "no-kmsg"))
+    store = _store(tmp_path / "spool")
+    again = Reconciler(store, h, BOOT, proc_root=proc, kmsg_path=str(tmp_path / "no-kmsg"))
     assert again.recover_missed() == []              # no readable kernel log: no details...
     assert again.unobserved() == 3                   # ...but never silently: counted as unobserved
+    again.start()
+    store.close()
+    with Spool(tmp_path / "spool", boot_id=BOOT) as spool:
+        assert spool.ledger.accounted == 8           # and counted once: the next start does not again
 
 
 def test_a_group_kill_counted_twice_by_the_kernel_is_not_reported_unobserved(tmp_path):
@@ -87,8 +123,8 @@ def test_a_group_kill_counted_twice_by_the_kernel_is_not_reported_unobserved(tmp
     r = Reconciler(None, h, BOOT, proc_root=proc)
     for pid in (11, 12, 13):
         k = _kill(pid, "/g")
-        r.observed(OomKill(**{**k.__dict__, "oom_group_path": "/g", "trigger_tid": 11,
-                              "time_unix_nano": 1_000 + pid}))
+        r.account(OomKill(**{**k.__dict__, "oom_group_path": "/g", "trigger_tid": 11,
+                             "time_unix_nano": 1_000 + pid}))
     _tree(tmp_path, 4, {"/": 0, "/g": 4})
     r.refresh()
     r.refresh()
@@ -105,7 +141,7 @@ def test_a_victim_observed_without_a_cgroup_is_not_reported_unobserved_by_its_cg
     r = Reconciler(None, h, BOOT, proc_root=proc)
     for pid, path in ((11, "/g"), (12, "/g"), (13, None)):
         k = _kill(pid, path)
-        r.observed(OomKill(**{**k.__dict__, "oom_group_path": path, "trigger_tid": 11, "time_unix_nano": 1_000 + pid}))
+        r.account(OomKill(**{**k.__dict__, "oom_group_path": path, "trigger_tid": 11, "time_unix_nano": 1_000 + pid}))
     _tree(tmp_path, 4, {"/": 0, "/g": 4})
     r.refresh()
     r.refresh()
@@ -145,7 +181,9 @@ def test_the_counter_and_the_log_are_read_consistently(tmp_path):
 
     state = tmp_path / "state"
     state.mkdir()
+    # the state of an agent before the ledger: read (and migrated) like the ledger
     (state / "reconcile.json").write_text(json.dumps({"boot_id": BOOT, "vmstat_oom_kill": 2}).ljust(256))
+    store = _store(state)
     kmsg = tmp_path / "kmsg"
     kmsg.write_text(_killed_line(1, 99) + _killed_line(2, 100) + _killed_line(3, 101) + _killed_line(4, 102))
     proc = tmp_path / "proc"
@@ -171,10 +209,11 @@ def test_the_counter_and_the_log_are_read_consistently(tmp_path):
 
     t = threading.Thread(target=kernel, daemon=True)
     t.start()
-    r = Reconciler(str(state), None, BOOT, proc_root=str(proc), kmsg_path=str(kmsg))
+    r = Reconciler(store, None, BOOT, proc_root=str(proc), kmsg_path=str(kmsg), state_dir=str(state))
     assert r.baseline == 5  # what the log holds: every kill the probe will not see
     assert [k.victim_pid for k in r.recover_missed()] == [101, 102, 103]
     assert r.unobserved() == 0 and served[:2] == [4, 5]
+    store.close()
     stop.set()
     os.close(os.open(proc / "vmstat", os.O_RDONLY | os.O_NONBLOCK))  # unblock a writer waiting to open
     t.join(5)
@@ -190,59 +229,40 @@ def test_a_corrupt_state_file_is_a_warning_naming_it(tmp_path, caplog):
         state.mkdir()
         (state / "reconcile.json").write_bytes(content.encode("latin-1"))
         caplog.clear()
+        store = _store(state)
         with caplog.at_level(logging.INFO, logger="otel_oom.recovery"):
-            assert Reconciler(str(state), h, BOOT, proc_root=proc).recover_missed() == []
+            r = Reconciler(store, h, BOOT, proc_root=proc, state_dir=str(state))
+            assert r.recover_missed() == []
         (rec,) = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert str(state / "reconcile.json") in rec.getMessage() and why in rec.getMessage(), rec.getMessage()
         assert "7 OOM kill(s)" in rec.getMessage()
-        assert json.loads((state / "reconcile.json").read_text())["vmstat_oom_kill"] == 7  # rewritten
+        r.start()
+        store.close()
+        assert not (state / "reconcile.json").exists()  # the ledger holds the state now
+        with Spool(state, boot_id=BOOT) as spool:
+            assert spool.ledger.accounted == 7
 
 
-def test_forgotten_kills_are_recovered_at_the_next_start(tmp_path):
+def test_a_crash_between_counting_a_kill_and_storing_it_neither_loses_nor_repeats_it(tmp_path):
     proc, h = _tree(tmp_path, 5, {"/": 0})
-    state = tmp_path / "state"
-    first = Reconciler(str(state), h, BOOT, proc_root=proc)
-    first.recover_missed()
-    for pid in (1, 2, 3):
-        first.observed(_kill(pid, "/"))
-    _tree(tmp_path, 8, {"/": 3})
-    first.refresh()
-    first.forget(2)  # two of them were only in memory when the agent stopped
-    first.save()
-    first.close()
-    assert json.loads((state / "reconcile.json").read_text())["vmstat_oom_kill"] == 6
-    kmsg = tmp_path / "kmsg"
-    kmsg.write_text("".join(_killed_line(i, pid) for i, pid in enumerate((1, 2, 3), 1)))
-    again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
-    assert [k.victim_pid for k in again.recover_missed()] == [2, 3]
-
-
-def test_a_crash_between_counting_a_kill_and_spooling_it_neither_loses_nor_repeats_it(tmp_path):
-    from otel_oom.delivery.spool import Spool
-
-    proc, h = _tree(tmp_path, 5, {"/": 0})
-    state = tmp_path / "state"
     kmsg = tmp_path / "kmsg"
     kmsg.write_text("".join(_killed_line(i, pid) for i, pid in enumerate((1, 2), 1)))
     for crash_before_append, want in ((True, [2]), (False, [])):
-        spool = Spool(tmp_path / f"spool-{crash_before_append}", fsync=False)
-        first = Reconciler(str(state), h, BOOT, proc_root=proc, next_seq=lambda sp=spool: sp.next_seq)
+        state = tmp_path / f"spool-{crash_before_append}"
+        store = _store(state)
+        first = Reconciler(store, h, BOOT, proc_root=proc)
         first.recover_missed()
+        first.start()
         _tree(tmp_path, 6, {"/": 1})
-        first.observed(_kill(2, "/"))  # counted and saved with the seq the spool will give it...
+        a = first.account(_kill(2, "/"))  # counted...
         if not crash_before_append:
-            spool.append(b"kill 2")    # ...and written: the next start must not replay it
-            first.stored()
-        first.close()                  # SIGKILL here: no further save
-        spool.close()
-        spool = Spool(tmp_path / f"spool-{crash_before_append}", fsync=False)
-        again = Reconciler(str(state), h, BOOT, proc_root=proc, kmsg_path=str(kmsg),
-                           next_seq=lambda sp=spool: sp.next_seq)
+            store.append_many([b"kill 2"], [a])  # ...and written with its count, in one write
+        sigkill(store)  # here: nothing else reaches the disk
+        store = _store(state)
+        again = Reconciler(store, h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
         assert [k.victim_pid for k in again.recover_missed()] == want
-        again.close()
-        spool.close()
+        store.close()
         _tree(tmp_path, 5, {"/": 0})
-        (state / "reconcile.json").unlink()
 
 
 def test_kills_of_the_attach_window_are_recovered_unless_the_probe_caught_them(tmp_path):
@@ -252,13 +272,17 @@ def test_kills_of_the_attach_window_are_recovered_unless_the_probe_caught_them(t
     proc, h = _tree(tmp_path, 5, {"/": 0})
     kmsg = tmp_path / "kmsg"
     kmsg.write_text("".join(_killed_line(i, 100 + i) for i in range(1, 6)))
-    r = Reconciler(str(tmp_path / "state"), h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
+    store = _store(tmp_path / "spool")
+    r = Reconciler(store, h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
     assert r.recover_missed() == []
+    r.start()
     with open(kmsg, "a") as f:
         f.write(_killed_line(6, 201) + _killed_line(7, 202))  # during the attach
     _tree(tmp_path, 7, {"/": 2})
     (k,) = r.recover_window({202})  # the probe caught 202: only 201 is recovered
     assert k.victim_pid == 201 and k.recovered
-    r.observed(_kill(202, "/"))
+    assert r.account(k) == 6
+    assert r.account(_kill(202, "/")) == 7
     assert r.accounted() == 7
     r.release_snapshot()
+    store.close()
