@@ -228,7 +228,7 @@ def test_a_server_answering_garbage_costs_one_failure_and_the_thread_goes_on(ans
         deadline = time.monotonic() + 10
         while n.failures < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert n.failures == 1 and n._thread.is_alive()
+        assert n.failures == 1 and n.thread.alive() and n.healthy() == (True, "ok")
     finally:
         n.close(1)
         garbage.close()
