@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Optional
 
+from .segments import NotRegularFile, open_regular
+
 log = logging.getLogger("otel_oom.delivery")
 
 PARKED_FILE = "parked.jsonl"
@@ -37,23 +39,25 @@ class ParkedEvents:
                 self.not_kept += 1
                 return False
             try:
-                size = os.path.getsize(self.path)
-            except OSError:
-                size = 0
-            if size + len(line) > self.max_bytes:
+                # never blocks, never follows a link: a FIFO or a link put there must not stall the sender
+                fd = open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            except OSError as e:
                 self.not_kept += 1
-                log.error("parked events file %s is full (%d bytes): rejected OOM event %s not kept",
-                          self.path, self.max_bytes, event_id)
+                what = f"it is {e.strerror}" if isinstance(e, NotRegularFile) else e.strerror
+                log.error("cannot write rejected OOM event %s to %s: %s", event_id, self.path, what)
                 return False
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                try:
-                    os.write(fd, line.encode("ascii"))
-                finally:
-                    os.close(fd)
+                if os.fstat(fd).st_size + len(line) > self.max_bytes:
+                    self.not_kept += 1
+                    log.error("parked events file %s is full (%d bytes): rejected OOM event %s not kept",
+                              self.path, self.max_bytes, event_id)
+                    return False
+                os.write(fd, line.encode("ascii"))
             except OSError as e:
                 self.not_kept += 1
                 log.error("cannot write rejected OOM event %s to %s: %s", event_id, self.path, e.strerror)
                 return False
+            finally:
+                os.close(fd)
             self.parked += 1
             return True

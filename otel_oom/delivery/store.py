@@ -151,7 +151,12 @@ class DeliveryStore:
         self.memory = MemoryStore()
         self._source: Spool | MemoryStore = spool
         self.spool_write_errors = 0
-        self.problem: "str | None" = None  # why the spool cannot be read now (for /readyz)
+        self._read_problem: "str | None" = None  # why the spool cannot be read now
+
+    @property
+    def problem(self) -> "str | None":
+        """What is wrong with the spool now, for /readyz (None: nothing)."""
+        return self._read_problem or self.spool.problem
 
     @property
     def dropped(self) -> Mapping[str, int]:
@@ -228,12 +233,12 @@ class DeliveryStore:
         try:
             batch = self.spool.pending(limit)
         except SpoolError as e:
-            if str(e) != self.problem:  # once per kind of failure, not every second
+            if str(e) != self._read_problem:  # once per kind of failure, not every second
                 log.error("%s; events in it wait until it can be read (/readyz says so)", e)
-            self.problem = str(e)
+            self._read_problem = str(e)
             batch = []
         else:
-            self.problem = None
+            self._read_problem = None
         self._source = self.spool if batch else self.memory
         if batch:
             return batch

@@ -72,19 +72,24 @@ def test_the_first_overflow_drops_one_small_segment(tmp_path, max_bytes, caplog)
         assert segment_size(max_bytes) == 65536 and dropped == 65536 // RECORD  # before: ~700 at once
 
 
-def test_a_removed_spool_directory_is_made_again_and_what_it_lost_counted(tmp_path, caplog):
+def test_a_removed_spool_directory_is_made_again_with_every_waiting_event(tmp_path, caplog):
+    # before: the segment being appended to was rescued, the six older ones counted as spool_lost;
+    # now the spool holds a descriptor on every segment and writes them all back
     d = tmp_path / "spool"
     sp = Spool(d, max_bytes=1 << 17, fsync=False)  # 2 KiB segments: one record each
     seqs = [sp.append(kubepods_kill(i)) for i in range(7)]  # six closed segments and one being appended to
-    assert len([n for n in os.listdir(d) if n.startswith("seg-")]) == 7
+    sp.ack(seqs[0])
+    assert len([n for n in os.listdir(d) if n.startswith("seg-")]) == 6
     shutil.rmtree(d)
     with caplog.at_level(logging.ERROR, logger="otel_oom.delivery.spool"):
         later = [sp.append(kubepods_kill(i)) for i in range(7, 10)]
-    assert "1 waiting OOM event(s) rescued, 6 lost with it (counted as spool_lost)" in caplog.text
-    assert sp.dropped["spool_lost"] == 6 and os.path.isdir(d) and os.path.exists(d / "lock")
+    assert "created it again" in caplog.text
+    assert "6 segment(s) removed or replaced behind the agent's back written again" in caplog.text
+    assert "6 waiting OOM event(s) kept" in caplog.text
+    assert sp.dropped["spool_lost"] == 0 and os.path.isdir(d) and os.path.exists(d / "lock")
     got = sp.pending(100)
-    assert [p for _, p in got] == [kubepods_kill(i) for i in (6, 7, 8, 9)]
-    assert min(s for s, _ in got) > max(seqs) and sorted(later) == later  # numbering never goes back
+    assert [p for _, p in got] == [kubepods_kill(i) for i in range(1, 10)]
+    assert [s for s, _ in got] == seqs[1:] + later  # the same numbers, in order: nothing renumbered
     sp.ack(got[-1][0])
     sp.close()
     with Spool(d) as again:  # the new directory is a complete spool

@@ -17,6 +17,7 @@ from otel_oom.delivery.store import DeliveryStore
 from otel_oom.pipeline import Pipeline
 from otel_oom.reconcile.recovery import Reconciler
 from testing.agent_process import REPO
+from testing.spool_crash import abandon
 
 FIXTURE = REPO / "tests" / "fixtures" / "spool-v1"
 BOOT = (FIXTURE / "BOOT").read_text().strip()
@@ -79,11 +80,7 @@ def test_the_spool_and_state_before_the_ledger_are_migrated_and_every_kill_deliv
 def test_a_sigkill_right_after_the_migration_replays_nothing_twice(tmp_path):
     spool_dir = copy_fixture(tmp_path)
     store, _ = start(tmp_path)  # migrated, 109 and 110 recovered into the spool, nothing delivered yet
-    spool = store.spool
-    spool._closed = True  # SIGKILL: the descriptors go, nothing else is written
-    for fd in (spool._lock_fd, spool._ack_fd, spool._active.fd if spool._active else -1):
-        if fd >= 0:
-            os.close(fd)
+    abandon(store.spool)  # SIGKILL: the descriptors go, nothing else is written
     assert not (spool_dir / "reconcile.json").exists()
 
     store, r = start(tmp_path)
@@ -98,7 +95,8 @@ def test_the_migration_keeps_the_state_when_the_ledger_cannot_be_written(tmp_pat
     store = DeliveryStore(Spool(spool_dir, fsync=False, boot_id=BOOT))
     os.chmod(spool_dir / "ack", 0o400)
     try:
-        store.spool._ack_fd, ack_fd = os.open(spool_dir / "ack", os.O_RDONLY), store.spool._ack_fd
+        files = store.spool._files
+        files.ack_fd, ack_fd = os.open(spool_dir / "ack", os.O_RDONLY), files.ack_fd
         os.close(ack_fd)
         r = Reconciler(store, None, BOOT, proc_root=str(tmp_path / "proc"), kmsg_path=str(tmp_path / "kmsg"),
                        state_dir=str(spool_dir))

@@ -11,6 +11,7 @@ from otel_oom.delivery.spool import Spool
 from otel_oom.delivery.store import DeliveryStore
 from otel_oom.reconcile.recovery import Reconciler
 from otel_oom.schema.records import OomKill
+from testing.spool_crash import abandon
 
 BOOT = "boot-1"
 
@@ -21,13 +22,7 @@ def _store(directory) -> DeliveryStore:
 
 def sigkill(store: DeliveryStore) -> None:
     """What a SIGKILL leaves: the spool's descriptors closed (its lock released), nothing more written."""
-    import os
-
-    sp = store.spool
-    sp._closed = True
-    for fd in (sp._lock_fd, sp._ack_fd, sp._active.fd if sp._active else -1):
-        if fd >= 0:
-            os.close(fd)
+    abandon(store.spool)
 
 
 def _stored(r: Reconciler, store: DeliveryStore, kill: OomKill) -> None:
