@@ -26,7 +26,8 @@ and seals the segment; its sequence number is burnt, never reused.
 Sequence numbers increase across restarts (above every number in the segments, their names and the
 floor). A segment is deleted once a floor covering all its records is on disk. Bounds drop whole
 segments (max_bytes: oldest first, `spool_full`) or advance the floor past old records
-(max_age_seconds, `spool_expired`), logged with the count each time. Dropping by segment really
+(max_age_seconds by CLOCK_BOOTTIME, not the wall clock, which can be stepped: `spool_expired`), logged
+with the count each time. Dropping by segment really
 frees disk; segments are sized from the bound (max_bytes / 1024, 1 KiB to 1 MiB) so one overflow
 drops about 0.1 % of the spool. A dropped or expired kill stays accounted for in the ledger.
 
@@ -86,8 +87,10 @@ class Spool:
     """Append-only, crash-safe queue of event payloads in `directory`; see the module docstring."""
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 64 * 2**20, max_age_seconds: float = 7 * 86400,
-                 segment_bytes: Optional[int] = None, fsync: bool = True,
-                 clock: Callable[[], float] = time.time, boot_id: Optional[str] = None):
+                 segment_bytes: Optional[int] = None, fsync: bool = True, clock: Callable[[], float] = time.time,
+                 boot_id: Optional[str] = None, uptime: Optional[Callable[[], float]] = None):
+        """`clock`: the wall clock (seconds), for display; `uptime`: CLOCK_BOOTTIME (seconds), which
+        ages the events: it does not jump when the wall clock is stepped."""
         segment_bytes = segment_size(max_bytes) if segment_bytes is None else segment_bytes
         if max_bytes <= HEAD.size or segment_bytes <= 0 or max_age_seconds <= 0:
             raise SpoolError("spool max_bytes, segment_bytes and max_age_seconds must be positive "
@@ -98,6 +101,7 @@ class Spool:
         self._segment_bytes = segment_bytes
         self._fsync = fsync
         self._clock = clock
+        self._uptime = uptime or _boottime
         self._boot = boot_tag(_read_boot_id() if boot_id is None else boot_id)
         self._lock = threading.RLock()
         self._closed = True
@@ -128,7 +132,7 @@ class Spool:
         self._closed = False
         with self._lock:
             self._delete_consumed()
-            self._expire(self._now_ns())
+            self._expire(self._uptime_ns())
             self._make_room(0)
 
     # ---- opening ----
@@ -261,8 +265,8 @@ class Spool:
                                      f"{self._max_bytes}; raise max_bytes")
             self._check_directory()
             self._check_active()
+            self._expire(self._uptime_ns())
             now = self._now_ns()
-            self._expire(now)
             seqs: list[int] = []
             while len(seqs) < len(payloads):
                 try:
@@ -286,7 +290,7 @@ class Spool:
             total += size
         self._make_room(total)
         seg = self._writable(total)
-        uptime = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        uptime = self._uptime_ns()
         records: list[bytes] = []
         heads: list[Rec] = []
         accounted = self._accounted
@@ -337,7 +341,7 @@ class Spool:
         with self._lock:
             self._check_open()
             self._check_directory()
-            self._expire(self._now_ns())
+            self._expire(self._uptime_ns())
             out: list[tuple[int, bytes]] = []
             bad: list[tuple[Segment, Rec]] = []
             self._repair(list({id(seg): seg for seg, _ in self._iter_pending(limit)}.values()))
@@ -396,7 +400,7 @@ class Spool:
                 "bytes": self._bytes,
                 "segments": len(self._segments),
                 "oldest_pending_age_seconds":
-                    None if oldest is None else max(0.0, (self._now_ns() - oldest[1].wall_ns) / 1e9),
+                    None if oldest is None else max(0.0, self._age_ns(oldest[1], self._uptime_ns()) / 1e9),
                 "acked_seq": self._floor,
                 "next_seq": self._next_seq,
                 "dropped": dict(self.dropped),
@@ -437,6 +441,18 @@ class Spool:
 
     def _now_ns(self) -> int:
         return int(self._clock() * 1e9)
+
+    def _uptime_ns(self) -> int:
+        return int(self._uptime() * 1e9)
+
+    def _age_ns(self, rec: Rec, now_uptime_ns: int) -> int:
+        """How old a record is by CLOCK_BOOTTIME. One of an earlier boot (or of the format before the
+        ledger, which has no boot) is at least as old as this boot: aged from its start, which keeps
+        it up to max_age longer than it should rather than dropping a fresh one when the wall clock
+        was stepped."""
+        if rec.boot == self._boot and rec.uptime_ns >= 0:
+            return now_uptime_ns - rec.uptime_ns
+        return now_uptime_ns
 
     def _first_pending(self, seg: Segment) -> int:
         return bisect.bisect_right(seg.records, self._floor, key=lambda r: r.seq)
@@ -521,10 +537,10 @@ class Spool:
                 continue
             self._forget(seg)
 
-    def _expire(self, now_ns: int) -> None:
-        cutoff, count, upto = now_ns - self._max_age_ns, 0, self._floor
+    def _expire(self, now_uptime_ns: int) -> None:
+        count, upto = 0, self._floor
         for _, rec in self._iter_pending():
-            if rec.wall_ns >= cutoff:
+            if self._age_ns(rec, now_uptime_ns) <= self._max_age_ns:
                 break
             count, upto = count + 1, rec.seq
         if count:
@@ -548,3 +564,7 @@ class Spool:
             self.dropped["spool_full"] += count
             log.warning("spool %s: over max_bytes=%d, dropped the %d oldest undelivered OOM events "
                         "(spool_full)", self._dir, self._max_bytes, count)
+
+
+def _boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)

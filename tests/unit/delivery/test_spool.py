@@ -21,6 +21,7 @@ from otel_oom.schema.records import OomKill
 from testing.agent_process import REPO
 
 ROOT = str(REPO)
+BOOT = "2b0e4c1a-5d6f-4a7b-8c9d-0e1f2a3b4c5d"
 HEAD = HEADER.size  # record header size, see the format in otel_oom/delivery/spool_format.py
 
 
@@ -244,7 +245,7 @@ def test_max_bytes_drops_oldest_and_counts(tmp_path, caplog):
 def test_max_age_drops_expired_and_counts(tmp_path, caplog):
     d = tmp_path / "s"
     now = [1000.0]
-    with Spool(d, max_age_seconds=100, fsync=False, clock=lambda: now[0]) as sp:
+    with Spool(d, max_age_seconds=100, fsync=False, boot_id=BOOT, uptime=lambda: now[0]) as sp:
         old = [sp.append(payload(i)) for i in range(5)]
         now[0] = 1050.0
         new = [sp.append(payload(i)) for i in range(5, 8)]
@@ -255,7 +256,7 @@ def test_max_age_drops_expired_and_counts(tmp_path, caplog):
         assert "dropped 5 undelivered OOM events older than 100s (spool_expired)" in caplog.text
         assert sp.dropped == {"spool_full": 0, "spool_expired": 5, "spool_corrupt": 0, "spool_lost": 0}
         assert sp.stats()["oldest_pending_age_seconds"] == pytest.approx(70.0)
-    with Spool(d, max_age_seconds=100, clock=lambda: now[0]) as sp:
+    with Spool(d, max_age_seconds=100, boot_id=BOOT, uptime=lambda: now[0]) as sp:
         assert [s for s, _ in sp.pending()] == new and sp.dropped["spool_expired"] == 0
         now[0] = 1200.0
         assert sp.pending() == [] and sp.dropped["spool_expired"] == 3
