@@ -230,8 +230,11 @@ class Reconciler:
             if kill.recovered:
                 counts = self._recovered_counts.pop(kill.event_id, 1)
                 if kill.event_id in self._window_ids:
+                    # counted by the kernel after the start-up's reading, like a kill the probe caught:
+                    # accounted for in the host's and its cgroup's comparison too, not unobserved
                     self._window_ids.discard(kill.event_id)
                     self.window_recovered += counts
+                    self._tally_cgroup(kill, counts)
             elif kill.killer != KILLER_KERNEL or kill.killed is False:
                 # a user-space killer's kill, or a task only marked because it was already exiting:
                 # the kernel counts no OOM kill for either
@@ -247,11 +250,11 @@ class Reconciler:
             self.accounted_count += counts
             return self.accounted_count
 
-    def _tally_cgroup(self, kill: OomKill) -> None:
+    def _tally_cgroup(self, kill: OomKill, counts: int = 1) -> None:
         if kill.cgroup_path:
-            self._observed_by_cgroup[kill.cgroup_path] += 1
+            self._observed_by_cgroup[kill.cgroup_path] += counts
         else:
-            self._observed_without_cgroup += 1
+            self._observed_without_cgroup += counts
 
     def settle(self, count: int) -> None:
         """`count`: the kernel's kill count as read one refresh earlier; every kill of it the probe
@@ -315,7 +318,8 @@ class Reconciler:
             if self.baseline is None or self._previous is None:
                 host = 0
             else:
-                host = max(0, (self._previous - self.baseline) - self.observed_count - self.group_decisions)
+                host = max(0, (self._previous - self.baseline) - self.observed_count - self.group_decisions
+                           - self.window_recovered)
             # a task that was already exiting is marked without being counted as a kill, so the
             # host-wide difference can hide a miss that its cgroup's own counter still shows
             return max(host, self.memcg_unobserved) + self.missed_without_details

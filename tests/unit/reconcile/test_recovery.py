@@ -2,6 +2,7 @@
 the ledger in a real spool."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -280,4 +281,42 @@ def test_kills_of_the_attach_window_are_recovered_unless_the_probe_caught_them(t
     assert r.account(_kill(202, "/")) == 7
     assert r.accounted() == 7
     r.release_snapshot()
+    store.close()
+
+
+def _group_killed_lines(seq: int, pids: tuple[int, ...], path: str = "/g") -> str:
+    """A memory.oom.group kill as the kernel prints it: the chosen victim, the group line, every member
+    (the chosen one again: the kernel counts it twice)."""
+    lines = [_killed_line(seq, pids[0]), f"3,{seq + 1},{(seq + 1) * 1000},-;Tasks in {path} are going to be killed "
+             "due to memory.oom.group set\n"]
+    lines += [_killed_line(seq + 2 + i, pid) for i, pid in enumerate(pids)]
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("window, caught, kernel_counts", [
+    (_killed_line(6, 201), set(), 1),                          # one kill, not caught by the probe
+    (_killed_line(6, 201) + _killed_line(7, 202), {202}, 2),   # two, the probe caught the second
+    (_group_killed_lines(6, (301, 302)), set(), 3),            # a group kill: its chosen victim counted twice
+])
+def test_kills_of_the_attach_window_recovered_are_not_also_counted_unobserved(tmp_path, window, caught, kernel_counts):
+    # before: recovered and delivered, and still counted in oom.kills.unobserved (a false alert)
+    proc, h = _tree(tmp_path, 5, {"/": 0, "/g": 0})
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("".join(_killed_line(i, 100 + i) for i in range(1, 6)))
+    store = _store(tmp_path / "spool")
+    r = Reconciler(store, h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
+    r.recover_missed()
+    r.start()
+    with open(kmsg, "a") as f:
+        f.write(window)  # during the attach
+    _tree(tmp_path, 5 + kernel_counts, {"/": 0, "/g": kernel_counts})
+    recovered = r.recover_window(caught)
+    for k in recovered:
+        _stored(r, store, dataclasses.replace(k, cgroup_path="/g"))  # (the summary line would name it)
+    for pid in caught:
+        _stored(r, store, _kill(pid, "/g"))
+    r.refresh()
+    r.refresh()  # the kernel's count one refresh old now holds the window's kills
+    assert r.unobserved() == 0 and r.memcg_unobserved == 0
+    assert r.accounted() == 5 + kernel_counts
     store.close()
