@@ -7,16 +7,15 @@
 
 `start()` builds the parts in data-flow order and registers each with the supervisor in dependency
 order; `close()` has it stop them in reverse within --shutdown-timeout (delivery first, the final
-metric export last); it can be called twice. Signals only set a flag. A service thread that dies
-makes `/readyz` fail and the agent stop with exit code 1 after its teardown; the spool keeps what
-was stored.
+metric export last); it can be called twice. Signals only set a flag (own_process.py). A service
+thread that dies makes `/readyz` fail and the agent stop with exit code 1 after its teardown; the
+spool keeps what was stored.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -33,9 +32,18 @@ from .config import RunConfig
 from .delivery.parked import ParkedEvents
 from .delivery.sender import RETRY_MAX_S, SpoolSender
 from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
+from .errors import AgentError
 from .kernel.libbpf import release_freed_memory
 from .kernel.source import SampleSource, SourceFactory
-from .own_process import lower_oom_score
+from .own_process import (
+    OUT_OF_MEMORY,
+    install_signal_handlers,
+    install_thread_hook,
+    limit_malloc_arenas,
+    lower_oom_score,
+    ready_line,
+    status_line,
+)
 from .pipeline import Pipeline
 from .reconcile.recovery import Reconciler
 from .sample_queue import ByteBoundedQueue
@@ -55,7 +63,6 @@ POLL_MS = 100
 # compare with /proc/vmstat oom_kill every cfg.reconcile_interval (default 5 s), and with every
 # memory cgroup's own oom_kill counter this many times less often (default every 30 s)
 RECONCILE_MEMCGS_EVERY = 6
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PARKED_MIN_BYTES = 64 << 10  # events the collector refused for good, kept for inspection (spool_max_bytes / 16)
 # places kept in the teardown order for what the export set-up makes after `ready`
 METRICS, EXPORTERS, SENDER = "otel-oom-metrics", "otel-oom-exporters", "otel-oom-sender"
@@ -79,6 +86,7 @@ class Agent:
         self.drops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.stopping = threading.Event()
+        self._status_wanted = threading.Event()
         # ring-buffer samples, the pressure source's events (around the kill), Settle markers; None stops the worker
         self._samples: ByteBoundedQueue[Item] = ByteBoundedQueue(SAMPLE_QUEUE_BYTES)
         self.supervisor = Supervisor(on_failure=self._service_failed, stopping=self.stopping)
@@ -162,14 +170,7 @@ class Agent:
         if around.source is not None:
             sv.add(Resource("otel-oom-pressure-files", around.close))  # after its thread stopped
             sv.add(ThreadService("otel-oom-pressure", around.run, around.stop))
-        plan = self.source.plan
-        task = ""
-        if plan.victim == "tracepoint":
-            task = f" task={plan.task}" + (f" ({plan.task_symbol})" if plan.task == "kprobe" else "")
-        log.info("ready in %.0f ms: hooks victim=%s context=%s%s%s, backend %s; delivery %s; around the kill: %s",
-                 (time.monotonic() - t0) * 1000, plan.victim, plan.context,
-                 f" ({plan.kprobe_symbol})" if plan.kprobe_symbol else "", task, plan.backend,
-                 self._delivery_summary(), around.describe())
+        log.info("%s", ready_line(self, time.monotonic() - t0))
         if self._export_pending:
             sv.add(ThreadService("otel-oom-export-setup", functools.partial(self._start_export, health), ends=True))
 
@@ -293,20 +294,6 @@ class Agent:
                            ring_bytes=cfg.ring_buffer_bytes, bcc_buffer=cfg.bcc_buffer,
                            extras=around_the_kill.probe_extras(cfg))
 
-    def _delivery_summary(self) -> str:
-        parts = []
-        if self.cfg.otlp_settings is not None:
-            logs = self.cfg.otlp_settings.logs
-            parts.append(f"OTLP {logs.protocol} to {logs.endpoint.redacted}")
-            parts.append(f"spool {self.cfg.spool_dir}" if self.cfg.spool_dir else "no spool (memory only)")
-        if self.cfg.console:
-            parts.append("console")
-        if self.cfg.json:
-            parts.append("JSON on stdout")
-        if self.cfg.webhook:
-            parts.append("webhook")
-        return ", ".join(parts) or "none"
-
     def _on_sample(self, raw: bytes) -> None:
         # runs inside the source's poll: copy and hand on, never block
         if not self._samples.put_nowait(raw):
@@ -358,17 +345,17 @@ class Agent:
 
     # ---- main loop and teardown ------------------------------------------------------------
     def run(self) -> int:
-        def stop(signum: int, _frame: object) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            self.stopping.set()
-
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, stop)
+        install_signal_handlers(self.stopping, self._status_wanted)
+        install_thread_hook()
+        limit_malloc_arenas()
         try:
-            self.start()
-            self._loop()
-        finally:
-            self.close()
+            try:
+                self.start()
+                self._loop()
+            finally:
+                self.close()
+        except MemoryError:
+            raise AgentError(OUT_OF_MEMORY) from None  # one line, exit 1 (cli)
         return self.exit_code
 
     def _loop(self) -> None:
@@ -376,6 +363,9 @@ class Agent:
         last_reconcile = last_memcgs = time.monotonic()
         while not self.stopping.is_set():
             self.source.poll(POLL_MS)
+            if self._status_wanted.is_set():  # SIGUSR1, SIGUSR2
+                self._status_wanted.clear()
+                log.info("%s", status_line(self))
             now = time.monotonic()
             if now - last_reconcile >= self.cfg.reconcile_interval:
                 # walking every memory cgroup costs more than one read of /proc/vmstat: less often

@@ -14,7 +14,7 @@ services marked `final` (the last metric export) get the last part of it, the ot
 rest in order, and whatever is still running after its turn gets one more second in all.
 
 A service thread that raises, or returns while nobody asked it to, is a failure: it is logged once
-(one line for a `MemoryError` or an expected `AgentError`, the traceback otherwise), makes
+(one line when it ran out of memory or for an expected `AgentError`, the traceback otherwise), makes
 `healthy()` name it (so /readyz fails), and calls the supervisor's `on_failure` (the agent stops,
 with exit code 1, after its normal teardown).
 """
@@ -44,6 +44,19 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is the process running out of memory (or address space, under ulimit -v), in any
+    of the shapes Python gives it: MemoryError, ENOMEM, a shared object that cannot be mapped, a
+    thread that cannot be started."""
+    import errno
+
+    text = str(e)
+    return (isinstance(e, MemoryError)
+            or (isinstance(e, OSError) and e.errno == errno.ENOMEM)
+            or (isinstance(e, ImportError) and ("failed to map segment" in text or "Cannot allocate memory" in text))
+            or (isinstance(e, RuntimeError) and "can't start new thread" in text))
+
+
 class ServiceThread:
     """A daemon thread that records why it ended; `ends=True` for a body that is meant to return."""
 
@@ -59,8 +72,15 @@ class ServiceThread:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._body, name=self.name, daemon=True)
-        self._thread.start()
+        from .errors import AgentError
+
+        thread = threading.Thread(target=self._body, name=self.name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as e:  # no memory (or address space) for its stack
+            raise AgentError(f"cannot start thread {self.name}: {e}; raise the agent's memory limit "
+                             "(its container's, or ulimit -v)") from None
+        self._thread = thread
 
     def _body(self) -> None:
         try:
@@ -76,8 +96,9 @@ class ServiceThread:
         from .errors import AgentError
 
         self.failure = why
-        if e is None or isinstance(e, (MemoryError, AgentError)):
-            hint = "; raise the agent's memory limit" if isinstance(e, MemoryError) else ""
+        oom = e is not None and out_of_memory(e)
+        if e is None or oom or isinstance(e, AgentError):
+            hint = "; out of memory: raise the agent's memory limit (its container's, or ulimit -v)" if oom else ""
             log.critical("thread %s %s%s; stopping so the agent can be restarted (stored events stay in "
                          "the spool)", self.name, f"died: {why}" if e is not None else why, hint)
         else:

@@ -194,3 +194,29 @@ def test_a_resource_closes_once_and_may_be_told_the_time_left():
     sv.stop_all(8, final_share=2.0)
     sv.stop_all(8)  # twice: nothing happens again
     assert calls == ["closed", 8.0]
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OSError(12, "Cannot allocate memory"),
+                                   ImportError("libstdc++.so.6: failed to map segment from shared object"),
+                                   RuntimeError("can't start new thread")])
+def test_every_shape_of_memory_exhaustion_is_one_line(error, caplog):
+    # seen under `ulimit -v`: the SDK's import failing to map gRPC's libstdc++, a thread without a stack
+    sv = Supervisor()
+
+    def fail() -> None:
+        raise error
+
+    with caplog.at_level(logging.CRITICAL, logger="otel_oom.service"):
+        assert sv.add(ThreadService("otel-oom-export-setup", fail, ends=True)).join(10)
+    (rec,) = caplog.records
+    assert rec.exc_info is None and "out of memory: raise the agent's memory limit" in rec.getMessage()
+
+
+def test_a_thread_that_cannot_be_started_is_an_expected_error(monkeypatch):
+    def no_stack(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_stack)
+    with pytest.raises(AgentError, match="cannot start thread otel-oom-worker: can't start new thread; raise the "
+                                         "agent's memory limit"):
+        Supervisor().add(ThreadService("otel-oom-worker", lambda: None))
