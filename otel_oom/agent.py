@@ -37,6 +37,7 @@ from .kernel.libbpf import release_freed_memory
 from .kernel.source import SampleSource, SourceFactory
 from .own_process import (
     OUT_OF_MEMORY,
+    check_room_for_grpc,
     install_signal_handlers,
     install_thread_hook,
     limit_malloc_arenas,
@@ -195,6 +196,9 @@ class Agent:
         A failure here is the service's: /readyz names it and the agent stops with exit code 1.
         """
         t0 = time.monotonic()
+        otlp = self.cfg.otlp_settings
+        if otlp is not None and "grpc" in (otlp.logs.protocol, otlp.metrics.protocol):
+            check_room_for_grpc()
         self._build_export(health)
         self._export_pending = False
         release_freed_memory()  # what the SDK's imports and set-up freed

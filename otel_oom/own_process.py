@@ -70,6 +70,27 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass  # not glibc: nothing to limit
 
 
+GRPC_HEADROOM = 128 << 20  # address space gRPC's C core takes for its threads (measured: ~100 MiB)
+
+
+def check_room_for_grpc() -> None:
+    """Under an address-space limit, refuse gRPC in one line when it would not fit: its C core aborts
+    the process (SIGABRT, no word from the agent) when it cannot start one of its threads."""
+    import resource
+
+    from .errors import AgentError
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return
+    with open("/proc/self/status") as f:
+        used = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+    if limit - used < GRPC_HEADROOM:
+        raise AgentError(f"the address-space limit (ulimit -v, {limit >> 20} MiB) leaves {(limit - used) >> 20} MiB: "
+                         f"OTLP over gRPC needs about {GRPC_HEADROOM >> 20} MiB more for its threads; raise the limit, "
+                         "or export over http/protobuf (OTEL_EXPORTER_OTLP_PROTOCOL)")
+
+
 def install_signal_handlers(stop: threading.Event, status: threading.Event) -> None:
     def stopping(signum: int, _frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
