@@ -112,8 +112,8 @@ class Spool:
         self._accounted = NO_LEDGER          # this boot's ledger count, as written last (or found)
         self._ledger_seen = False
         self._files = SpoolDirectory(self._dir, fsync)
-        state, _ = self._files.open(AckState(0, 0, self._boot, NO_LEDGER))
-        problem = None
+        state, ack_missing = self._files.open(AckState(0, 0, self._boot, NO_LEDGER))
+        problem = "its ack file was missing" if ack_missing else None
         if state is None:
             problem = "its ack file is unreadable"
             log.warning("spool %s: ack file is unreadable; every event still on disk will be delivered again",

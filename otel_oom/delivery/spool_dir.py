@@ -42,9 +42,13 @@ class SpoolDirectory:
     # ---- opening ----
     def open(self, empty: AckState) -> tuple[Optional[AckState], bool]:
         """Create the directory if needed, take its lock, open its ack file (made with `empty` if
-        missing). Returns (the ack file's state or None if unreadable, whether the directory is new)."""
+        missing). Returns (the ack file's state or None if unreadable, whether an earlier agent's ack
+        file was missing: the directory has its lock, but no ack)."""
+        missing = False
         try:
             new = not os.path.isdir(self.path)
+            missing = not new and os.path.lexists(os.path.join(self.path, "lock")) and \
+                not os.path.lexists(os.path.join(self.path, "ack"))
             if new:
                 os.makedirs(self.path, 0o700, exist_ok=True)
                 os.chmod(self.path, 0o700)  # mkdir's mode is filtered by the umask
@@ -71,7 +75,7 @@ class SpoolDirectory:
             raise SpoolError(f"cannot open spool {self.path}: {e.strerror}; "
                              "check the directory's permissions and free space") from None
         state, self.ack_next = newest(slots)
-        return state, new
+        return state, missing
 
     def _own(self, name: str, flags: int, replace_with: Optional[AckState] = None) -> int:
         """Open one of the spool's own files; one that is not a regular file is replaced (logged)."""

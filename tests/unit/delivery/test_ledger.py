@@ -151,3 +151,24 @@ def test_what_is_lost_with_the_memory_is_counted_and_only_kernel_kills_are_left_
     assert "the next start recovers the 1 kernel OOM kill(s) among them" in message
     assert f"the other {len(events)} (kills by user-space OOM killers" in message
     store.close()
+
+
+def test_an_ack_file_removed_while_no_agent_ran_is_a_problem_not_a_first_start(tmp_path, caplog):
+    import logging
+
+    from otel_oom.reconcile.recovery import Reconciler
+    from testing.fake_kernel import FakeKernel
+
+    kernel = FakeKernel(tmp_path / "kernel")
+    d = tmp_path / "s"
+    with Spool(d, boot_id=kernel.boot_id) as sp:
+        sp.account(0, durable=True)
+    (d / "ack").unlink()
+    kernel.kill(101)  # while down: the state that would tell it is gone
+    store = DeliveryStore(Spool(d, boot_id=kernel.boot_id))
+    assert store.ledger.problem == "its ack file was missing"
+    with caplog.at_level(logging.WARNING, logger="otel_oom.recovery"):
+        r = Reconciler(store, None, kernel.boot_id, proc_root=kernel.proc_root, kmsg_path=kernel.kmsg_path)
+        assert r.recover_missed() == []  # cannot be told apart from kills already reported: said so
+    assert "is unusable (its ack file was missing)" in caplog.text and "1 OOM kill(s)" in caplog.text
+    store.close()
