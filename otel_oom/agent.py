@@ -171,7 +171,7 @@ class Agent:
         if around.source is not None:
             sv.add(Resource("otel-oom-pressure-files", around.close))  # after its thread stopped
             sv.add(ThreadService("otel-oom-pressure", around.run, around.stop))
-        log.info("%s", ready_line(self, time.monotonic() - t0))
+        log.info("%s", ready_line(self.source.plan, cfg, around.describe(), time.monotonic() - t0))
         if self._export_pending:
             sv.add(ThreadService("otel-oom-export-setup", functools.partial(self._start_export, health), ends=True))
 
@@ -188,13 +188,9 @@ class Agent:
         self.pipeline.handle_kills(window)
 
     def _start_export(self, health: Optional["HealthServer"]) -> None:
-        """After `ready`, on a thread of its own: the OTel SDK, the exporters, the sender.
-
-        Importing and building them takes longer than everything before `ready` (~150 ms of
-        imports); the probes are attached and the spool open by then, so a kill caught meanwhile is
-        stored (and counted in the pipeline's backlog) and goes out as soon as the sender runs.
-        A failure here is the service's: /readyz names it and the agent stops with exit code 1.
-        """
+        """After `ready`, on a thread of its own: the OTel SDK, the exporters, the sender (~150 ms of
+        imports: a kill caught meanwhile is stored, and counted in the pipeline's backlog). A failure
+        here is the service's: /readyz names it and the agent stops with exit code 1."""
         t0 = time.monotonic()
         otlp = self.cfg.otlp_settings
         if otlp is not None and "grpc" in (otlp.logs.protocol, otlp.metrics.protocol):
@@ -369,7 +365,7 @@ class Agent:
             self.source.poll(POLL_MS)
             if self._status_wanted.is_set():  # SIGUSR1, SIGUSR2
                 self._status_wanted.clear()
-                log.info("%s", status_line(self))
+                self._log_status()
             now = time.monotonic()
             if now - last_reconcile >= self.cfg.reconcile_interval:
                 # walking every memory cgroup costs more than one read of /proc/vmstat: less often
@@ -380,6 +376,13 @@ class Agent:
                     self._samples.put(Settle(settled))
                 last_reconcile = now
                 last_memcgs = now if walk else last_memcgs
+
+    def _log_status(self) -> None:
+        spool = getattr(self.store, "spool", None)
+        log.info("%s", status_line(self.readiness(), self.pipeline.kills_seen if self.pipeline else 0,
+                                   spool.stats()["pending"] if spool is not None else 0,
+                                   self.store.in_memory() if self.store is not None else 0,
+                                   self.drop_counts(), self.unobserved_kills()))
 
     def close(self) -> None:
         if self._closed:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from .service import out_of_memory
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from .config import RunConfig
 
 log = logging.getLogger("otel_oom.agent")
 
@@ -125,26 +125,18 @@ def install_thread_hook() -> None:
     threading.excepthook = hook
 
 
-def status_line(agent: "Agent") -> str:
-    ok, why = agent.readiness()
-    store = agent.store
-    waiting = memory = 0
-    spool = getattr(store, "spool", None)
-    if spool is not None:
-        waiting = spool.stats()["pending"]
-    if store is not None:
-        memory = store.in_memory()
-    drops = {k: v for k, v in sorted(agent.drop_counts().items()) if v}
-    kills = agent.pipeline.kills_seen if agent.pipeline else 0
+def status_line(readiness: tuple[bool, str], kills: int, waiting: int, in_memory: int,
+                drops: Mapping[str, int], unobserved: int) -> str:
+    """The line SIGUSR1 and SIGUSR2 log."""
+    ok, why = readiness
+    dropped = {k: v for k, v in sorted(drops.items()) if v}
     return (f"status: {'ready' if ok else 'not ready: ' + why}; {kills} kill(s) handled; {waiting} event(s) "
-            f"waiting in the spool, {memory} in memory; dropped {drops or 'none'}; "
-            f"unobserved {agent.unobserved_kills()}")
+            f"waiting in the spool, {in_memory} in memory; dropped {dropped or 'none'}; unobserved {unobserved}")
 
 
-def ready_line(agent: "Agent", took_s: float) -> str:
-    """The `ready` line: the hooks attached, the delivery, what is watched around the kill."""
-    assert agent.source is not None and agent.around is not None
-    plan, cfg = agent.source.plan, agent.cfg
+def ready_line(plan: Any, cfg: "RunConfig", around: str, took_s: float) -> str:
+    """The `ready` line: the hooks attached (`plan`: kernel.source.HookPlan), the delivery, what is
+    watched around the kill."""
     task = ""
     if plan.victim == "tracepoint":
         task = f" task={plan.task}" + (f" ({plan.task_symbol})" if plan.task == "kprobe" else "")
@@ -157,4 +149,4 @@ def ready_line(agent: "Agent", took_s: float) -> str:
               if on]
     return (f"ready in {took_s * 1000:.0f} ms: hooks victim={plan.victim} context={plan.context}"
             f"{f' ({plan.kprobe_symbol})' if plan.kprobe_symbol else ''}{task}, backend {plan.backend}; "
-            f"delivery {', '.join(parts) or 'none'}; around the kill: {agent.around.describe()}")
+            f"delivery {', '.join(parts) or 'none'}; around the kill: {around}")

@@ -244,13 +244,18 @@ class Supervisor:
             self._entries[name] = _Entry(None, final)
 
     def fill(self, service: Service, start: bool = True) -> Service:
-        """The service for a reserved place (started unless `start=False`, or stopping already: a
-        place the teardown has passed would never stop it)."""
+        """The service for a reserved place (started unless `start=False`). Once the teardown began it
+        is not started but stopped at once: the teardown may have passed its place already (a
+        resource made, like the metrics with their exporter thread, is closed)."""
         entry = self._entries[service.name]
         if entry.service is not None:
             raise ValueError(f"service {service.name} is there already")
         entry.service = service
-        if start and not self.stopping:
+        if self.stopping:
+            entry.stopped = True
+            service.stop()
+            service.join(0.0)
+        elif start:
             self.start(service.name)
         return service
 

@@ -99,9 +99,8 @@ def test_kills_recovered_and_replayed_after_a_sigkill_keep_their_id(tmp_path):
     assert wait(lambda: len(h.agent.store.spool.pending()) == 2)
     spooled = [json.loads(p)["event_id"] for _, p in h.agent.store.spool.pending()]
     assert spooled == [kernel.kmsg_id(601), kernel.kmsg_id(602)]
-    h.agent.stopping.set()
-    h.thread.join(5)
-    abandon(h.agent.store.spool)  # SIGKILL
+    abandon(h.agent.store.spool)  # SIGKILL: nothing more reaches the spool
+    h.stop()                      # (the rest of the agent's threads end)
     with OtlpGrpcReceiver(port=port) as rx:
         h = start(tmp_path, kernel, rx.endpoint)
         try:

@@ -220,3 +220,13 @@ def test_a_thread_that_cannot_be_started_is_an_expected_error(monkeypatch):
     with pytest.raises(AgentError, match="cannot start thread otel-oom-worker: can't start new thread; raise the "
                                          "agent's memory limit"):
         Supervisor().add(ThreadService("otel-oom-worker", lambda: None))
+
+
+def test_a_service_made_once_the_teardown_began_is_closed_at_once_not_started():
+    clock = FakeClock()
+    sv = Supervisor(clock=clock)
+    sv.reserve("metrics", final=True)
+    sv.stop_all(5)
+    closed: list = []
+    sv.fill(Resource("metrics", close_within=closed.append))   # the export set-up finished too late
+    assert closed == [0.0]  # its exporter thread would otherwise outlive the agent

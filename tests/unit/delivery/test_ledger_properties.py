@@ -66,6 +66,7 @@ class World:
         self.live_ids: dict[int, str] = {}   # the id each live kill was given by the probe
         self.first_start: Optional[int] = None  # kernel kills before this many: never to be reported
         self.out_of_scope: set[int] = set()     # kills the agent cannot know of: its state was removed
+        self.unnoticed = False                  # files removed since the agent last used the spool
         self.delivered: dict[str, dict] = {}    # id -> the record, as the collector got it
         self.counted: Counter[str] = Counter()  # drops and unobserved kills, over every run
 
@@ -107,6 +108,8 @@ class World:
 
     def sigkill(self) -> None:
         if self.agent is not None:
+            if self.unnoticed:  # it died before it could notice: what was in those files is beyond it
+                self.out_of_scope.update(self.kernel_pids)
             abandon(self.agent.store.spool)
             self._tally(self.agent)  # what it counted (and exported) before it died
             self.agent = None
@@ -153,6 +156,8 @@ class World:
         if self.agent is None:
             return
         queue, self.agent.queue = self.agent.queue, []
+        if any(isinstance(item, OomKill) for item in queue):
+            self.unnoticed = False  # an append checks the files
         kills: list[OomKill] = []
         for item in queue + [None]:
             if isinstance(item, OomKill):
@@ -164,7 +169,11 @@ class World:
                 self.agent.pipeline.settle(item)
 
     def deliver(self) -> None:
-        if self.agent is None or not self.collector_up:
+        if self.agent is None:
+            return
+        self.agent.store.pending(1)  # the sender looks, whether the collector answers or not
+        self.unnoticed = False
+        if not self.collector_up:
             return
         while batch := self.agent.store.pending(100):
             for _, payload in batch:
@@ -180,6 +189,7 @@ class World:
         if self.agent is not None:
             for name in self.segments():
                 os.unlink(self.spool_dir / name)
+                self.unnoticed = True
 
     def cut_newest_segment(self, while_down: bool = False) -> None:
         if (self.agent is None) != while_down or not self.segments():
@@ -190,10 +200,12 @@ class World:
     def remove_directory(self) -> None:
         if self.agent is not None and self.spool_dir.exists():
             shutil.rmtree(self.spool_dir)
+            self.unnoticed = True
 
     def remove_ack(self) -> None:
         if self.agent is not None and (self.spool_dir / "ack").exists():
             os.unlink(self.spool_dir / "ack")
+            self.unnoticed = True
 
     def run(self, action: str) -> None:
         if action == "collector_down":
