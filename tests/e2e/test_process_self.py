@@ -66,7 +66,7 @@ def test_a_small_address_space_limit_is_one_line_or_a_running_agent_never_a_trac
                                  f"--spool-dir={tmp_path / 'spool'}", "--events=none"],
                                 cwd=REPO, env=agent_env(rx.endpoint), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            out, err = proc.communicate(timeout=8)
+            out, err = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:  # still running: it must also stop as usual
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
@@ -76,7 +76,11 @@ def test_a_small_address_space_limit_is_one_line_or_a_running_agent_never_a_trac
     stderr = err.decode("utf-8", "replace")
     print(f"\nulimit -v {limit_mib} MiB: {'ran' if running else f'exit {proc.returncode}'}")
     assert "Traceback" not in stderr, stderr
-    if running:
+    if running and " ready in " not in stderr:
+        # still importing when SIGTERM came (a loaded machine): the agent had no handler yet, the
+        # signal's default action ended it; nothing more to see
+        assert proc.returncode in (0, 1, -signal.SIGTERM), stderr
+    elif running:
         assert proc.returncode in (0, 1), stderr
     else:
         assert proc.returncode != 0, stderr
