@@ -1,0 +1,62 @@
+"""What the spool holds for a record: its OTLP message, encoded once by the worker as it is stored,
+and the little the sender needs besides (which signal, the record's id for its messages).
+
+    payload = b"\\x01" (this format) | signal (1: a LogRecord, 2: a Span) | u16 length of the id | id | message
+
+The message is `encode.log_record` (without its observed time, which the sender adds) or
+`encode.span`. The sender builds a request by concatenating these messages (`requests.py`): no
+record is decoded or rebuilt on the way out. A payload that starts with "{" was spooled by an agent
+from before this format, as the record's JSON (`schema.records.record_from_json`, kills without a
+"type" field): it is encoded here when read, to the same message a new agent would have spooled.
+An agent from before this format cannot read these payloads: it counts them as spool_undecodable.
+Imports nothing from OpenTelemetry (the worker stores records before the SDK is set up).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..schema.log_records import log_record
+from ..schema.records import OomEpisode, Record, record_from_json
+from ..schema.spans import episode_span
+from . import encode
+from .env import AttributeLimits
+
+FORMAT = 1
+LOGS, TRACES = "logs", "traces"
+_SIGNALS = {1: LOGS, 2: TRACES}
+_HEAD = struct.Struct("<BBH")  # format, signal, id length
+
+
+@dataclass(frozen=True)
+class Spooled:
+    signal: str       # LOGS or TRACES
+    record_id: str    # oom.event.id (kills), oom.record.id (the others), <trace id>:<span id> (an episode)
+    message: bytes    # a LogRecord without its observed time, or a Span
+
+
+class SpoolCodec:
+    """Records -> spool payloads (the pipeline) and back to what the sender sends (the sender)."""
+
+    def __init__(self, limits: AttributeLimits = AttributeLimits()) -> None:
+        self.limits = limits  # OTEL_*ATTRIBUTE*_LIMIT, applied to log records as the SDK did
+
+    def encode(self, record: Record) -> bytes:
+        if isinstance(record, OomEpisode):
+            signal, message = 2, encode.span(episode_span(record))
+        else:
+            signal, message = 1, encode.log_record(log_record(record), self.limits)
+        rid = record.event_id.encode("utf-8", "surrogateescape")
+        return _HEAD.pack(FORMAT, signal, len(rid)) + rid + message
+
+    def decode(self, payload: bytes) -> Spooled:
+        """ValueError (or TypeError, from an old record's JSON) if the payload cannot be read."""
+        if payload[:1] == b"{":
+            return self.decode(self.encode(record_from_json(payload)))
+        if len(payload) < _HEAD.size:
+            raise ValueError(f"a spool payload of {len(payload)} bytes is too short")
+        fmt, signal, n = _HEAD.unpack_from(payload)
+        if fmt != FORMAT or signal not in _SIGNALS or len(payload) < _HEAD.size + n:
+            raise ValueError(f"unknown spool payload (format {fmt}, signal {signal}): written by a newer otel-oom?")
+        rid = payload[_HEAD.size:_HEAD.size + n].decode("utf-8", "surrogateescape")
+        return Spooled(_SIGNALS[signal], rid, payload[_HEAD.size + n:])
