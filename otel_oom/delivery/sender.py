@@ -1,31 +1,40 @@
-"""The send loop: the store's pending events, in order, to the collector; acknowledged only on success.
+"""The send loop: the store's pending records, in order, to the collector; acknowledged only once settled.
 
-An event leaves the store only when the collector accepted it, or refused it as such: an outage, a
-slow collector or a SIGKILL of the agent loses nothing. What the collector says decides the rest:
+A record leaves the store only when the collector accepted it, or refused it as such: an outage, a
+slow collector or a SIGKILL of the agent loses nothing. Every stored record is a log record or, with
+--traces, an OOM episode's span (`otlp/spooled.py`); a batch's spans go in one request to the trace
+service, then its log records in one to the logs service, and for both what the collector says
+decides the rest, the same way:
 
-- accepted: acknowledged. With partial success (`rejected_log_records` > 0) the rejected count is
-  logged and counted as `collector_partial` (the answer does not say which records they were).
-- rejected (gRPC INVALID_ARGUMENT, HTTP 400) or too large (HTTP 413): the batch is split in halves
-  and each half sent again, down to single events; a single event still refused is parked
-  (`parked.py`), acknowledged and counted as `collector_rejected`, so it never blocks later kills.
-- anything else: kept, retried with backoff from 0.5 s to 30 s (or the collector's Retry-After).
+- accepted: settled. With partial success (`rejected_log_records` / `rejected_spans` > 0) the
+  rejected count is logged and counted as `collector_partial` (the answer does not say which).
+- rejected (gRPC INVALID_ARGUMENT, HTTP 400) or too large (HTTP 413): that request's records are
+  split in halves and each half sent again, down to single records; a single one still refused is
+  parked (`parked.py`), settled and counted as `collector_rejected`, so it never blocks later kills.
+- anything else: the attempt stops there; what was settled is acknowledged, the rest retried with
+  backoff from 0.5 s to 30 s (or the collector's Retry-After). Nothing retries inside an attempt.
+
+The store acknowledges by sequence number ("everything up to here"), so the spans go first and are
+acknowledged only together with the log records stored before them; the log records are then
+acknowledged as each request is settled. A retry after the spans were accepted sends them again
+(the collector may see a span twice; its ids are the same), never the other way round.
 
 During a burst the loop lets a batch fill (up to `BURST_WAIT_S`, while kills keep being stored) so a
-storm costs one export and one acknowledgement per `SEND_BATCH` events rather than per event; an
+storm costs one export and one acknowledgement per `SEND_BATCH` records rather than per record; an
 isolated kill is sent at once (at most `BURST_IDLE_S` later).
 Stopping: once `stopping` is set and `deadline` passed, no new attempt starts, and each attempt's
 timeout is cut to the time left.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
-from ..schema.records import OomEpisode, Record, record_from_json
+from ..otlp.spooled import LOGS, TRACES, SpoolCodec, Spooled
 from ..text import for_terminal
 from .parked import ParkedEvents
 
@@ -35,6 +44,8 @@ SEND_BATCH = 100
 BURST_WAIT_S = 0.05   # longest wait for a burst to fill a batch
 BURST_IDLE_S = 0.002  # ... as long as a kill was stored within this
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
+SIGNALS = (TRACES, LOGS)  # the order a batch is sent in (see the module docstring)
+_NOUN = {LOGS: "OOM event(s)", TRACES: "OOM episode span(s)"}
 
 
 class Store(Protocol):
@@ -54,23 +65,23 @@ class Result(Protocol):
 
 
 class Exporter(Protocol):
-    def send(self, kills: Sequence[Record], timeout_s: Optional[float] = None) -> Result: ...
+    """`otlp.export.OtlpExport`: one attempt per call, for "logs" or "traces"."""
+
+    def carries(self, signal: str) -> bool: ...
+    def send(self, signal: str, messages: Sequence[bytes], timeout_s: Optional[float] = None) -> Result: ...
+    def readable(self, signal: str, message: bytes) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
 
 
-class SpanExporter(Protocol):
-    """--traces: the OOM episodes' spans (otlp/traces.py); True when the collector took them."""
-
-    def send(self, episodes: Sequence[OomEpisode]) -> bool: ...
-    def shutdown(self) -> None: ...
+class Codec(Protocol):
+    def decode(self, payload: bytes) -> Spooled: ...
 
 
-@dataclass(frozen=True)
-class _SpansNotTaken:
-    outcome: str = "retry"
-    rejected: int = 0
-    message: str = "the trace export of the batch's episode spans failed"
-    retry_after: Optional[float] = None
+_OUT_OF_TIME = "out of time"  # stopping, and the deadline passed: the rest stays in the store
+
+
+def _ack_below(ack: Callable[[int], None], ceiling: int, upto: int) -> None:
+    ack(min(upto, ceiling))
 
 
 class SpoolSender:
@@ -79,12 +90,12 @@ class SpoolSender:
     def __init__(self, store: Store, exporter: Exporter, drops: Counter[str], stopping: threading.Event,
                  burst_in_progress: Callable[[], bool] = lambda: False,
                  spooled: Callable[[], int] = lambda: 0, parked: Optional[ParkedEvents] = None,
-                 commit_lock: Optional[threading.Lock] = None, span_exporter: Optional[SpanExporter] = None) -> None:
+                 commit_lock: Optional[threading.Lock] = None, codec: Optional[Codec] = None) -> None:
         self.store = store
         self.exporter = exporter
         self.drops = drops
         self.stopping = stopping
-        self.span_exporter = span_exporter  # --traces: the OOM episodes' spans
+        self.codec = codec or SpoolCodec()  # reads what the pipeline stored (and what older agents did)
         self.parked = parked or ParkedEvents(None, 0)
         # the pipeline holds it while it stores a kill and accounts for it (pipeline.handle_kill)
         self._commit_lock = commit_lock or threading.Lock()
@@ -156,62 +167,76 @@ class SpoolSender:
 
     def _deliver(self, batch: list[tuple[int, bytes]]) -> Optional[Result]:
         """Send `batch` (split as the collector asks); ack what was settled. The failure that stopped it, or None."""
-        decoded: list[tuple[int, Record, bytes]] = []
+        by_signal: dict[str, list[tuple[int, Spooled]]] = {signal: [] for signal in SIGNALS}
         undecodable: list[int] = []
-        spans: list[OomEpisode] = []
         for seq, payload in batch:
             try:
-                record = record_from_json(payload)
+                item = self.codec.decode(payload)
             except (ValueError, TypeError):
                 undecodable.append(seq)
                 continue
-            if isinstance(record, OomEpisode):
-                spans.append(record)
-            else:
-                decoded.append((seq, record, payload))
-        # the batch's episode spans first: acknowledging the log records after them acknowledges them too
-        if spans and self.span_exporter is None:
-            self.drops["span_without_traces"] += len(spans)  # spooled with --traces, replayed without
-        elif spans and not self.span_exporter.send(spans):  # type: ignore[union-attr]
-            return _SpansNotTaken()
+            by_signal[item.signal].append((seq, item))
+        if by_signal[TRACES] and not self.exporter.carries(TRACES):
+            self.drops["span_without_traces"] += len(by_signal[TRACES])  # spooled with --traces, replayed without
+            by_signal[TRACES] = []
+        acked = [0]
 
         def ack(upto: int) -> None:
             # settled in order: acknowledge as we go, so a retry starts after what is done
+            if upto <= acked[0]:
+                return
             lost = [s for s in undecodable if s <= upto]
             if lost:
                 self.drops["spool_undecodable"] += len(lost)
                 del undecodable[:len(lost)]
             self.store.ack(upto)
+            acked[0] = upto
 
-        work = [decoded] if decoded else []
+        for i, signal in enumerate(SIGNALS):
+            # while this signal is sent, nothing from the first record of a later signal on may be acknowledged
+            later = [seq for other in SIGNALS[i + 1:] for seq, _ in by_signal[other][:1]]
+            ceiling = min(later) - 1 if later else batch[-1][0]
+            failed = self._send(signal, by_signal[signal], functools.partial(_ack_below, ack, ceiling))
+            if failed == _OUT_OF_TIME:
+                return None
+            if failed is not None:
+                return failed  # type: ignore[return-value]
+        ack(batch[-1][0])
+        return None
+
+    def _send(self, signal: str, items: list[tuple[int, Spooled]],
+              ack: Callable[[int], None]) -> Union[None, str, Result]:
+        """Deliver one signal's records of a batch: None once all are settled, else what stopped it."""
+        work = [items] if items else []
+        noun = _NOUN[signal]
         while work:
             part = work.pop(0)
             left = self._time_left()
             if left is not None and left <= 0:
-                return None  # out of time while stopping: the rest stays in the spool
-            result = self.exporter.send([k for _, k, _ in part], left)
+                return _OUT_OF_TIME
+            result = self.exporter.send(signal, [item.message for _, item in part], left)
             if result.outcome == "accepted":
                 if result.rejected:
-                    log.error("collector accepted %d OOM event(s) but rejected %d of them (%s); counted as "
-                              "collector_partial (events %s .. %s)", len(part), result.rejected,
+                    log.error("collector accepted %d %s but rejected %d of them (%s); counted as "
+                              "collector_partial (%s .. %s)", len(part), noun, result.rejected,
                               for_terminal(result.message[:200]) or "no reason given",
-                              part[0][1].event_id, part[-1][1].event_id)
+                              part[0][1].record_id, part[-1][1].record_id)
                     self.drops["collector_partial"] += result.rejected
             elif result.outcome in ("rejected", "too_large") and len(part) > 1:
                 half = len(part) // 2
                 work[0:0] = [part[:half], part[half:]]
                 continue
             elif result.outcome in ("rejected", "too_large"):
-                _, kill, payload = part[0]
+                _, item = part[0]
                 self.drops["collector_rejected"] += 1
-                kept = self.parked.park(payload, kill.event_id, result.message)
-                log.error("collector refused OOM event %s for good (%s); %s, counted as collector_rejected",
-                          kill.event_id, for_terminal(result.message[:200]),
+                kept = self.parked.park(self.exporter.readable(signal, item.message), item.record_id,
+                                        result.message, signal)
+                log.error("collector refused %s %s for good (%s); %s, counted as collector_rejected",
+                          noun.replace("(s)", ""), item.record_id, for_terminal(result.message[:200]),
                           f"parked in {self.parked.path}" if kept else "not kept")
             else:
                 return result
             ack(part[-1][0])
-        ack(batch[-1][0])
         return None
 
     def stuck_for(self) -> float:
