@@ -41,6 +41,12 @@ class Store(Protocol):
     def append_many(self, payloads: list[bytes]) -> list[int]: ...
 
 
+class Codec(Protocol):
+    """A record as the store keeps it (`otlp.spooled.SpoolCodec`: its encoded OTLP message)."""
+
+    def encode(self, record: Record) -> bytes: ...
+
+
 METRICS_BACKLOG_MAX = 10000  # records counted before the agent's metrics exist (see attach_metrics)
 
 
@@ -50,12 +56,12 @@ class Pipeline:
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
                  commit_lock: Optional[threading.Lock] = None, around: Optional["Around"] = None,
-                 metrics_later: bool = False, codec: Optional[SpoolCodec] = None) -> None:
+                 metrics_later: bool = False, codec: Optional[Codec] = None) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
         self.store = store            # None: no OTLP delivery (console/JSON only)
-        self.codec = codec or SpoolCodec()  # a record as the store keeps it: its encoded OTLP message
+        self.codec: Codec = codec or SpoolCodec()  # a record as the store keeps it: its encoded OTLP message
         self.on_stored = on_stored    # wakes the sender
         self.commit_lock = commit_lock or threading.Lock()  # held across store + account; the sender reads under it
         self.reconciler = reconciler
