@@ -11,10 +11,11 @@ aside: `ObservedTimestamp` is put in front by the sender, and a parser takes fie
 `tests/unit/otlp/test_encode.py` parses what this writes with the generated classes and compares
 it with golden requests made by the SDK's encoder.
 
-Value types follow the SDK's encoder (`_encode_value`): bool, str (valid UTF-8: `text.for_otlp`
-made raw kernel bytes `bytes`), int (int64), float, bytes, list/tuple (array), dict (kvlist), None
-(an empty value). An attribute whose value cannot be encoded is left out and logged, as the SDK's
-encoder does.
+Value types follow the SDK's encoder (`_encode_value`): bool, str, int (int64), float, bytes,
+list/tuple (array), dict (kvlist), None (an empty value). A string holding raw kernel bytes (lone
+surrogates) goes as `text.for_otlp` says, as bytes_value, so the schema's attributes can be taken
+as decoded (`raw`) and each string is checked once, here. An attribute whose value cannot be
+encoded is left out and logged, as the SDK's encoder does.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any, Mapping, Optional
 
 from ..schema.log_records import LogRecordFields
 from ..schema.spans import SpanFields
+from ..text import for_otlp
 from .env import AttributeLimits
 
 log = logging.getLogger("otel_oom.otlp")
@@ -67,8 +69,8 @@ def any_value(v: Any) -> Optional[bytes]:
     if t is str:
         try:
             b = v.encode()
-        except UnicodeEncodeError:  # a lone surrogate: `text.for_otlp` turns kernel strings into bytes first
-            return None
+        except UnicodeEncodeError:  # raw kernel bytes (lone surrogates): bytes_value, as `text.for_otlp` says
+            return any_value(for_otlp(v))
         return b"\x0a" + varint(len(b)) + b
     if t is int:
         if v >= 0:

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional
 from urllib.parse import unquote
 
 from ..errors import UsageError
+from ..text import for_otlp
 from ..urls import Url, parse_url
 
 log = logging.getLogger("otel_oom.otlp")
@@ -81,7 +82,8 @@ class AttributeLimits:
 
 def _truncated(v: Any, length: int) -> Any:
     if isinstance(v, str):
-        return v[:length]
+        otlp = for_otlp(v)  # raw kernel bytes go as bytes_value, which the SDK never cut
+        return otlp if isinstance(otlp, bytes) else v[:length]
     if isinstance(v, (list, tuple)):
         return tuple(_truncated(x, length) for x in v)
     if isinstance(v, dict):

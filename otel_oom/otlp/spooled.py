@@ -45,7 +45,8 @@ class SpoolCodec:
         if isinstance(record, OomEpisode):
             signal, message = 2, encode.span(episode_span(record))
         else:
-            signal, message = 1, encode.log_record(log_record(record), self.limits)
+            # raw: the encoder turns strings with raw kernel bytes into bytes_value itself (`text.for_otlp`)
+            signal, message = 1, encode.log_record(log_record(record, raw=True), self.limits)
         rid = record.event_id.encode("utf-8", "surrogateescape")
         return _HEAD.pack(FORMAT, signal, len(rid)) + rid + message
 
