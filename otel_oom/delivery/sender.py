@@ -19,9 +19,10 @@ acknowledged only together with the log records stored before them; the log reco
 acknowledged as each request is settled. A retry after the spans were accepted sends them again
 (the collector may see a span twice; its ids are the same), never the other way round.
 
-During a burst the loop lets a batch fill (up to `BURST_WAIT_S`, while kills keep being stored) so a
-storm costs one export and one acknowledgement per `SEND_BATCH` records rather than per record; an
-isolated kill is sent at once (at most `BURST_IDLE_S` later).
+During a burst (several records waiting and more samples queued for the worker) the loop lets a
+batch fill (up to `BURST_WAIT_S`, while kills keep being stored, each within `BURST_IDLE_S` of the
+last) so a storm costs one export and one acknowledgement per `SEND_BATCH` records rather than per
+record; a lone record is sent as soon as the sender wakes.
 Stopping: once `stopping` is set and `deadline` passed, no new attempt starts, and each attempt's
 timeout is cut to the time left.
 """
@@ -114,18 +115,17 @@ class SpoolSender:
         self._wake.clear()
 
     def _fill_burst(self, have: int) -> list[tuple[int, bytes]]:
+        """While kills keep being stored, let the batch fill: up to SEND_BATCH records or BURST_WAIT_S,
+        and only as long as the next one is stored within BURST_IDLE_S (the store wakes this thread)."""
         spooled = self._spooled()
         target = spooled + SEND_BATCH - have
-        now = time.monotonic()
-        deadline, moved = now + BURST_WAIT_S, now
-        # a burst is in progress while kills keep being stored: the queue may also hold samples that
-        # are no kills (a victim's reclaim events follow its kill), which must not hold a lone kill back
-        while (self._burst_in_progress() and spooled < target and now < deadline and now - moved < BURST_IDLE_S
-               and not self.stopping.is_set()):
-            time.sleep(0.0005)
-            now, latest = time.monotonic(), self._spooled()
-            if latest != spooled:
-                spooled, moved = latest, now
+        deadline = time.monotonic() + BURST_WAIT_S
+        while spooled < target and not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._wake.wait(min(BURST_IDLE_S, left)):
+                break
+            self._wake.clear()
+            spooled = self._spooled()
         return self._pending()
 
     def _pending(self) -> list[tuple[int, bytes]]:
@@ -150,7 +150,8 @@ class SpoolSender:
                     return
                 self._sleep(1.0)
                 continue
-            if len(batch) < SEND_BATCH and self._burst_in_progress() and not self.stopping.is_set():
+            # a lone record goes at once; several waiting, with more samples queued, are a burst
+            if 1 < len(batch) < SEND_BATCH and self._burst_in_progress() and not self.stopping.is_set():
                 batch = self._fill_burst(len(batch))
             failed = self._deliver(batch)
             if failed is None:

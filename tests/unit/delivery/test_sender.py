@@ -231,3 +231,40 @@ def test_stopping_past_the_deadline_starts_no_new_attempt_and_cuts_the_timeout()
     (only,) = c.attempts
     assert only[2] is not None and 0 < only[2] <= 3600  # the attempt's timeout is the time left
     assert "late" not in stopped and len(store.pending()) == 4  # the halves stay for the next start
+
+
+def test_a_lone_record_is_sent_at_once_even_with_samples_queued():
+    store, c = store_of(kill(1)), Collector()
+    s, _ = sender_for(store, c, burst_in_progress=lambda: True)
+    waited = []
+    s._fill_burst = lambda have: waited.append(have) or store.pending()  # type: ignore[method-assign]
+    s.stopping.set()
+    s.run()
+    assert waited == [] and [ids for _, ids, _ in c.attempts] == [["1"]]
+
+
+def test_a_burst_fills_the_batch_while_kills_keep_being_stored():
+    store, c = store_of(kill(1), kill(2)), Collector()
+    stored = [2]
+
+    class Wakes:
+        """The store's wake-ups, scripted: three more kills arrive, then none within BURST_IDLE_S."""
+
+        def wait(self, timeout):
+            if stored[0] >= 5:
+                return False
+            stored[0] += 1
+            store.append(kill(stored[0]))
+            return True
+
+        def clear(self):
+            pass
+
+        def set(self):
+            pass
+
+    s, _ = sender_for(store, c, burst_in_progress=lambda: True, spooled=lambda: stored[0])
+    s._wake = Wakes()  # type: ignore[assignment]
+    batch = s._pending()
+    assert len(batch) == 2
+    assert [seq for seq, _ in s._fill_burst(len(batch))] == [1, 2, 3, 4, 5]
