@@ -21,8 +21,9 @@ Record (all integers little-endian), 28-byte header then payload:
 
   b"\\x8fOOM" | u32 length | u32 crc32 | u64 seq | i64 append time (ns, from `clock`) | payload
 
-The crc32 covers length, seq, time and payload.  The magic starts with a non-ASCII byte so it
-never occurs inside the JSON (ensure_ascii) payloads.  On open every segment is scanned; a
+The crc32 covers length, seq, time and payload.  The magic starts with a non-ASCII byte (never in
+the JSON payloads of older agents; payloads are binary OTLP messages now, where a stray one is only
+taken for a record if length, sequence and crc32 agree too).  On open every segment is scanned; a
 record whose header, length, crc or sequence order is wrong, or that is cut short, is skipped by
 resynchronising on the next magic that starts a valid record, logged and counted as
 `spool_corrupt`.  Segments from earlier runs are never appended to: each process starts a new
