@@ -20,13 +20,24 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .. import __version__
 from ..schema.mapping import SCOPE_NAME
-from .encode import observed_time, varint
 from .spooled import LOGS
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
 
-_OBSERVED_LEN = 9  # the observed time field: tag + fixed64
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+
+
+def varint(n: int) -> bytes:
+    """A length as a protobuf varint (what precedes every length-delimited field)."""
+    if n < 128:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while n >= 128:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _proto_value(v: Any) -> Any:
@@ -62,9 +73,10 @@ class Requests:
 
     def __init__(self, resource: "Resource") -> None:
         from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-        from opentelemetry.proto.logs.v1.logs_pb2 import ResourceLogs, ScopeLogs
+        from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
         from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
+        self._observed = lambda ns: LogRecord(observed_time_unix_nano=ns).SerializeToString()
         res = proto_resource(resource)
         scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
         self._heads = {"logs": (ResourceLogs(resource=res).SerializeToString(),
@@ -77,9 +89,10 @@ class Requests:
         resource_head, scope_head = self._heads[signal]
         parts: list[bytes] = [scope_head]
         if signal == LOGS:
-            observed = observed_time(time.time_ns() if observed_ns is None else observed_ns)
+            # LogRecord.observed_time_unix_nano alone; a message's fields may come in any order
+            observed = self._observed(time.time_ns() if observed_ns is None else observed_ns)
             for m in messages:  # ScopeLogs.log_records (2)
-                parts += (b"\x12", varint(len(m) + _OBSERVED_LEN), observed, m)
+                parts += (b"\x12", varint(len(m) + len(observed)), observed, m)
         else:
             for m in messages:  # ScopeSpans.spans (2)
                 parts += (b"\x12", varint(len(m)), m)

@@ -9,17 +9,19 @@ record is decoded or rebuilt on the way out. A payload that starts with "{" was 
 from before this format, as the record's JSON (`schema.records.record_from_json`, kills without a
 "type" field): it is encoded here when read, to the same message a new agent would have spooled.
 An agent from before this format cannot read these payloads: it counts them as spool_undecodable.
-Imports nothing from OpenTelemetry (the worker stores records before the SDK is set up).
+Importing this module imports no protobuf: `encode` (opentelemetry-proto) is loaded by the first
+record stored, so the start-up before `ready` does not pay for it.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Optional
 
 from ..schema.log_records import log_record
 from ..schema.records import OomEpisode, Record, record_from_json
 from ..schema.spans import episode_span
-from . import encode
 from .env import AttributeLimits
 
 FORMAT = 1
@@ -40,8 +42,17 @@ class SpoolCodec:
 
     def __init__(self, limits: AttributeLimits = AttributeLimits()) -> None:
         self.limits = limits  # OTEL_*ATTRIBUTE*_LIMIT, applied to log records as the SDK did
+        self._encode: Optional[ModuleType] = None
+
+    def _encoder(self) -> ModuleType:
+        if self._encode is None:
+            from . import encode
+
+            self._encode = encode
+        return self._encode
 
     def encode(self, record: Record) -> bytes:
+        encode = self._encode or self._encoder()
         if isinstance(record, OomEpisode):
             signal, message = 2, encode.span(episode_span(record))
         else:
