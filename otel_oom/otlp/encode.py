@@ -19,7 +19,6 @@ import logging
 from typing import Any, Mapping, Optional
 
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from ..schema.log_records import LogRecordFields
 from ..schema.spans import SpanFields
@@ -93,7 +92,9 @@ def log_record(f: LogRecordFields, limits: AttributeLimits = AttributeLimits()) 
 
 
 def span(s: SpanFields) -> bytes:
-    """A serialized `Span`."""
+    """A serialized `Span` (trace.proto is loaded by the first: only --traces makes spans)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
     return Span(
         trace_id=bytes.fromhex(s.trace_id), span_id=bytes.fromhex(s.span_id), name=s.name,
         kind=s.kind,  # type: ignore[arg-type]

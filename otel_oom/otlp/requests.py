@@ -73,20 +73,32 @@ class Requests:
 
     def __init__(self, resource: "Resource") -> None:
         from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-        from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
-        from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+        from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
         self._observed = lambda ns: LogRecord(observed_time_unix_nano=ns).SerializeToString()
-        res = proto_resource(resource)
-        scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
-        self._heads = {"logs": (ResourceLogs(resource=res).SerializeToString(),
-                                ScopeLogs(scope=scope).SerializeToString()),
-                       "traces": (ResourceSpans(resource=res).SerializeToString(),
-                                  ScopeSpans(scope=scope).SerializeToString())}
+        self._resource = proto_resource(resource)
+        self._scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
+        self._heads: dict[str, tuple[bytes, bytes]] = {}
+
+    def _head(self, signal: str) -> tuple[bytes, bytes]:
+        """The serialized ResourceLogs/ResourceSpans and ScopeLogs/ScopeSpans without their records,
+        made at the signal's first request (trace.proto only with --traces)."""
+        if signal == LOGS:
+            from opentelemetry.proto.logs.v1 import logs_pb2
+
+            head = (logs_pb2.ResourceLogs(resource=self._resource).SerializeToString(),
+                    logs_pb2.ScopeLogs(scope=self._scope).SerializeToString())
+        else:
+            from opentelemetry.proto.trace.v1 import trace_pb2
+
+            head = (trace_pb2.ResourceSpans(resource=self._resource).SerializeToString(),
+                    trace_pb2.ScopeSpans(scope=self._scope).SerializeToString())
+        self._heads[signal] = head
+        return head
 
     def build(self, signal: str, messages: Sequence[bytes], observed_ns: Optional[int] = None) -> bytes:
         """An ExportLogsServiceRequest (LogRecords) or ExportTraceServiceRequest (Spans) holding `messages`."""
-        resource_head, scope_head = self._heads[signal]
+        resource_head, scope_head = self._heads.get(signal) or self._head(signal)
         parts: list[bytes] = [scope_head]
         if signal == LOGS:
             # LogRecord.observed_time_unix_nano alone; a message's fields may come in any order
