@@ -33,7 +33,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from ..otlp.spooled import LOGS, TRACES, SpoolCodec, Spooled
 from ..text import for_terminal
@@ -78,7 +79,16 @@ class Codec(Protocol):
     def decode(self, payload: bytes) -> Spooled: ...
 
 
-_OUT_OF_TIME = "out of time"  # stopping, and the deadline passed: the rest stays in the store
+@dataclass(frozen=True)
+class _OutOfTime:
+    """What stops a delivery once stopping and past the deadline: the rest stays in the store."""
+    outcome: str = "out_of_time"
+    rejected: int = 0
+    message: str = "out of time while stopping"
+    retry_after: Optional[float] = None
+
+
+_OUT_OF_TIME = _OutOfTime()
 
 
 def _ack_below(ack: Callable[[int], None], ceiling: int, upto: int) -> None:
@@ -198,15 +208,14 @@ class SpoolSender:
             later = [seq for other in SIGNALS[i + 1:] for seq, _ in by_signal[other][:1]]
             ceiling = min(later) - 1 if later else batch[-1][0]
             failed = self._send(signal, by_signal[signal], functools.partial(_ack_below, ack, ceiling))
-            if failed == _OUT_OF_TIME:
+            if failed is _OUT_OF_TIME:
                 return None
             if failed is not None:
-                return failed  # type: ignore[return-value]
+                return failed
         ack(batch[-1][0])
         return None
 
-    def _send(self, signal: str, items: list[tuple[int, Spooled]],
-              ack: Callable[[int], None]) -> Union[None, str, Result]:
+    def _send(self, signal: str, items: list[tuple[int, Spooled]], ack: Callable[[int], None]) -> Optional[Result]:
         """Deliver one signal's records of a batch: None once all are settled, else what stopped it."""
         work = [items] if items else []
         noun = _NOUN[signal]
