@@ -115,8 +115,11 @@ def spooled_pids(spool_dir) -> set[int]:
     head = struct.Struct("<4sIIQq")  # the spool's record header (delivery/spool.py)
     pids = set()
     for path in glob.glob(os.path.join(spool_dir, "seg-*.log")):
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue  # acknowledged and deleted since the listing
         pos = 0
         while pos + head.size <= len(data):
             magic, length = head.unpack_from(data, pos)[:2]
