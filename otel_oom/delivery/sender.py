@@ -230,7 +230,7 @@ class SpoolSender:
                     log.error("collector accepted %d %s but rejected %d of them (%s); counted as "
                               "collector_partial (%s .. %s)", len(part), noun, result.rejected,
                               for_terminal(result.message[:200]) or "no reason given",
-                              part[0][1].record_id, part[-1][1].record_id)
+                              self._record_id(signal, part[0][1]), self._record_id(signal, part[-1][1]))
                     self.drops["collector_partial"] += result.rejected
             elif result.outcome in ("rejected", "too_large") and len(part) > 1:
                 half = len(part) // 2
@@ -239,15 +239,24 @@ class SpoolSender:
             elif result.outcome in ("rejected", "too_large"):
                 _, item = part[0]
                 self.drops["collector_rejected"] += 1
-                kept = self.parked.park(self.exporter.readable(signal, item.message), item.record_id,
-                                        result.message, signal)
+                record = self.exporter.readable(signal, item.message)
+                rid = self._record_id(signal, item, record)
+                kept = self.parked.park(record, rid, result.message, signal)
                 log.error("collector refused %s %s for good (%s); %s, counted as collector_rejected",
-                          noun.replace("(s)", ""), item.record_id, for_terminal(result.message[:200]),
+                          noun.replace("(s)", ""), rid, for_terminal(result.message[:200]),
                           f"parked in {self.parked.path}" if kept else "not kept")
             else:
                 return result
             ack(part[-1][0])
         return None
+
+    def _record_id(self, signal: str, item: Spooled, readable: Optional[dict[str, Any]] = None) -> str:
+        """A record's id for a log line: oom.event.id (kills), oom.record.id (the others), trace:span (spans)."""
+        r = readable if readable is not None else self.exporter.readable(signal, item.message)
+        if signal == TRACES:
+            return f"{r.get('trace_id', '?')}:{r.get('span_id', '?')}"
+        attrs = r.get("attributes") or {}
+        return str(attrs.get("oom.event.id") or attrs.get("oom.record.id") or "?")
 
     def stuck_for(self) -> float:
         """Seconds since the collector last accepted anything while events were waiting."""

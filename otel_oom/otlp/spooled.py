@@ -1,7 +1,7 @@
 """What the spool holds for a record: its OTLP message, encoded once by the worker as it is stored,
-and the little the sender needs besides (which signal, the record's id for its messages).
+behind two bytes that say which signal it goes to.
 
-    payload = b"\\x01" (this format) | signal (1: a LogRecord, 2: a Span) | u16 length of the id | id | message
+    payload = 0x01 (this format) | signal (0x01: a LogRecord, 0x02: a Span) | message
 
 The message is `encode.log_record` (without its observed time, which the sender adds) or
 `encode.span`. The sender builds a request by concatenating these messages (`requests.py`): no
@@ -14,7 +14,6 @@ record stored, so the start-up before `ready` does not pay for it.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
@@ -27,13 +26,12 @@ from .env import AttributeLimits
 FORMAT = 1
 LOGS, TRACES = "logs", "traces"
 _SIGNALS = {1: LOGS, 2: TRACES}
-_HEAD = struct.Struct("<BBH")  # format, signal, id length
+_HEADS = {LOGS: bytes((FORMAT, 1)), TRACES: bytes((FORMAT, 2))}
 
 
 @dataclass(frozen=True)
 class Spooled:
     signal: str       # LOGS or TRACES
-    record_id: str    # oom.event.id (kills), oom.record.id (the others), <trace id>:<span id> (an episode)
     message: bytes    # a LogRecord without its observed time, or a Span
 
 
@@ -54,21 +52,14 @@ class SpoolCodec:
     def encode(self, record: Record) -> bytes:
         encode = self._encode or self._encoder()
         if isinstance(record, OomEpisode):
-            signal, message = 2, encode.span(episode_span(record))
-        else:
-            # raw: the encoder turns strings with raw kernel bytes into bytes_value itself (`text.for_otlp`)
-            signal, message = 1, encode.log_record(log_record(record, raw=True), self.limits)
-        rid = record.event_id.encode("utf-8", "surrogateescape")
-        return _HEAD.pack(FORMAT, signal, len(rid)) + rid + message
+            return _HEADS[TRACES] + encode.span(episode_span(record))
+        # raw: the encoder turns strings with raw kernel bytes into bytes_value itself (`text.for_otlp`)
+        return _HEADS[LOGS] + encode.log_record(log_record(record, raw=True), self.limits)
 
     def decode(self, payload: bytes) -> Spooled:
         """ValueError (or TypeError, from an old record's JSON) if the payload cannot be read."""
         if payload[:1] == b"{":
             return self.decode(self.encode(record_from_json(payload)))
-        if len(payload) < _HEAD.size:
-            raise ValueError(f"a spool payload of {len(payload)} bytes is too short")
-        fmt, signal, n = _HEAD.unpack_from(payload)
-        if fmt != FORMAT or signal not in _SIGNALS or len(payload) < _HEAD.size + n:
-            raise ValueError(f"unknown spool payload (format {fmt}, signal {signal}): written by a newer otel-oom?")
-        rid = payload[_HEAD.size:_HEAD.size + n].decode("utf-8", "surrogateescape")
-        return Spooled(_SIGNALS[signal], rid, payload[_HEAD.size + n:])
+        if len(payload) < 2 or payload[0] != FORMAT or payload[1] not in _SIGNALS:
+            raise ValueError(f"unknown spool payload starting {payload[:2]!r}: written by a newer otel-oom?")
+        return Spooled(_SIGNALS[payload[1]], payload[2:])

@@ -99,18 +99,18 @@ def kill(**over) -> OomKill:
     return OomKill(**base)  # type: ignore[arg-type]
 
 
-def test_the_spool_payload_names_its_signal_and_record():
+def test_the_spool_payload_is_the_message_behind_its_signal():
     codec = SpoolCodec()
     payload = codec.encode(kill())
     assert payload[:2] == b"\x01\x01" and not payload.startswith(b"{")
     item = codec.decode(payload)
-    assert (item.signal, item.record_id) == (LOGS, "b:1:7")
+    assert item.signal == LOGS and payload == b"\x01\x01" + item.message
     r = LogRecord.FromString(item.message)
     assert r.event_name == "oom.kill" and {kv.key: kv.value for kv in r.attributes}["process.executable.name"] == \
         AnyValue(bytes_value=b"x\xff")
     ep = OomEpisode("a" * 32, "b" * 16, 1, 2, "host", "pressure", "cleared")
     item = codec.decode(codec.encode(ep))
-    assert (item.signal, item.record_id) == (TRACES, f"{'a' * 32}:{'b' * 16}")
+    assert item.signal == TRACES
     assert Span.FromString(item.message).name == "oom.episode"
 
 

@@ -154,7 +154,7 @@ def test_a_spool_left_by_the_agent_before_is_delivered_as_it_would_have_sent_it(
     assert_same(log_request, golden("golden-spool-logs.bin", LOGS), LOGS)
 
 
-@pytest.mark.parametrize("payload", [b"", b"\x01", b"\x02\x01\x00\x00", b"\x01\x07\x00\x00x", b"\x01\x01\x09\x00ab",
+@pytest.mark.parametrize("payload", [b"", b"\x01", b"\x02\x01\x00\x00", b"\x01\x07\x00\x00x", b"\x02\x01ab",
                                      b'{"type":"oom.future"}', b"{not json", b"[1]"])
 def test_a_payload_this_agent_cannot_read_is_refused_not_misread(payload):
     with pytest.raises((ValueError, TypeError)):
