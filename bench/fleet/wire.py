@@ -1,10 +1,9 @@
 """Everything the fleet simulation takes from the agent's package: its resource, its OTLP log
 encoding and its metrics.
 
-`encode_batch` is the one place records become an OTLP request. It uses the encoding the agent
-uses today (`otel_oom/otlp/logs.py`: `LogSender.records` builds the SDK's log records, the SDK's
-encoder makes the protobuf); when the package gets a direct protobuf encoder, only this function
-changes.
+`encode_batch` is the one place records become an OTLP request, the way the agent makes it: each
+record encoded as the worker spools it (`otel_oom/otlp/spooled.py`), the request built from those
+messages as the sender builds it (`otel_oom/otlp/requests.py`).
 """
 from __future__ import annotations
 
@@ -18,23 +17,22 @@ if TYPE_CHECKING:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.sdk.resources import Resource
 
-_SENDERS: dict[int, Any] = {}  # one LogSender per node resource, for its records() (never sends)
+_REQUESTS: dict[int, Any] = {}  # one request builder per node resource
 
 
 def encode_batch(records: Sequence[Record], resource: "Resource") -> "ExportLogsServiceRequest":
     """The agent's OTLP encoding of `records` under `resource` (one node's agent)."""
-    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-    from otel_oom.otlp.env import SignalSettings
-    from otel_oom.otlp.logs import LogSender
-    from otel_oom.urls import parse_url
+    from otel_oom.otlp.requests import Requests
+    from otel_oom.otlp.spooled import SpoolCodec
 
-    sender = _SENDERS.get(id(resource))
-    if sender is None:
-        # the endpoint is never used: the simulation posts the encoded request itself
-        unused = parse_url("endpoint", "http://127.0.0.1:9/v1/logs", "http://host:4318/v1/logs")
-        sender = _SENDERS[id(resource)] = LogSender(resource, SignalSettings("http/protobuf", unused))
-    return encode_logs(sender.records(records))
+    requests = _REQUESTS.get(id(resource))
+    if requests is None:
+        requests = _REQUESTS[id(resource)] = Requests(resource)
+    codec = SpoolCodec()
+    messages = [codec.decode(codec.encode(r)).message for r in records]
+    return ExportLogsServiceRequest.FromString(requests.build("logs", messages))
 
 
 def node_resource(node_name: str, machine_id: str, scratch: Path) -> "Resource":
