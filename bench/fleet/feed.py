@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from otel_oom.delivery.sender import SpoolSender
 from otel_oom.delivery.spool import Spool
+from otel_oom.otlp.requests import readable
 from otel_oom.otlp.spooled import SpoolCodec
 from otel_oom.schema.records import OomKill, Record
 
@@ -108,7 +109,8 @@ class _HttpExporter:
         return _Answer("accepted")
 
     def readable(self, signal: str, message: bytes) -> dict[str, Any]:
-        return {"id": name_and_id(message)[1]}
+        # as the agent's exporter: the sender's log lines and parked.jsonl read the record's attributes
+        return readable(signal, message)
 
     def _retry(self, why: str) -> _Answer:
         with self.agent.tally.lock:
