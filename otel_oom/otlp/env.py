@@ -132,9 +132,10 @@ def otlp_endpoint(environ: Mapping[str, str], signal: str, protocol: str) -> str
     specific = environ.get(f"{_PREFIX}{signal}_ENDPOINT", "").strip()
     if specific:
         return specific
-    path = f"/v1/{signal.lower()}"
     if protocol == "http/protobuf":
-        return (environ.get(f"{_PREFIX}ENDPOINT", "").strip() or "http://localhost:4318").rstrip("/") + path
+        # to the path, before any query (`?api-key=...`), not to the end of the text
+        generic = environ.get(f"{_PREFIX}ENDPOINT", "").strip() or "http://localhost:4318"
+        return _parse_endpoint(f"{_PREFIX}ENDPOINT", generic).with_path_suffix(f"/v1/{signal.lower()}")
     return environ.get(f"{_PREFIX}ENDPOINT", "").strip() or "http://localhost:4317"
 
 
@@ -211,6 +212,10 @@ def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
     value = environ.get(var)
     if value and value.strip():
         url = _parse_endpoint(var, value)
+        grpc = [s for s in (_ALL if not sig else (sig.rstrip("_"),)) if otlp_protocol(environ, s) == "grpc"]
+        if url.query and grpc:
+            raise ConfigError(f"{var} has a query string, which gRPC does not send ({url.redacted!r}); "
+                              f"put a token in {_PREFIX}{sig}HEADERS instead")
         if sig and otlp_protocol(environ, sig.rstrip("_")) == "http/protobuf" and url.path in ("", "/"):
             # the SDK appends /v1/logs to the generic endpoint only, never to a per-signal one
             log.warning("%s is used as is over http/protobuf; it usually ends in /v1/%s", var, sig.rstrip("_").lower())
