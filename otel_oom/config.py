@@ -130,9 +130,9 @@ def _int(value: Any, what: str, lo: int, hi: int) -> int:
 
 def _seconds(value: Any, what: str, hi: float, lo: float = 0.0) -> float:
     n = ascii_float(value)
-    if n is None:
+    if n is None and str(value).strip().lower().lstrip("+-") not in ("inf", "infinity", "nan"):
         raise UsageError(f"{what} must be a number of seconds, got {value!r}")
-    if not lo <= n <= hi:
+    if n is None or not lo <= n <= hi:
         raise UsageError(f"{what} must be between {lo:g} and {hi:g} seconds, got {value!r}")
     return n
 
