@@ -5,10 +5,13 @@ with exit 2 and one line naming the setting, never a traceback, never the secret
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import subprocess
 import sys
 
-from conftest import REPO, agent_env
+from conftest import REPO, agent_env, require
+
+from testing.otlp_receiver import make_test_pki
 
 SECRET = "s3cr3tpw"
 
@@ -46,3 +49,13 @@ def test_hostile_configuration_fails_in_one_line_without_the_secret():
         assert len(lines) == 1 and lines[0].startswith("otel-oom: error: ") and needle in lines[0], r.stderr
         assert r.returncode == 2, (r.returncode, r.stderr)
         assert SECRET not in r.stderr and "evil" not in r.stderr
+
+
+def test_a_client_key_not_the_certificates_fails_in_one_line(tmp_path):
+    require(shutil.which("openssl") is not None, "needs `openssl` on PATH for the TLS tests")
+    pki = make_test_pki(tmp_path / "hardening-pki")
+    r = cli("run", OTEL_EXPORTER_OTLP_ENDPOINT="https://127.0.0.1:4317", OTEL_EXPORTER_OTLP_CERTIFICATE=pki.ca_cert,
+            OTEL_EXPORTER_OTLP_CLIENT_KEY=pki.server_key, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=pki.client_cert)
+    assert "Traceback" not in r.stderr and r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "do not make a pair (the key is not the certificate's)" in lines[0], r.stderr
