@@ -132,7 +132,52 @@ def _kill_record(agent: AgentProcess, pid: int) -> Optional[dict]:
     return None
 
 
-def run(images: str, out: str) -> dict:
+def _crictl_pod(containerd: Containerd, agent: AgentProcess) -> dict:
+    """A pod made by crictl as the kubelet would make it (its cgroup parent, its metadata)."""
+    uid = str(uuid.uuid4())
+    pod_slice = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+    pod = containerd.run_pod(POD_NAME, NAMESPACE, uid, pod_slice)
+    cid = containerd.create_container(pod, CONTAINER_NAME, ["/victim", "alloc", str(VICTIM_DELAY_MS)], LIMIT)
+    containerd.crictl("start", cid)
+    doc = _observe(containerd, agent, pod, cid)
+    doc.update(uid=uid, pod_slice=pod_slice)
+    containerd.remove_pod(pod)
+    return doc
+
+
+def _observe(containerd: Containerd, agent: AgentProcess, pod: str, cid: str) -> dict:
+    """A started container's scope and pid, what crictl says of it, the agent's record of its kill."""
+    scope = _scope_of(cid)
+    procs = [int(p) for p in _read(f"{scope}/cgroup.procs").split()]
+    if len(procs) != 1:
+        raise RuntimeError(f"expected the victim alone in {scope}, found pids {procs}")
+    pid = procs[0]
+    doc = dict(pod_id=pod, container_id=cid, pid=pid, scope=scope.removeprefix("/sys/fs/cgroup"),
+               memory_max=_read(f"{scope}/memory.max").strip(),
+               oom_group=_read(f"{scope}/memory.oom.group").strip(),
+               pod_memory_max=_read(f"{os.path.dirname(scope)}/memory.max").strip(),
+               nspid=[int(p) for p in _read(f"/proc/{pid}/status").split("NSpid:")[1].splitlines()[0].split()],
+               inspect=json.loads(containerd.crictl("inspect", cid).stdout),
+               inspectp=json.loads(containerd.crictl("inspectp", pod).stdout))
+    progress(f"container {cid[:12]} pid {pid} in {doc['scope']}")
+    deadline = time.monotonic() + 120
+    while (rec := _kill_record(agent, pid)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    doc["record"] = rec
+    doc["kills_of_pid"] = sum(1 for line in agent.stdout_lines if json.loads(line).get("process.pid") == pid
+                              and json.loads(line).get("event_name") == "oom.kill")
+    # the scope goes with its last process; the pod's slice counts its containers' kills (v2 events are
+    # hierarchical)
+    doc["pod_memory_events"] = _read(f"{os.path.dirname(scope)}/memory.events")
+    deadline = time.monotonic() + 60  # containerd learns of the exit from the shim a moment later
+    while (after := containerd.crictl("inspect", cid).stdout) and \
+            json.loads(after)["status"]["state"] == "CONTAINER_RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    doc["inspect_after"] = json.loads(after)
+    return doc
+
+
+def run(images: str, out: str, kubelet: Optional[str] = None) -> dict:
     work = Path("/var/tmp/otel-oom-cgv2")
     work.mkdir(parents=True, exist_ok=True)
     doc: dict = {"release": os.uname().release, "cgroup_fs": _read("/proc/self/mountinfo")}
@@ -156,35 +201,16 @@ def run(images: str, out: str) -> dict:
         progress("containerd up, images imported")
         agent = pending.result()
         progress("agent ready")
-        uid = str(uuid.uuid4())
-        pod_slice = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
-        pod = containerd.run_pod(POD_NAME, NAMESPACE, uid, pod_slice)
-        cid = containerd.create_container(pod, CONTAINER_NAME, ["/victim", "alloc", str(VICTIM_DELAY_MS)], LIMIT)
-        containerd.crictl("start", cid)
-        scope = _scope_of(cid)
-        procs = [int(p) for p in _read(f"{scope}/cgroup.procs").split()]
-        if len(procs) != 1:
-            raise RuntimeError(f"expected the victim alone in {scope}, found pids {procs}")
-        pid = procs[0]
-        doc.update(pod_id=pod, container_id=cid, uid=uid, pod_slice=pod_slice, pid=pid,
-                   scope=scope.removeprefix("/sys/fs/cgroup"), memory_max=_read(f"{scope}/memory.max").strip(),
-                   nspid=[int(p) for p in _read(f"/proc/{pid}/status").split("NSpid:")[1].splitlines()[0].split()],
-                   inspect=json.loads(containerd.crictl("inspect", cid).stdout),
-                   inspectp=json.loads(containerd.crictl("inspectp", pod).stdout))
-        progress(f"container {cid[:12]} pid {pid} in {doc['scope']}")
-        deadline = time.monotonic() + 120
-        while (rec := _kill_record(agent, pid)) is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        doc["record"] = rec
-        # the scope goes with its last process; the pod's slice counts its containers' kills (v2 events are
-        # hierarchical)
-        doc["pod_memory_events"] = _read(f"{os.path.dirname(scope)}/memory.events")
-        deadline = time.monotonic() + 60  # containerd learns of the exit from the shim a moment later
-        while (after := containerd.crictl("inspect", cid).stdout) and \
-                json.loads(after)["status"]["state"] == "CONTAINER_RUNNING" and time.monotonic() < deadline:
-            time.sleep(0.2)
-        doc["inspect_after"] = json.loads(after)
-        containerd.remove_pod(pod)
+        doc["crictl"] = _crictl_pod(containerd, agent)
+        if kubelet:
+            from tests.qemu.guest_kubelet import Kubelet
+
+            with Kubelet(kubelet, work / "kubelet", containerd.socket, systemd.launcher) as k:
+                pod, cid = k.run_static_pod(CONTAINER_NAME, ["/victim", "alloc", str(VICTIM_DELAY_MS)], LIMIT,
+                                            NAMESPACE, containerd)
+                progress("the kubelet's pod is up")
+                doc["kubelet"] = _observe(containerd, agent, pod, cid)
+                doc["kubelet"]["log"] = k.log_tail()
     except Exception as e:  # noqa: BLE001 - reported to the host test with the logs it needs
         doc["error"] = f"{type(e).__name__}: {e}"
     finally:
@@ -207,12 +233,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tests.qemu.cri_v2_case", description=__doc__.split("\n")[0])
     ap.add_argument("--images", required=True, help="directory of OCI archives to import (the victim and pause)")
     ap.add_argument("--out", required=True, help="where to write the JSON result (in the share dir)")
+    ap.add_argument("--kubelet", help="also run this kubelet standalone (no API server) with a static pod")
     args = ap.parse_args(argv)
     why = _refuse_outside_a_test_guest()
     if why:
         print(f"cri_v2_case: error: {why}", file=sys.stderr)
         return 2
-    doc = run(args.images, args.out)
+    doc = run(args.images, args.out, args.kubelet)
     print(json.dumps({"seconds": doc["seconds"], "error": doc.get("error")}))
     return 0
 
