@@ -639,7 +639,11 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         # the host's amd64 tree cannot run there: chroot into that architecture's userland, with the
         # working directory (the checkout: pure Python) and the venv bound in at their own paths
         root_subdir = _guest_path(userland.userland(cache or cache_dir(), info.arch), "userland")
-        keep_dirs = list(dict.fromkeys([workdir, sys.prefix]))  # the venv: its pure-Python packages serve too
+        # the venv: its pure-Python packages serve too. Bound where it really is: a worktree's .venv is
+        # often a symlink to another checkout's, which the userland would not have
+        venv = os.path.realpath(sys.prefix)
+        inside = sys.prefix.startswith(workdir.rstrip("/") + "/")
+        keep_dirs = list(dict.fromkeys([workdir, venv] + ([] if inside or venv == sys.prefix else [sys.prefix])))
     script = command if isinstance(command, str) else "exec " + shlex.join(command)
     environment = guest_env(env, info.arch)
     bad = [k for k in environment if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
