@@ -55,9 +55,13 @@ def headers_5_10(tmp_path_factory) -> str:
 @pytest.mark.parametrize("rich", [False, True], ids=["pid-only", "rich"])
 def test_the_bcc_program_compiles_against_5_10_and_passes_this_kernels_verifier(headers_5_10, monkeypatch,
                                                                                  buffer, rich):
+    import sys
+
     from otel_oom.kernel.bcc import BccError, import_bcc, program_text
     from otel_oom.kernel.features import find_tracefs
 
+    for name in [m for m in sys.modules if m == "bcc" or m.startswith("bcc.")]:
+        monkeypatch.delitem(sys.modules, name)  # Debian's BCC itself, whatever another test left there
     try:
         bcc = import_bcc()
     except BccError as e:
