@@ -133,7 +133,7 @@ static __always_inline void oo_read_trigger_memcgs(struct oom_event *e, struct t
 	struct cgroup_subsys_state *css = oo_task_memory_css(task);
 	int i;
 
-	OO_UNROLL
+	OO_UNROLL  /* no early exit: with one, clang 14 sees a runtime trip count here and cannot unroll */
 	for (i = 0; i < OOM_CGROUP_DEPTH; i++) {
 		if (css) {
 			e->trigger_memcg_ids[i] = oo_kernfs_id(KREAD(KREAD(css->cgroup)->kn));
