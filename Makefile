@@ -13,11 +13,13 @@ BCC_PACKAGES := python3-bpfcc linux-headers-$(shell uname -r)
 # (util-linux), Prometheus and promtool, the QEMU kernel matrix (qemu for amd64 and arm64 guests,
 # busybox, xz, zstd, kmod; BCC and its oomkill tool for the bcc backend's guests), real container
 # runtimes for tests/test_runtimes_* and the image tests (podman, containerd, runc, ...; the agent
-# itself needs none of them), debootstrap for the image's base
+# itself needs none of them), debootstrap for the image's base; the single-node Kubernetes of
+# tests/e2e/kube and `make kube-up` runs on containerd, runc and the CNI plugins too, with
+# iptables (kube-proxy, the portmap plugin) and iproute2 inside its own network namespace
 TEST_PACKAGES := bpftool openssl util-linux prometheus qemu-system-x86 qemu-system-arm busybox-static xz-utils \
                  zstd kmod python3-bpfcc bpfcc-tools \
                  podman containerd runc conmon containernetworking-plugins libc6-dev libdevmapper1.02.1 \
-                 systemd debootstrap
+                 systemd debootstrap iptables iproute2
 PYTEST_ARGS ?=
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 # crictl (the kubelet's CRI client) creates the test pods; built once from the Go module proxy.
@@ -29,7 +31,7 @@ CRICTL := /var/cache/otel-oom-crictl-$(CRICTL_VERSION)/crictl
 DOCKERD_CACHE := /var/cache/otel-oom-dockerd
 
 .PHONY: setup agent-setup system-packages test-packages bcc-packages crictl dockerd venv venv-test bpf run \
-        test test-tools collector victorialogs helm jaeger earlyoom image bench clean
+        unit test test-tools collector victorialogs helm jaeger earlyoom image kube kube-up kube-down bench clean
 # what `make run` needs, nothing more
 agent-setup: system-packages venv bpf
 # a developer's machine: also the test packages and the test extras (the Go-built test tools
@@ -79,14 +81,20 @@ dockerd:
 	  mv $$d.tmp $$d; s=$$?; rm -rf $$t; exit $$s; \
 	fi
 
-venv:
+# installed again only when the package or its metadata changed (stamps in the venv)
+PACKAGE_FILES := pyproject.toml setup.py $(shell find otel_oom -type f -not -name '*.pyc' 2>/dev/null)
+venv: $(VENV)/.installed
+$(VENV)/.installed: $(PACKAGE_FILES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q .
+	touch $@
 
 # the package with its test extras (pytest, kubernetes-validate, ...)
-venv-test: venv
+venv-test: $(VENV)/.installed-test
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install -q ".[test]"
+	touch $@
 
 bpf:
 	$(MAKE) -s -C bpf
@@ -105,26 +113,50 @@ jaeger:
 	@tools/jaeger/build.sh
 # Debian's earlyoom, unpacked rather than installed (its package would start a host-wide killer)
 earlyoom: venv-test
-	@$(VENV)/bin/python -c "from testing.story import earlyoom_binary; print(earlyoom_binary())"
+	@$(VENV)/bin/python -c "from testing.around import earlyoom_binary; print(earlyoom_binary())"
 image: test-packages
 	@tools/image/build.sh
+# Kubernetes v1.34.4 (etcd, kube-apiserver, -controller-manager, -scheduler, -proxy, kubelet, kubectl)
+# and etcd v3.6.17 from the Go module proxy; prints their directory
+kube:
+	@tools/kube/build.sh
+
+# A real single-node Kubernetes in its own network and mount namespaces (testing/kube), the chart
+# installed with the node-local Collector, VictoriaLogs and Prometheus behind it; builds what is
+# missing (cached) and prints the admin kubeconfig's path as the last line (kubectl beside it).
+# kube-down stops it and leaves nothing behind. KUBE_NODE names the node (default dev).
+KUBE_NODE ?= dev
+kube-up: test-packages crictl
+	@$(PYTHON) -m testing.kube up $(KUBE_NODE)
+kube-down:
+	@$(PYTHON) -m testing.kube down $(KUBE_NODE)
 
 # the downstream tools the tests use. The image (debootstrap and apt/pip downloads) and the QEMU
-# kernels (downloads, unpacking) are fetched beside the Go builds (CPU), so a cold run overlaps them.
+# kernels (downloads, unpacking) are fetched beside the Go builds (CPU), so a cold run overlaps them;
+# Kubernetes (the largest Go build) runs beside the other Go builds, so each one's module
+# downloads overlap the other's compiling.
 test-tools: test-packages earlyoom
 	@start=$$(date +%s); log=$$(mktemp /tmp/otel-oom-image-build-XXXXXX.log); qlog=$$(mktemp /tmp/otel-oom-qemu-prepare-XXXXXX.log); \
+	klog=$$(mktemp /tmp/otel-oom-kube-build-XXXXXX.log); \
 	tools/image/build.sh > $$log 2>&1 & img=$$!; \
 	$(VENV)/bin/python -m tests.qemu prepare > $$qlog 2>&1 & qemu=$$!; \
+	tools/kube/build.sh > $$klog 2>&1 & kube=$$!; \
 	tools/collector/build.sh && tools/victorialogs/build.sh && tools/helm/build.sh && tools/jaeger/build.sh; go=$$?; \
-	wait $$img; im=$$?; wait $$qemu; qm=$$?; \
+	wait $$img; im=$$?; wait $$qemu; qm=$$?; wait $$kube; km=$$?; \
 	grep -E "^(build-base|image):" $$log; [ $$im -eq 0 ] || tail -30 $$log >&2; \
 	tail -1 $$log; rm -f $$log; \
 	[ $$qm -eq 0 ] && echo "qemu kernels: $$(wc -l < $$qlog) prepared" || tail -20 $$qlog >&2; rm -f $$qlog; \
+	grep -E "^kube: built" $$klog; [ $$km -eq 0 ] || tail -30 $$klog >&2; tail -1 $$klog; rm -f $$klog; \
 	echo "test-tools: $$(( $$(date +%s) - start )) s"; \
-	[ $$go -eq 0 ] && [ $$im -eq 0 ] && [ $$qm -eq 0 ]
+	[ $$go -eq 0 ] && [ $$im -eq 0 ] && [ $$qm -eq 0 ] && [ $$km -eq 0 ]
 
 test: setup test-tools crictl dockerd
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+
+# the pure tests (tests/unit/<room>/): no root, no kernel, no servers beyond in-process ones;
+# a meaningful green in well under a minute while working on one room
+unit: venv-test bpf
+	$(VENV)/bin/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # the benchmarks' baseline (bpftrace) and profiler (py-spy, the venv's bench extra); bpffs mounted
 # if the machine has none; any section that cannot run fails the target with one line

@@ -1,13 +1,15 @@
 """Run every otel-oom benchmark, print the figures as they come, and write a Markdown report.
 
     sudo python3 -m bench [--output bench/report.md] [--json bench/report.json]
-                          [--only startup,latency,storm,kill_storm,throughput,spool,kernel] [--quick]
+                          [--only startup,latency,storm,kill_storm,throughput,spool,kernel,fleet] [--quick]
     python3 -m bench --readme      # rewrite README.md's performance table from bench/report.json
 
 `make bench` installs what it needs (bpftrace from apt, py-spy into the venv, the BPF objects) and
 mounts bpffs. Needs root, BPF, bpftrace, bpftool and py-spy: a missing one, or a section that
 fails, is one line on stderr and a non-zero exit. About 6-8 minutes on 2 cores. Every OOM kill it
-causes is confined to a throwaway memory cgroup with a small limit.
+causes is confined to a throwaway memory cgroup with a small limit. The `fleet` section (bench/fleet:
+100 node Collectors, two gateways, a VictoriaLogs cluster, with faults; docs/scale.md) adds about
+7 minutes (two runs) and needs Prometheus and the Collector and VictoriaLogs builds, not BPF.
 
 bench/report.json holds every figure; its top-level keys `startup_ms`, `startup_ms_bpftrace`,
 `idle_rss_mib` (gRPC), `idle_rss_mib_http`, `latency_ms` (`p50`, `p99`), `bridge_events_per_s`,
@@ -31,9 +33,10 @@ from typing import Optional
 
 from . import bench_spool, kernel_side, latency, startup, storm, synthetic_storm, throughput
 from .common import DISK_DIR, REPO, machine
+from .fleet import section as fleet
 from .markdown import render
 
-SECTIONS = ("startup", "latency", "storm", "kill_storm", "throughput", "spool", "kernel")
+SECTIONS = ("startup", "latency", "storm", "kill_storm", "throughput", "spool", "kernel", "fleet")
 DEFAULT_OUTPUT = REPO / "bench" / "report.md"
 
 DEFAULT_JSON = REPO / "bench" / "report.json"
@@ -52,8 +55,8 @@ def _bound(t: dict) -> str:
     if t.get("agent_nospool"):
         n = t["agent_nospool"]
         parts.append(f"{us(n):.0f} µs without a spool ({n['records_per_export']} per export, "
-                     f"{n['agent_cpu_us_per_event']} µs of agent CPU per event: decode, enrich, JSON, SDK records, "
-                     "protobuf encoding, gRPC)")
+                     f"{n['agent_cpu_us_per_event']} µs of agent CPU per event: decode, enrich, protobuf encoding, "
+                     "gRPC)")
     parts.append(f"{us(s):.0f} µs for the SDK alone ({s['records_per_export']:.0f} records per export)")
     return "; ".join(parts) + "."
 
@@ -127,8 +130,10 @@ def rewrite_readme(report: dict, readme: Path = README) -> None:
     readme.write_text(head + readme_table(report) + tail)
 
 
-def preflight() -> Optional[str]:
+def preflight(only: set[str]) -> Optional[str]:
     """What the bench needs and does not have, as one line (None: everything is there)."""
+    if only <= {"fleet"}:  # Collectors and backends only: no BPF tools
+        return None if shutil.which("prometheus") else "missing prometheus: run `make test-packages`"
     missing = [t for t in ("bpftrace", "bpftool", "py-spy") if not shutil.which(t)
                and not (t == "py-spy" and (Path(sys.executable).parent / "py-spy").exists())]
     if missing:
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench: error: unknown section(s) {', '.join(sorted(unknown))}; "
               f"choose from {','.join(SECTIONS)}", file=sys.stderr)
         return 2
-    problem = preflight()
+    problem = preflight(only)
     if problem:
         print(f"python -m bench: error: {problem}", file=sys.stderr)
         return 2
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     section("throughput", throughput_figures)
     section("spool", spool_figures)
     section("kernel", lambda: kernel_side.run(kills=5 if quick else 20, synthetic_runs=50 if quick else 200))
+    section("fleet", lambda: fleet.run(quick=quick))
 
     results["total_seconds"] = time.monotonic() - t_start
     missing = [n for n in SECTIONS if n in only and n not in results and n not in results["errors"]]

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 
-from otel_oom.model import OomKill
+from otel_oom.schema.records import OomKill
 from testing.agent_process import REPO, AgentProcess, agent_env
 from testing.otlp_receiver import OtlpGrpcReceiver
 

@@ -164,6 +164,11 @@ def render(r: dict) -> str:
                         if "error" not in v else [name, "–", v["error"], "–"]
                         for name, v in k.items()]), ""]
 
+    if r.get("fleet"):
+        from .fleet.section import markdown as fleet_markdown
+
+        out += fleet_markdown(r["fleet"])
+
     if r.get("errors"):
         out += ["## Benchmarks that failed", ""] + [f"- {k}: {v}" for k, v in r["errors"].items()] + [""]
     return "\n".join(out).rstrip() + "\n"

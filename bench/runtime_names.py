@@ -23,7 +23,7 @@ from pathlib import Path
 from otel_oom.attribution.runtime.cache import RuntimeNames, RuntimeWatcher
 from otel_oom.attribution.runtime.cri import CriClient
 from otel_oom.attribution.runtime.engine_api import EngineApiClient
-from otel_oom.model import OomKill
+from otel_oom.schema.records import OomKill
 from testing.containerd import Containerd
 from testing.images import remove_tree
 from testing.podman import IMAGE, Podman

@@ -35,7 +35,7 @@
  * task whose allocation failed), and oc->totalpages is the size of the OOM domain (the memcg
  * limit or RAM+swap), not the victim's size.
  *
- * Around the kill (issue 13; optional, the agent loads them when it reports these records):
+ * Around the kill (optional, the agent loads them when it reports these records):
  *   signal:signal_generate      a SIGKILL from a process named in `killers` (a user-space OOM
  *                               killer) becomes an oom_event with hook OOM_HOOK_SIGNAL, the victim
  *                               read from its task like a kernel kill's (tp_btf), or its pid and
@@ -364,7 +364,7 @@ static __always_inline int oo_store_pending_victim(struct task_struct *task, __u
 	return 0;
 }
 
-/* ---- the decision (context hooks on oom_kill_process) -------------------------------------- */
+/* ---- the decision (context hooks on oom_kill_process) ------------------------------------- */
 
 static __always_inline __u8 oo_constraint_kind(struct oom_control *oc)
 {
@@ -420,7 +420,7 @@ static __always_inline int oo_drop_context(void)
 	return 0;
 }
 
-/* ---- user-space OOM killers (issue 13) ----------------------------------------------------- */
+/* ---- user-space OOM killers --------------------------------------------------------------- */
 
 /* A queued SIGKILL to report: not the kernel's own (the OOM killer's among them), and sent by a
  * task named in `killers`. */
@@ -486,7 +486,7 @@ static __always_inline int oo_signal_record(void *ctx, struct tp_signal_generate
 	return oo_finish_signal_event(ctx, e);
 }
 
-/* ---- the victim's memory coming back (issue 13) ------------------------------------------- */
+/* ---- the victim's memory coming back ------------------------------------------------------ */
 
 static __always_inline int oo_write_reclaim(void *ctx, struct victim_mark *v, __u8 kind)
 {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from . import __version__
-from .attribution.cgroups import CgroupError, detect_memory_hierarchy
+from .cgroupfs.hierarchy import CgroupError, detect_memory_hierarchy
 from .kernel import libbpf as L
 from .kernel.backends import choose_backend
 from .kernel.features import (

@@ -85,33 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
                          "(env OTEL_OOM_RUNTIME_LOOKUP_WAIT_MS, default 50)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="env OTEL_OOM_LOG_LEVEL, default info")
-    # issue 13: the records around the kill
-    story = run.add_argument_group("before and after the kill")
-    story.add_argument("--events", metavar="LIST",
+    around = run.add_argument_group("around the kill")
+    around.add_argument("--events", metavar="LIST",
                        help="records besides oom.kill: pressure,no_kill,reclaim,userspace_kill (the default) or none "
                             "(env OTEL_OOM_EVENTS)")
-    story.add_argument("--traces", action="store_true",
+    around.add_argument("--traces", action="store_true",
                        help="export each OOM episode as a span over OTLP traces (env OTEL_OOM_TRACES)")
-    story.add_argument("--userspace-killers", metavar="NAMES",
+    around.add_argument("--userspace-killers", metavar="NAMES",
                        help="process names whose SIGKILLs are reported as oom.kill (default "
                             "systemd-oomd,earlyoom,oomd,nohang,lmkd; env OTEL_OOM_USERSPACE_KILLERS)")
-    story.add_argument("--pressure-stall-percent", metavar="N",
+    around.add_argument("--pressure-stall-percent", metavar="N",
                        help="PSI stall share (some) of the window that starts a pressure episode "
                             "(env OTEL_OOM_PRESSURE_STALL_PERCENT, default 10)")
-    story.add_argument("--pressure-usage-percent", metavar="N",
+    around.add_argument("--pressure-usage-percent", metavar="N",
                        help="memory cgroup usage, percent of its limit, that starts one "
                             "(env OTEL_OOM_PRESSURE_USAGE_PERCENT, default 90)")
-    story.add_argument("--pressure-window", metavar="SECONDS", help="PSI trigger window: 2, 4, 6, 8 or 10 "
+    around.add_argument("--pressure-window", metavar="SECONDS", help="PSI trigger window: 2, 4, 6, 8 or 10 "
                             "(env OTEL_OOM_PRESSURE_WINDOW, default 2)")
-    story.add_argument("--pressure-clear-seconds", metavar="SECONDS",
+    around.add_argument("--pressure-clear-seconds", metavar="SECONDS",
                        help="below the clear levels this long ends an episode "
                             "(env OTEL_OOM_PRESSURE_CLEAR_SECONDS, default 10)")
-    story.add_argument("--pressure-scan-interval", metavar="SECONDS",
+    around.add_argument("--pressure-scan-interval", metavar="SECONDS",
                        help="seconds between sweeps of the cgroups' limits (and v2 usage) "
                             "(env OTEL_OOM_PRESSURE_SCAN_INTERVAL, default 10)")
-    story.add_argument("--pressure-max-cgroups", metavar="N",
+    around.add_argument("--pressure-max-cgroups", metavar="N",
                        help="limited memory cgroups watched at most (env OTEL_OOM_PRESSURE_MAX_CGROUPS, default 10000)")
-    story.add_argument("--reclaim-timeout", metavar="SECONDS",
+    around.add_argument("--reclaim-timeout", metavar="SECONDS",
                        help="report a victim whose memory is not back after this long "
                             "(env OTEL_OOM_RECLAIM_TIMEOUT, default 30)")
 

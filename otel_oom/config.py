@@ -37,7 +37,7 @@ ENV_JSON = "OTEL_OOM_JSON"                        # "true": --json
 ENV_NO_OTLP = "OTEL_OOM_NO_OTLP"                  # "true": --no-otlp
 ENV_NO_SPOOL = "OTEL_OOM_NO_SPOOL"                # "true": --no-spool
 ENV_SHUTDOWN_TIMEOUT = "OTEL_OOM_SHUTDOWN_TIMEOUT"  # seconds, default 5
-# ---- issue 13: the records around the kill ----
+# ---- around the kill: the records besides the kills ----
 ENV_EVENTS = "OTEL_OOM_EVENTS"                    # default pressure,no_kill,reclaim,userspace_kill; "none"
 ENV_TRACES = "OTEL_OOM_TRACES"                    # "true": each OOM episode as a span over OTLP traces
 ENV_USERSPACE_KILLERS = "OTEL_OOM_USERSPACE_KILLERS"  # process names, default systemd-oomd,earlyoom,oomd,nohang,lmkd
@@ -63,7 +63,7 @@ DEFAULT_KILLERS = ("systemd-oomd", "earlyoom", "oomd", "nohang", "lmkd")
 
 @dataclass(frozen=True)
 class EventSettings:
-    """What otel-oom reports besides the kernel's kills (issue 13), checked once here."""
+    """What otel-oom reports around the kill, besides the kernel's kills, checked once here."""
 
     kinds: frozenset[str] = frozenset(EVENT_KINDS)
     traces: bool = False
@@ -108,7 +108,7 @@ class RunConfig:
     log_level: str = "info"
     otlp_settings: Optional["OtlpSettings"] = None  # resolved when OTLP export is on
     runtimes: RuntimeSettings = RuntimeSettings()    # container runtime sockets for names (auto-detected)
-    events: EventSettings = EventSettings()         # issue 13: pressure, no-kill, reclaim, user-space kills, traces
+    events: EventSettings = EventSettings()         # around the kill: pressure, no-kill, reclaim, user-space kills, traces
 
 
 def _pick(flag: Any, environ: Mapping[str, str], env: str, default: Any) -> Any:

@@ -2,6 +2,8 @@
 
 Served from a daemon thread so a slow or stuck client never holds up the pipeline; the
 readiness callback is called once per /readyz request and must be cheap and thread-safe.
+`HealthServer` is a `service.Service`: bound when made (so a bad --listen fails the start), served
+from `start()` until `stop()`.
 The endpoint may face anything that can reach it: at most `MAX_CONNECTIONS` are served at once
 (more are closed at once, unanswered), a connection that does not send its request within
 `REQUEST_TIMEOUT_S` is closed, and a client that goes away early costs a debug line, not a traceback.
@@ -15,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 from .errors import AgentError, UsageError
+from .service import ServiceThread
 
 log = logging.getLogger("otel_oom.health")
 
@@ -98,7 +101,10 @@ class _Server(ThreadingHTTPServer):
 class HealthServer:
     """/healthz: the process serves HTTP. /readyz: the agent's own verdict. /metrics: the registry."""
 
-    def __init__(self, listen: str, ready: Readiness, prometheus_registry: Optional[Any] = None) -> None:
+    name = "otel-oom-health"
+
+    def __init__(self, listen: str, ready: Readiness, prometheus_registry: Optional[Any] = None,
+                 start: bool = True) -> None:
         import socket
 
         host, port = parse_listen(listen)
@@ -115,9 +121,10 @@ class HealthServer:
                              "(choose another --listen address or port)", e.errno) from None
         self.host = host
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="otel-oom-health",
-                                        kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
+        self.thread = ServiceThread(self.name, lambda: self._server.serve_forever(poll_interval=0.1))
+        self._closed = False
+        if start:
+            self.start()
 
     def _make_handler(self):
         outer = self
@@ -171,7 +178,26 @@ class HealthServer:
         """/metrics from now on (the agent builds its registry after `ready`)."""
         self._registry = prometheus_registry
 
+    # ---- the service ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.thread.started:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.thread.stopping = True
+        if self.thread.started and not self._closed:
+            self._server.shutdown()  # returns once serve_forever did
+
+    def join(self, timeout: float) -> bool:
+        done = self.thread.join(timeout)
+        if not self._closed:
+            self._closed = True
+            self._server.server_close()
+        return done
+
+    def healthy(self) -> tuple[bool, str]:
+        return self.thread.healthy()
+
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5.0)
+        self.stop()
+        self.join(5.0)

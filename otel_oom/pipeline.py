@@ -1,34 +1,34 @@
 """One event's way through the agent: decode -> attribute -> store durably -> show -> count.
 
 `handle_sample` runs on the worker thread for every ring-buffer sample, `handle_kill` also for the
-kills recovered from the kernel log at start-up, `handle_record` for the records the watchers
-queue (pressure, no-kill) and the trackers make (reclaim; with --traces, the episode spans). A kill
-counts as handled once it is in the store; from there the sender delivers it. Nothing in here may
-lose a kill silently: an undecodable sample is counted as a drop (`decode_error`); a fault while
-attributing one kill is counted as a fault (`enrich`), logged with the event id, and the kill still
-goes out with what the kernel reported; a failing sink (webhook, metrics, reconciler, the trackers)
-is counted as a fault and never stops the others.
+kills recovered from the kernel log at start-up, `handle_record` for what else the worker queue
+holds (the pressure source's events, for the trackers around the kill) and the records those
+trackers make (pressure, no-kill, reclaim; with --traces, the episode spans). A kill counts as
+handled once it is in the store; from there the sender delivers it. Nothing in here may lose a kill
+silently: an undecodable sample is counted as a drop (`decode_error`); a fault while attributing
+one kill is counted as a fault (`enrich`), logged with the event id, and the kill still goes out
+with what the kernel reported; a failing sink (webhook, metrics, reconciler, a tracker around the
+kill) is counted as a fault and never stops the others.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, TextIO, Union
 
 from .attribution.enrich import Enricher, bare_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
-from .model import KILLER_KERNEL, OomEpisode, OomKill, Record
+from .otlp.spooled import SpoolCodec
+from .pressure.events import EVENT_TYPES, Submitted
+from .schema.records import OomEpisode, OomKill, Record
 from .sinks.console import format_console, format_record_console, format_record_json
 
 if TYPE_CHECKING:
-    from .episode import EpisodeTracker
-    from .no_kill import NoKillTracker
+    from .around.room import Around
     from .otlp.metrics import Metrics
-    from .reclaim import ReclaimTracker
     from .reconcile.recovery import Reconciler
     from .sinks.webhook import WebhookNotifier
 
@@ -36,8 +36,13 @@ log = logging.getLogger("otel_oom.pipeline")
 
 
 class Store(Protocol):
-    def append(self, payload: bytes) -> int: ...
-    def append_many(self, payloads: list[bytes]) -> list[int]: ...
+    def append_many(self, payloads: Sequence[bytes], accounted: Optional[Sequence[Optional[int]]] = None) -> list[int]: ...
+
+
+class Codec(Protocol):
+    """A record as the store keeps it (`otlp.spooled.SpoolCodec`: its encoded OTLP message)."""
+
+    def encode(self, record: Record) -> bytes: ...
 
 
 METRICS_BACKLOG_MAX = 10000  # records counted before the agent's metrics exist (see attach_metrics)
@@ -48,15 +53,14 @@ class Pipeline:
                  on_stored: Callable[[], None] = lambda: None, reconciler: Optional["Reconciler"] = None,
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
-                 commit_lock: Optional[threading.Lock] = None, reclaim: Optional["ReclaimTracker"] = None,
-                 no_kill: Optional["NoKillTracker"] = None, episodes: Optional["EpisodeTracker"] = None,
-                 metrics_later: bool = False) -> None:
+                 around: Optional["Around"] = None,
+                 metrics_later: bool = False, codec: Optional[Codec] = None) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
         self.store = store            # None: no OTLP delivery (console/JSON only)
+        self.codec: Codec = codec or SpoolCodec()  # a record as the store keeps it: its encoded OTLP message
         self.on_stored = on_stored    # wakes the sender
-        self.commit_lock = commit_lock or threading.Lock()  # held across store + account; the sender reads under it
         self.reconciler = reconciler
         self.out = out
         self.console = console
@@ -67,9 +71,7 @@ class Pipeline:
         # what would be counted waits here, so no kill caught meanwhile is missing from oom.kills
         self._metrics_lock = threading.Lock()
         self._metrics_backlog: Optional[list[Record]] = [] if metrics_later and metrics is None else None
-        self.reclaim = reclaim        # times each kill until its memory is back (oom.reclaim)
-        self.no_kill = no_kill        # told about kills, so an OOM that did kill is not reported as without
-        self.episodes = episodes      # --traces: stamps records with their episode's trace, makes the spans
+        self.around = around          # the trackers around the kill: pressure, no-kill, reclaim, --traces
         self.kills_seen = 0           # live kills handled (in the store when there is one)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._failed_sinks: set[str] = set()
@@ -114,27 +116,22 @@ class Pipeline:
             self.drops["decode_error"] += 1
             log.error("undecodable reclaim event dropped (counted as decode_error): %s", e)
             return
-        if self.reclaim is not None:
-            record = self.reclaim.observe(ev)
-            if record is not None:
-                self.handle_record(record)
+        record = self.around.reclaimed(ev) if self.around is not None else None
+        if record is not None:
+            self.handle_record(record)
 
     def _episode(self, record: Record) -> tuple[Record, list[OomEpisode]]:
         """--traces: the record stamped with its episode's trace, and the episodes that ended with it."""
-        if self.episodes is None or isinstance(record, OomEpisode):
-            return record, []
-        try:
-            return self.episodes.observe(record)
-        except Exception:  # noqa: BLE001 - the record goes out without its trace rather than not at all
-            self.faults["episodes"] += 1
-            if "episodes" not in self._failed_sinks:
-                self._failed_sinks.add("episodes")
-                log.exception("episode tracking failed (counted in otel_oom.faults{stage=episodes})")
-            return record, []
+        return self.around.stamp(record) if self.around is not None else (record, [])
 
-    def handle_record(self, record: Record) -> None:
-        """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics."""
-        self.handle_records([record])
+    def handle_record(self, item: Union[Record, Submitted]) -> None:
+        """A record other than a kill (pressure, no-kill, reclaim): trace, store, stdout, metrics; or an
+        event of the pressure source: the records the trackers around the kill make of it."""
+        if isinstance(item, EVENT_TYPES):
+            if self.around is not None:
+                self.handle_records(self.around.handle(item))
+            return
+        self.handle_records([item])
 
     def handle_records(self, records: list[Record]) -> None:
         """Records in order; those other than kills stored together (one spool write per segment's worth)."""
@@ -146,8 +143,15 @@ class Pipeline:
                 self.handle_kill(record)
                 continue
             stamped, finished = self._episode(record)
-            others.append((stamped, [stamped.to_json().encode(), *(span.to_json().encode() for span in finished)]))
+            others.append((stamped, self._payloads(stamped, finished)))
         self._store_records(others)
+
+    def _payloads(self, record: Optional[Record], spans: Sequence[OomEpisode]) -> list[bytes]:
+        """What the store keeps for a record and the episodes that ended with it (nothing without a store)."""
+        if self.store is None:
+            return []
+        encode = self.codec.encode
+        return [encode(r) for r in (*([record] if record is not None else []), *spans)]
 
     def _store_records(self, records: list[tuple[Record, list[bytes]]]) -> None:
         if not records:
@@ -155,13 +159,12 @@ class Pipeline:
         if self.store is not None:
             limit = getattr(self.store, "burst_bytes", None) or (1 << 62)
             chunk: list[bytes] = []
-            with self.commit_lock:
-                for _, payloads in records:
-                    if chunk and sum(map(len, chunk)) + sum(map(len, payloads)) > limit:
-                        self.store.append_many(chunk)
-                        chunk = []
-                    chunk += payloads
-                self.store.append_many(chunk)
+            for _, payloads in records:
+                if chunk and sum(map(len, chunk)) + sum(map(len, payloads)) > limit:
+                    self.store.append_many(chunk)
+                    chunk = []
+                chunk += payloads
+            self.store.append_many(chunk)
             self.on_stored()
         for record, _ in records:
             if isinstance(record, OomEpisode):
@@ -173,21 +176,21 @@ class Pipeline:
             self._count(record)
 
     def tick(self) -> None:
-        """About once a second on the worker thread: kills whose memory never came back, episodes too long."""
-        if self.reclaim is not None:
-            self.handle_records(list(self.reclaim.expire()))
-        if self.episodes is not None:
-            self._store_spans(self.episodes.expire())
+        """About once a second on the worker thread: what the trackers around the kill decide with time
+        (pressure followed and ended, OOMs without a kill, reclaim timeouts, episodes too long)."""
+        if self.around is not None:
+            records, spans = self.around.tick()
+            self.handle_records(records)
+            self._store_spans(spans)
 
     def close(self) -> None:
         """At shutdown, after the last record: the open episodes end as they are."""
-        if self.episodes is not None:
-            self._store_spans(self.episodes.close_all())
+        if self.around is not None:
+            self._store_spans(self.around.close_episodes())
 
     def _store_spans(self, spans: list[OomEpisode]) -> None:
         if spans and self.store is not None:
-            with self.commit_lock:
-                self.store.append_many([span.to_json().encode() for span in spans])
+            self.store.append_many(self._payloads(None, spans))
             self.on_stored()
 
     def handle_kill(self, kill: OomKill) -> None:
@@ -205,7 +208,7 @@ class Pipeline:
         for kill in kills:
             stamped, finished = self._episode(kill)
             assert isinstance(stamped, OomKill)
-            payloads = [stamped.to_json().encode(), *(span.to_json().encode() for span in finished)]
+            payloads = self._payloads(stamped, finished)
             n = sum(map(len, payloads))
             if group and size + n > limit:
                 self._commit(group)
@@ -216,36 +219,54 @@ class Pipeline:
             self._commit(group)
 
     def _commit(self, group: list[tuple[OomKill, list[bytes]]]) -> None:
-        # a user-space killer's kill is no kernel OOM kill: the kernel's counters do not count it
-        counted = [k for k, _ in group if not k.recovered and k.killer == KILLER_KERNEL]
-        # stored and accounted for as one step: the sender takes the same lock to read the store, so
-        # it never delivers a kill the reconciliation state does not count yet (a SIGKILL in between
-        # would have the next start recover it from the kernel log: a second report of one kill)
-        reconciler = self.reconciler if counted else None
-        with self.commit_lock:
-            if reconciler is not None:
-                # counted with the spool's next seq first, saved once for the write: see
-                # Reconciler.observed for why no crash point between the two loses a kill or reports it twice
-                for n, kill in enumerate(counted, 1):
-                    self._sink("reconciler", functools.partial(reconciler.observed, kill, save=n == len(counted)))
-            if self.store is not None:
-                self.store.append_many([p for _, payloads in group for p in payloads])
-            if reconciler is not None:
-                reconciler.stored()
-            self.kills_seen += sum(1 for kill, _ in group if not kill.recovered)
+        # stored and accounted for in one write: each kernel kill's record carries the ledger's count
+        # with that kill in it (see reconcile.recovery), so no crash point lets a restart report it
+        # twice or never, and the sender may read the store at any time
+        accounted: list[Optional[int]] = []
+        for kill, payloads in group:
+            accounted += [self._account(kill)] + [None] * (len(payloads) - 1)
         if self.store is not None:
+            payloads = [p for _, records in group for p in records]
+            if any(a is not None for a in accounted):
+                self.store.append_many(payloads, accounted)
+            else:
+                self.store.append_many(payloads)
             self.on_stored()
+        self.kills_seen += sum(1 for kill, _ in group if not kill.recovered)
+        around: list[Record] = []
         for kill, _ in group:
+            if self.around is not None:
+                around += self.around.killed(kill)  # the reclaim timer; an OOM without a kill ended or begun
             self._show(kill)
+        if around:
+            self.handle_records(around)
+
+    def _account(self, kill: OomKill) -> Optional[int]:
+        if self.reconciler is None:
+            return None
+        try:
+            return self.reconciler.account(kill)
+        except Exception:  # noqa: BLE001 - the kill is stored even if the count fails (it is recovered once more)
+            self.faults["reconciler"] += 1
+            if "reconciler" not in self._failed_sinks:
+                self._failed_sinks.add("reconciler")
+                log.exception("reconciler failed on an OOM event (counted in otel_oom.faults{stage=reconciler})")
+            return None
+
+    def settle(self, count: int) -> None:
+        """The worker reached a `worker.Settle` marker: kills of that kernel count not handled by now
+        were never caught (see reconcile.recovery.Reconciler.settle)."""
+        if self.reconciler is not None:
+            reconciler = self.reconciler
+            self._sink("reconciler", lambda: reconciler.settle(count))
 
     def _show(self, kill: OomKill) -> None:
-        self._around(kill)
         if self.console:
             self._write(format_console(kill))
         if self.json:
             self._write(format_record_json(kill) + "\n")
         if self.notifier is not None:
-            from .otlp.mapping import log_body
+            from .schema.mapping import log_body
 
             notifier = self.notifier
             self._sink("webhook", lambda: notifier.notify(kill, log_body(kill)))
@@ -277,19 +298,6 @@ class Pipeline:
             self.metrics = metrics
         for record in backlog:
             self._count(record)
-
-    def _around(self, kill: OomKill) -> None:
-        """The trackers hear of every kill: the reclaim timer, and the no-kill tracker (an OOM that
-        did kill is no OOM without one; a victim only marked because it was exiting starts one)."""
-        if self.reclaim is not None:
-            reclaim = self.reclaim
-            self._sink("reclaim", lambda: reclaim.killed(kill))
-        if self.no_kill is not None and kill.killer == KILLER_KERNEL and not kill.recovered:
-            no_kill = self.no_kill
-            if kill.killed is False:
-                self._sink("no_kill", lambda: no_kill.victim_exiting(kill))
-            else:
-                self._sink("no_kill", lambda: no_kill.kill_seen(kill))
 
     def _write(self, text: str) -> None:
         if self.out is None:

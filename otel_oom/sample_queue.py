@@ -1,11 +1,12 @@
-"""The queue between the ring-buffer poll (and the watchers) and the worker, bounded in bytes.
+"""The queue between the ring-buffer poll (and the pressure source) and the worker, bounded in bytes.
 
 A storm can outrun the worker: what waits here is ring-buffer samples (a few hundred bytes each)
-and the watchers' records. A bound in entries says nothing about memory (65,536 samples were
-~100 MB with Python's per-object overhead, more than the DaemonSet's memory limit), so the bound is
-in bytes: each item is charged its length plus `ITEM_OVERHEAD` (the bytes object and the deque
-slot), a watcher's record a flat `RECORD_BYTES`. `put_nowait` never blocks (the poll callback must
-not): when the item does not fit it returns False and the caller counts the drop (`queue_full`).
+and the pressure source's events (around the kill). A bound in entries says nothing about memory
+(65,536 samples were ~100 MB with Python's per-object overhead, more than the DaemonSet's memory
+limit), so the bound is in bytes: each sample is charged its length plus `ITEM_OVERHEAD` (the bytes
+object and the deque slot), anything else (a source event, or a batch of at most 8) a flat
+`RECORD_BYTES`. `put_nowait` never blocks (the poll callback must not): when the item does not fit
+it returns False and the caller counts the drop (`queue_full`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections import deque
 from typing import Generic, Iterator, Optional, TypeVar
 
 ITEM_OVERHEAD = 96   # sys.getsizeof(b"") is 33, plus the deque slot and allocator rounding
-RECORD_BYTES = 2048  # a watcher's record (a dataclass with strings), charged flat
+RECORD_BYTES = 2048  # a non-sample item (small dataclasses with strings), charged flat
 
 T = TypeVar("T")
 

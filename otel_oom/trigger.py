@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from .attribution.cgroups import CgroupError, detect_memory_hierarchy
+from .cgroupfs import memcg
+from .cgroupfs.hierarchy import CgroupError, detect_memory_hierarchy
 
 MIN_LIMIT_BYTES = 4 * 2**20
 MAX_LIMIT_BYTES = 2**30
@@ -91,17 +92,12 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def _counter(text: str, key: str) -> int:
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
-            return int(value)
-    raise TriggerError(f"no '{key}' counter in the memcg's files; kernel too old (needs 4.13+)")
-
-
 def oom_kill_counter(leaf: str, version: int) -> int:
-    name = "memory.oom_control" if version == 1 else "memory.events"
-    return _counter(_read(os.path.join(leaf, name)), "oom_kill")
+    """The memcg's own count of OOM kills (it and below: v1 memory.oom_control, v2 memory.events)."""
+    n = memcg.oom_kills(version, leaf)
+    if n is None:
+        raise TriggerError(f"no 'oom_kill' counter readable in {leaf}; kernel too old (needs 4.13+)")
+    return n
 
 
 def _components(cgroup: Union[str, bytes]) -> list[str]:
@@ -173,21 +169,20 @@ class ThrowawayCgroup:
                     raise TriggerError(f"{memsw} did not take the limit {want}")
             # v1 children inherit oom_kill_disable; a disabled killer would hang the victim instead
             _write(os.path.join(self.leaf, "memory.oom_control"), "0")
-            got = int(_read(limit_file))
         else:
             limit_file = os.path.join(self.leaf, "memory.max")
             _write(limit_file, str(limit_bytes))
             swap = os.path.join(self.leaf, "memory.swap.max")
             if os.path.exists(swap):
                 _write(swap, "0")
-            text = _read(limit_file).strip()
-            got = -1 if text == "max" else int(text)
+        got = memcg.limit_bytes(self.version, self.leaf)  # None: unlimited (or unreadable)
         if got != want:
-            raise TriggerError(f"{limit_file} reads {got} after writing {limit_bytes}; refusing to let "
+            shown = "no limit" if got is None else got
+            raise TriggerError(f"{limit_file} reads {shown} after writing {limit_bytes}; refusing to let "
                                "a victim allocate without a limit")
 
     def procs(self) -> list[int]:
-        return [int(x) for x in _read(os.path.join(self.leaf, "cgroup.procs")).split()]
+        return memcg.procs(self.leaf)
 
     def remove(self, wait: float = 5.0) -> None:
         """rmdir what we created, leaf first; a just-reaped victim can keep the cgroup busy briefly."""

@@ -30,10 +30,23 @@ def wait(predicate, timeout: float = 10.0) -> bool:
     return False
 
 
+def quiet_kernel(tmp_path) -> tuple[str, str]:
+    """A /proc with this boot's id and an OOM kill counter at 0, and an empty kernel log."""
+    root = tmp_path / "quiet-kernel"
+    random = root / "proc" / "sys" / "kernel" / "random"
+    random.mkdir(parents=True, exist_ok=True)
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        (random / "boot_id").write_text(f.read())
+    (root / "proc" / "vmstat").write_text("nr_free_pages 1\noom_kill 0\n")
+    (root / "kmsg").write_bytes(b"")
+    return str(root / "proc"), str(root / "kmsg")
+
+
 class Harness:
     """An Agent built from real flags and environment, its source the scripted double."""
 
-    def __init__(self, tmp_path, endpoint: "str | None", *flags: str, **env: str) -> None:
+    def __init__(self, tmp_path, endpoint: "str | None", *flags: str, proc_root: "str | None" = None,
+                 kmsg_path: "str | None" = None, **env: str) -> None:
         from otel_oom.cli import build_parser
 
         # --events=none: the host's real memory cgroups are not these tests' business (a later flag wins)
@@ -53,7 +66,13 @@ class Harness:
             self.source = ScriptedSource(on_sample)
             return self.source
 
-        self.agent = Agent(self.cfg, environ, self.out, source_factory=factory)
+        # proc_root, kmsg_path: the kernel's OOM kill counter (and boot id) and log, from fixture files;
+        # by default a kernel of its own that kills nobody: the host's real kills (other tests cause
+        # them) must not be recovered into these tests' receivers
+        if proc_root is None or kmsg_path is None:
+            proc_root, kmsg_path = quiet_kernel(tmp_path)
+        self.agent = Agent(self.cfg, environ, self.out, source_factory=factory, proc_root=proc_root,
+                           kmsg_path=kmsg_path)
         self.thread: "threading.Thread | None" = None
 
     def start(self) -> "Harness":

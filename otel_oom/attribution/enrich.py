@@ -22,11 +22,13 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Optional
 
+from ..cgroupfs import memcg
+from ..cgroupfs.hierarchy import MemoryHierarchy, cgroup_line
+from ..cgroupfs.tree import CgroupResolver, path_from_names
 from ..kernel.wire import CGROUP_NAME_LEN, HOOK_SIGNAL, MemcgLevel, OomEvent
-from ..model import KILLER_KERNEL, SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
+from ..schema.records import KILLER_KERNEL, SOURCE_DERIVED, SOURCE_KERNEL, SOURCE_NONE, OomKill
 from ..text import to_kernel_bytes
 from . import clock
-from .cgroups import CgroupResolver, MemoryHierarchy, cgroup_line, path_from_names
 from .containers import parse_cgroup_path
 
 if TYPE_CHECKING:
@@ -204,12 +206,8 @@ class Enricher:
             return group
         group, current = None, path
         while current not in ("", "/"):
-            try:
-                with open(f"{self.hierarchy.mount}{current}/memory.oom.group") as f:
-                    if f.read().strip() == "1":
-                        group = current
-            except OSError:
-                pass
+            if memcg.oom_group(self.hierarchy.directory(current)):
+                group = current
             if current == oom_memcg:
                 break
             current = current.rsplit("/", 1)[0]

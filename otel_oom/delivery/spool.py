@@ -1,48 +1,43 @@
-"""Durable on-disk spool of encoded OOM events awaiting acknowledgement by the OTLP collector.
+"""Durable on-disk spool of encoded OOM events awaiting acknowledgement by the OTLP collector,
+and the agent's ledger of the kernel's OOM kills.
 
 Its one responsibility: an event appended here survives the agent being SIGKILLed or the
-collector being away, and is handed out again, in append order, until it is acknowledged.
-It is over 400 lines because that one job (format, recovery, bounds, acknowledgement) reads best
-whole: splitting it would scatter the crash-safety argument across files.
+collector being away, and is handed out again, in append order, until it is acknowledged; and
+the count of this boot's kernel OOM kills the agent has accounted for survives with it, written in
+the same record as the kill it counts (`ledger`, `account`). The bytes are in `spool_format.py`,
+the directory, its lock and its ack file in `spool_dir.py`, the segment files in `segments.py`.
+It is over 400 lines because what is left is that one job (append, hand out, acknowledge, bound,
+repair) and its crash-safety argument, which reads best whole.
 
-Directory layout (created with mode 0700, one process at a time):
+  <directory>/lock, ack        spool_dir.py: one agent at a time; the floor (the highest sequence
+                               number acknowledged *or dropped*) and the ledger's count. The floor
+                               is fdatasync'ed; the ledger's count alone is not (a SIGKILL keeps
+                               the page cache, and after a power loss the boot id differs, which
+                               starts a new ledger anyway).
+  <directory>/seg-<first seq:020d>.log   append-only segment files of records, in sequence order.
 
-  lock                        flock()ed by the owning process; holds its pid for the error message.
-  ack                         1024 bytes, two 16-byte slots at offsets 0 and 512, each
-                              b"\\x8fACK" | u64 floor | u32 crc32(floor).  The floor is the highest
-                              sequence number that is acknowledged *or dropped*; the valid slot with
-                              the highest floor wins.  Updates overwrite the older slot in place and
-                              fdatasync, so a torn write costs at most the previous update, and no
-                              new block is ever allocated: acknowledging (which is what frees
-                              space) keeps working on a full disk, unlike write-temp-and-rename.
-  seg-<first seq:020d>.log    append-only segment files of records, in sequence order.
+On open every segment is scanned (segments.py: only regular files, at most the spool's bound each);
+a record that does not check (header, length, crc, sequence order, cut short) is skipped, logged
+and counted as `spool_corrupt`. Records of the earlier format (v1, before the ledger) are read and
+delivered like the others. Each process appends to a segment of its own (garbage left by a crash is
+never followed by good records in the same file); a failed append truncates its partial record away
+and seals the segment; its sequence number is burnt, never reused.
 
-Record (all integers little-endian), 28-byte header then payload:
+Sequence numbers increase across restarts (above every number in the segments, their names and the
+floor). A segment is deleted once a floor covering all its records is on disk. Bounds drop whole
+segments (max_bytes: oldest first, `spool_full`) or advance the floor past old records
+(max_age_seconds by CLOCK_BOOTTIME, not the wall clock, which can be stepped: `spool_expired`), logged
+with the count each time. Dropping by segment really
+frees disk; segments are sized from the bound (max_bytes / 1024, 1 KiB to 1 MiB) so one overflow
+drops about 0.1 % of the spool. A dropped or expired kill stays accounted for in the ledger.
 
-  b"\\x8fOOM" | u32 length | u32 crc32 | u64 seq | i64 append time (ns, from `clock`) | payload
-
-The crc32 covers length, seq, time and payload.  The magic starts with a non-ASCII byte so it
-never occurs inside the JSON (ensure_ascii) payloads.  On open every segment is scanned; a
-record whose header, length, crc or sequence order is wrong, or that is cut short, is skipped by
-resynchronising on the next magic that starts a valid record, logged and counted as
-`spool_corrupt`.  Segments from earlier runs are never appended to: each process starts a new
-segment on its first append, so garbage left by a crash is never followed by good records in the
-same file.  A failed append truncates its partial record away and seals the segment; its
-sequence number is burnt, never reused, so no two records on disk share one.
-
-Sequence numbers are > every number in the segments, in the segment names and in the ack floor,
-so they increase across restarts.  A segment is deleted as soon as a floor covering all its
-records is on disk (the one being appended to included: the next append starts a new file).
-Bounds drop whole segments (max_bytes: oldest first, counted `spool_full`) or advance the floor
-past old records (max_age_seconds, `spool_expired`); both are logged with the count every time
-they happen.  Dropping by segment keeps the code simple and really frees disk; it drops up to
-`segment_bytes` of events at once, so segments are sized from the bound: max_bytes / 1024
-(1 KiB to 1 MiB): one event at 64 KiB, about 0.1 % of the spool (~40 events) at 64 MiB.
-
-A spool directory removed (or replaced) while the agent runs is noticed at the next append or
-read: it is created again with a fresh lock and ack file, the events of the segment being
-appended to are rescued through its still open descriptor and written again, and those of
-older segments, gone with the directory, are counted as `spool_lost`.
+Damage behind the agent's back is repaired from what it holds: a segment file removed, renamed or
+replaced is written again from the descriptor the spool keeps open on it; a directory removed or
+replaced is made again with the floor and the ledger as this process knows them, every segment
+written back into it; its ack file likewise. Records cut or overwritten in a file are counted as
+`spool_corrupt` when read. A segment that cannot be written again is still delivered through its
+descriptor (/readyz says so meanwhile), and counted as `spool_lost` if the agent stops first, as are
+the waiting events of a segment read without a descriptor that disappeared. Each is logged once.
 
 fsync=False keeps every guarantee against a process crash (the page cache survives) but not
 against power loss.
@@ -50,24 +45,19 @@ against power loss.
 from __future__ import annotations
 
 import bisect
-import fcntl
 import logging
 import os
-import re
-import struct
 import threading
 import time
-import zlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+
+from .segments import Segment, fsync_dir, load
+from .spool_dir import SpoolDirectory, SpoolError
+from .spool_format import HEAD, MAGIC, NO_LEDGER, AckState, Rec, boot_tag, record_at, record_bytes
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"\x8fOOM"
-_HEAD = struct.Struct("<4sIIQq")  # magic, payload length, crc32, seq, append time ns
-_ACK_MAGIC = b"\x8fACK"
-_ACK = struct.Struct("<4sQI")     # magic, floor, crc32
-_ACK_SLOTS = (0, 512)             # different sectors: one torn write cannot hit both
-_SEGMENT = re.compile(r"^seg-(\d{20})\.log$")
+__all__ = ["MAGIC", "NO_LEDGER", "DROP_REASONS", "Ledger", "Spool", "SpoolError", "segment_size"]
 
 DROP_REASONS = ("spool_full", "spool_expired", "spool_corrupt", "spool_lost")
 SEGMENT_MIN, SEGMENT_MAX = 1 << 10, 1 << 20
@@ -78,343 +68,298 @@ def segment_size(max_bytes: int) -> int:
     return max(SEGMENT_MIN, min(SEGMENT_MAX, max_bytes // 1024))
 
 
-class SpoolError(Exception):
-    """The spool cannot do what was asked; the message says why and what to do."""
-
-    written: list[int] = []  # append_many: the seqs of the burst's first events, written before it failed
-
-
-def _crc(length: int, seq: int, ts_ns: int, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<IQq", length, seq, ts_ns)))
+class Ledger(NamedTuple):
+    """What the spool holds of the ledger for the running boot, as found when it was opened."""
+    accounted: Optional[int]  # this boot's kernel kills accounted for; None if the ledger has no value for it
+    seen: bool                # the ledger has a value, for this boot or an earlier one
+    problem: Optional[str]    # the ledger could not be read (its ack file is damaged), None if fine
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _read_boot_id() -> str:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Segment:
-    __slots__ = ("path", "first", "records", "size", "fd")
-
-    def __init__(self, path: str, first: int, records: list, size: int, fd: Optional[int] = None):
-        self.path = path
-        self.first = first      # the seq in the file name: next_seq when the file was created
-        self.records = records  # [(seq, offset, payload length, append time ns)], seq ascending
-        self.size = size
-        self.fd = fd            # set only on the one segment this process appends to
-
-    def handle(self) -> int:
-        """The fd of the segment being appended to (only that one is open)."""
-        assert self.fd is not None, f"{self.path} is not open for appending"
-        return self.fd
-
-    @property
-    def last(self) -> int:
-        """Highest seq this file may have held, even if its records are unreadable now (an empty
-        file held none: the agent died between creating it and writing its first record)."""
-        if self.records:
-            return max(self.first, self.records[-1][0])
-        return self.first if self.size > 0 else self.first - 1
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 class Spool:
     """Append-only, crash-safe queue of event payloads in `directory`; see the module docstring."""
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 64 * 2**20, max_age_seconds: float = 7 * 86400,
-                 segment_bytes: Optional[int] = None, fsync: bool = True,
-                 clock: Callable[[], float] = time.time):
+                 segment_bytes: Optional[int] = None, fsync: bool = True, clock: Callable[[], float] = time.time,
+                 boot_id: Optional[str] = None, uptime: Optional[Callable[[], float]] = None):
+        """`clock`: the wall clock (seconds), for display; `uptime`: CLOCK_BOOTTIME (seconds), which
+        ages the events: it does not jump when the wall clock is stepped."""
         segment_bytes = segment_size(max_bytes) if segment_bytes is None else segment_bytes
-        if max_bytes <= _HEAD.size or segment_bytes <= 0 or max_age_seconds <= 0:
+        if max_bytes <= HEAD.size or segment_bytes <= 0 or max_age_seconds <= 0:
             raise SpoolError("spool max_bytes, segment_bytes and max_age_seconds must be positive "
-                             f"(max_bytes > {_HEAD.size})")
+                             f"(max_bytes > {HEAD.size})")
         self._dir = os.fspath(directory)
         self._max_bytes = max_bytes
         self._max_age_ns = int(max_age_seconds * 1e9)
         self._segment_bytes = segment_bytes
         self._fsync = fsync
         self._clock = clock
+        self._uptime = uptime or _boottime
+        self._boot = boot_tag(_read_boot_id() if boot_id is None else boot_id)
         self._lock = threading.RLock()
         self._closed = True
         self.dropped: dict[str, int] = {reason: 0 for reason in DROP_REASONS}
-        self._segments: list[_Segment] = []
-        self._active: Optional[_Segment] = None
-        self._rescued: list[tuple[int, bytes]] = []  # (append time, payload) from a removed directory
+        self._segments: list[Segment] = []
+        self._active: Optional[Segment] = None
         self._bytes = 0
-        self._floor = self._floor_disk = 0  # set from the ack file by _lock_directory
-        self._lock_directory()
+        self._accounted = NO_LEDGER          # this boot's ledger count, as written last (or found)
+        self._ledger_seen = False
+        self._files = SpoolDirectory(self._dir, fsync)
+        state, ack_missing = self._files.open(AckState(0, 0, self._boot, NO_LEDGER))
+        problem = "its ack file was missing" if ack_missing else None
+        if state is None:
+            problem = "its ack file is unreadable"
+            log.warning("spool %s: ack file is unreadable; every event still on disk will be delivered again",
+                        self._dir)
+            state = AckState(0, 0, 0, NO_LEDGER)
+        self._floor = self._floor_disk = state.floor
+        self._generation = max(0, state.generation)
+        self._note_ledger(state.boot, state.accounted)
         try:
             self._scan()
         except OSError as e:
-            os.close(self._ack_fd)
-            os.close(self._lock_fd)
+            self._close_files()
             raise SpoolError(f"cannot open spool {self._dir}: {e.strerror}; "
                              "check the directory's permissions and free space") from None
+        self.ledger = Ledger(None if self._accounted == NO_LEDGER else self._accounted, self._ledger_seen, problem)
         self._closed = False
         with self._lock:
             self._delete_consumed()
-            self._expire(self._now_ns())
+            self._expire(self._uptime_ns())
             self._make_room(0)
 
     # ---- opening ----
 
-    def _lock_directory(self) -> None:
-        """Create the directory if needed, take its lock, open its ack file; remember which directory it is."""
-        try:
-            if not os.path.isdir(self._dir):
-                os.makedirs(self._dir, 0o700, exist_ok=True)
-                os.chmod(self._dir, 0o700)  # mkdir's mode is filtered by the umask
-            self._lock_fd = os.open(os.path.join(self._dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise SpoolError(f"cannot use spool directory {self._dir}: {e.strerror}; "
-                             "point the spool at a writable local directory") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(self._lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(self._lock_fd)
-            raise SpoolError(f"spool {self._dir} is in use by another otel-oom (pid {pid})") from None
-        self._ack_fd = -1
-        try:
-            os.ftruncate(self._lock_fd, 0)
-            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-            self._open_ack()
-            st = os.fstat(self._lock_fd)
-            self._dir_id = (os.stat(self._dir).st_dev, os.stat(self._dir).st_ino, st.st_ino)
-        except OSError as e:
-            if self._ack_fd >= 0:
-                os.close(self._ack_fd)
-            os.close(self._lock_fd)
-            raise SpoolError(f"cannot open spool {self._dir}: {e.strerror}; "
-                             "check the directory's permissions and free space") from None
-
-    def _directory_gone(self) -> bool:
-        try:
-            st = os.stat(self._dir)
-            lock = os.stat(os.path.join(self._dir, "lock"))
-        except (FileNotFoundError, NotADirectoryError):
-            return True
-        except OSError:
-            return False  # unreadable for another reason: the operation itself will say so
-        return (st.st_dev, st.st_ino, lock.st_ino) != self._dir_id
-
-    def _recreate(self) -> None:
-        """The directory was removed or replaced: make it again, rescue what the open segment holds."""
-        active = self._active
-        if active is not None:
-            for seq, offset, length, ts_ns in active.records:
-                if seq > self._floor:
-                    try:
-                        self._rescued.append((ts_ns, os.pread(active.handle(), length, offset + _HEAD.size)))
-                    except OSError:
-                        break
-            os.close(active.handle())
-            active.fd = self._active = None
-        lost = sum(len(seg.records) - self._first_pending(seg) for seg in self._segments if seg is not active)
-        if lost:
-            self.dropped["spool_lost"] += lost
-        for fd in (self._ack_fd, self._lock_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._ack_fd = self._lock_fd = -1
-        self._segments, self._bytes = [], 0
-        floor = self._floor
-        self._lock_directory()  # raises SpoolError if it cannot be made again: tried at the next call
-        self._floor = floor
-        self._persist_floor()   # numbering goes on above everything handed out before
-        log.error("spool %s was removed or replaced while the agent ran: created it again; %d waiting OOM "
-                  "event(s) rescued, %d lost with it (counted as spool_lost)", self._dir, len(self._rescued), lost)
-        while self._rescued:
-            ts_ns, payload = self._rescued[0]
-            self._write([payload], ts_ns)
-            self._rescued.pop(0)
-
-    def _check_directory(self) -> None:
-        if self._lock_fd < 0 or self._directory_gone():
-            self._recreate()
-
-    def _open_ack(self) -> None:
-        path = os.path.join(self._dir, "ack")
-        if not os.path.exists(path):
-            # created whole via rename so a crash never leaves a short ack file behind
-            tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, self._ack_slot(0).ljust(1024, b"\0"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-            _fsync_dir(self._dir)
-        self._ack_fd = os.open(path, os.O_RDWR)
-        floors = []
-        for offset in _ACK_SLOTS:
-            magic, floor, crc = _ACK.unpack(os.pread(self._ack_fd, _ACK.size, offset).ljust(_ACK.size, b"\0"))
-            floors.append(floor if magic == _ACK_MAGIC and crc == zlib.crc32(struct.pack("<Q", floor)) else -1)
-        if max(floors) < 0:
-            log.warning("spool %s: ack file is unreadable; every event still on disk will be delivered again",
-                        self._dir)
-        self._floor = self._floor_disk = max(max(floors), 0)
-        self._ack_next = 1 - floors.index(max(floors))  # overwrite the older slot
-
-    @staticmethod
-    def _ack_slot(floor: int) -> bytes:
-        return _ACK.pack(_ACK_MAGIC, floor, zlib.crc32(struct.pack("<Q", floor)))
+    def _note_ledger(self, boot: int, accounted: int) -> None:
+        """A ledger value found on disk: this boot's count is the highest found for it."""
+        if accounted == NO_LEDGER:
+            return
+        self._ledger_seen = True
+        if boot == self._boot and (self._accounted == NO_LEDGER or accounted > self._accounted):
+            self._accounted = accounted
 
     def _scan(self) -> None:
-        names = sorted((n for n in os.listdir(self._dir) if _SEGMENT.match(n)))
-        last = 0
-        for name in names:
-            path = os.path.join(self._dir, name)
-            with open(path, "rb") as f:
-                data = f.read()
-            match = _SEGMENT.match(name)
-            assert match is not None  # names were filtered by it
-            seg = _Segment(path, int(match.group(1)), self._parse(name, data, last), len(data))
-            last = max(last, seg.last)
-            if not data:  # created, then the agent died before its first record: it held nothing
-                os.unlink(path)
-                continue
-            self._segments.append(seg)
-            self._bytes += len(data)
+        self._segments, last = load(self._dir, self._max_bytes, self._corrupt)
+        for seg in self._segments:
+            for rec in seg.records:
+                self._note_ledger(rec.boot, rec.accounted)
+            # only what holds records counts against the bound: garbage must not push events out
+            seg.counted = seg.records[-1].end if seg.records else 0
+            self._bytes += seg.counted
         self._next_seq = max(last, self._floor) + 1
 
-    def _parse(self, name: str, data: bytes, last: int) -> list:
-        records, pos, n = [], 0, len(data)
-        while pos < n:
-            rec = self._record_at(data, pos, last)
-            if rec is not None:
-                records.append(rec)
-                last = rec[0]
-                pos += _HEAD.size + rec[2]
-                continue
-            nxt = data.find(MAGIC, pos + 1)
-            while nxt != -1 and self._record_at(data, nxt, last) is None:
-                nxt = data.find(MAGIC, nxt + 1)
-            end = n if nxt == -1 else nxt
-            what = "a truncated or garbage tail" if nxt == -1 else "a corrupt record"
-            self._corrupt(f"{name}: skipped {end - pos} bytes at offset {pos}, {what}")
-            pos = end
-        return records
+    # ---- damage while running ----
 
-    @staticmethod
-    def _record_at(data: bytes, pos: int, last: int) -> Optional[tuple[int, int, int, int]]:
-        """(seq, offset, length, time) of the valid record starting at pos with seq > last, or None."""
-        if len(data) - pos < _HEAD.size:
-            return None
-        magic, length, crc, seq, ts_ns = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + length
-        if magic != MAGIC or end > len(data) or seq <= last:
-            return None
-        if _crc(length, seq, ts_ns, memoryview(data)[pos + _HEAD.size:end]) != crc:
-            return None
-        return (seq, pos, length, ts_ns)
+    def _check_directory(self) -> None:
+        if self._files.gone():
+            self._recreate()
+        elif self._files.ack_replaced():
+            try:
+                self._files.remake_ack(self._ack_state())
+            except OSError as e:
+                raise SpoolError(f"cannot write the ack file of spool {self._dir} again: {e.strerror}") from None
+
+    def _recreate(self) -> None:
+        """The directory (or its lock) was removed or replaced: make it again, with the floor and the
+        ledger as this process knows them, and every segment still waiting written back into it."""
+        self._files.close()
+        self._files = SpoolDirectory(self._dir, self._fsync)
+        self._files.open(self._ack_state())  # raises SpoolError if it cannot be made again: tried at the next call
+        self._persist_floor()   # numbering goes on above everything handed out before; the ledger too
+        log.error("spool %s was removed or replaced while the agent ran: created it again", self._dir)
+        self._repair(list(self._segments))
+
+    def _repair(self, segments: list[Segment]) -> None:
+        """Segments whose file is not the one the spool reads any more (removed or replaced) are
+        written again from their descriptor; fully acknowledged ones are forgotten; one read without
+        a descriptor has its waiting events counted as lost. One log line for each outcome."""
+        restored, lost, stuck = [], 0, []
+        for seg in segments:
+            if seg.on_disk():
+                continue
+            waiting = len(seg.records) - self._first_pending(seg)
+            if not waiting or seg.fd is None:
+                lost += waiting
+                self._forget(seg)
+                continue
+            try:
+                seg.restore(self._fsync)
+            except OSError as e:
+                if seg.durable:
+                    seg.durable = False
+                    stuck.append(f"{seg.name} ({e.strerror})")
+                continue
+            if seg is self._active:
+                self._active = None  # sealed: the next append starts a new segment
+            restored.append((seg.name, waiting))
+        if restored:
+            log.error("spool %s: %d segment(s) removed or replaced behind the agent's back written again from its "
+                      "open descriptors (%s), %d waiting OOM event(s) kept", self._dir, len(restored),
+                      ", ".join(name for name, _ in restored), sum(n for _, n in restored))
+        if lost:
+            self.dropped["spool_lost"] += lost
+            log.error("spool %s: segment(s) removed or replaced behind the agent's back, read without a descriptor: "
+                      "%d waiting OOM event(s) lost (counted as spool_lost)", self._dir, lost)
+        if stuck:
+            log.error("spool %s: segment(s) removed or replaced behind the agent's back cannot be written again: %s; "
+                      "their waiting OOM events are delivered from the agent's open descriptors, and lost if it "
+                      "stops first (/readyz says so meanwhile)", self._dir, ", ".join(stuck))
+
+    def _check_active(self) -> None:
+        """Before appending: the segment appended to must still be the file, of the size, it wrote."""
+        seg = self._active
+        if seg is None:
+            return
+        if not seg.on_disk():
+            self._repair(list(self._segments))  # the others are likely gone with it: one line for all
+        elif seg.fd is not None and os.fstat(seg.fd).st_size != seg.size:
+            # cut (or written to) behind its back: an append would not land where its index says
+            seg.appending, self._active = False, None
+
+    def _forget(self, seg: Segment) -> None:
+        seg.close()
+        if seg is self._active:
+            self._active = None
+        self._segments.remove(seg)
+        self._bytes -= seg.counted
+
+    @property
+    def problem(self) -> Optional[str]:
+        """What is wrong with the spool now (for /readyz), or None."""
+        with self._lock:
+            broken = [seg.name for seg in self._segments if not seg.durable]
+        return f"segments {', '.join(broken)} vanished and cannot be written again" if broken else None
 
     # ---- public API ----
 
-    def append(self, payload: bytes) -> int:
+    def append(self, payload: bytes, accounted: Optional[int] = None) -> int:
         """Write one event durably; returns its sequence number. Raises SpoolError if it cannot."""
-        return self.append_many([payload])[0]
+        return self.append_many([payload], None if accounted is None else [accounted])[0]
 
-    def append_many(self, payloads: list[bytes]) -> list[int]:
+    def append_many(self, payloads: Sequence[bytes], accounted: Optional[Sequence[Optional[int]]] = None) -> list[int]:
         """Write a burst of events durably (group commit); returns their sequence numbers.
 
+        `accounted[i]` is the ledger's count once payload i is written (its own kill included), or
+        None to carry the record before it's: a kill is stored and accounted for in one write.
         The burst goes out in one write() and one fdatasync (into one segment, which may grow past
-        segment_bytes by it), so it costs one flush instead of one per event. The guarantees are
-        append()'s for each event: nothing returns before its records are on disk, and a SIGKILL
-        during the write() leaves all of the burst or none of it (a regular file's write is not
-        cut by a signal; a short write, e.g. on a full disk, is truncated away by `_abandon`); only
-        a burst larger than max_bytes is split into several writes. Raises SpoolError if
-        any of them cannot be written; its `written` lists the seqs of the first ones, which are on disk
-        (the rest is not).
+        segment_bytes by it): nothing returns before its records are on disk, and a SIGKILL leaves
+        all of it or none (a short write, e.g. on a full disk, is truncated away by `_abandon`);
+        only a burst larger than max_bytes is split into several writes. Raises SpoolError if any
+        cannot be written; its `written` lists the seqs of the first ones, which are on disk.
         """
         payloads = [bytes(p) for p in payloads]
+        counts = list(accounted) if accounted is not None else [None] * len(payloads)
+        assert len(counts) == len(payloads), "one ledger value (or None) per payload"
         with self._lock:
             self._check_open()
             for payload in payloads:
-                if _HEAD.size + len(payload) > self._max_bytes or len(payload) >= 2**32:
+                if HEAD.size + len(payload) > self._max_bytes or len(payload) >= 2**32:
                     raise SpoolError(f"event of {len(payload)} bytes does not fit in spool max_bytes="
                                      f"{self._max_bytes}; raise max_bytes")
             self._check_directory()
+            self._check_active()
+            self._expire(self._uptime_ns())
             now = self._now_ns()
-            self._expire(now)
             seqs: list[int] = []
             while len(seqs) < len(payloads):
                 try:
-                    seqs += self._write(payloads[len(seqs):], now)
+                    seqs += self._write(payloads[len(seqs):], counts[len(seqs):], now)
                 except SpoolError as e:
                     e.written = seqs  # the first ones are on disk already (an earlier segment's write)
                     raise
             return seqs
 
-    def _write(self, payloads: list[bytes], now: int) -> list[int]:
+    def _write(self, payloads: list[bytes], counts: Sequence[Optional[int]], now: int) -> list[int]:
         """`payloads` (as many as fit in max_bytes: all, unless the burst alone is larger) in one
         write, in one segment (which may grow past segment_bytes by that burst); their seqs."""
         # called with self._lock held
-        records: list[bytes] = []
         sizes: list[int] = []
-        seqs: list[int] = []
         total = 0
         for payload in payloads:
-            size = _HEAD.size + len(payload)
+            size = HEAD.size + len(payload)
             if sizes and total + size > self._max_bytes:
                 break
             sizes.append(len(payload))
             total += size
         self._make_room(total)
         seg = self._writable(total)
-        for payload in payloads[:len(sizes)]:
+        uptime = self._uptime_ns()
+        records: list[bytes] = []
+        heads: list[Rec] = []
+        accounted = self._accounted
+        offset = seg.size
+        for payload, count in zip(payloads[:len(sizes)], counts[:len(sizes)], strict=True):
             seq = self._next_seq
             self._next_seq += 1  # burnt even on failure: a half-failed write may still hold it
-            records.append(_HEAD.pack(MAGIC, len(payload), _crc(len(payload), seq, now, payload), seq, now))
-            records.append(payload)
-            seqs.append(seq)
+            if count is not None:
+                accounted = count
+            records.append(record_bytes(payload, seq, self._boot, uptime, now, accounted))
+            heads.append(Rec(seq, offset, HEAD.size, len(payload), self._boot, uptime, now, accounted))
+            offset += HEAD.size + len(payload)
+        assert seg.fd is not None
         try:
             view = memoryview(b"".join(records))
             while view:
-                view = view[os.write(seg.handle(), view):]
+                view = view[os.write(seg.fd, view):]
             if self._fsync:
-                os.fdatasync(seg.handle())
+                os.fdatasync(seg.fd)
         except OSError as e:
             self._abandon(seg)
             raise SpoolError(f"cannot write OOM event to spool {self._dir}: {e.strerror}; "
                              "free disk space on that filesystem") from None
-        for seq, length in zip(seqs, sizes, strict=True):
-            seg.records.append((seq, seg.size, length, now))
-            seg.size += _HEAD.size + length
-        self._bytes += total
-        return seqs
+        self._bytes += offset - seg.counted
+        seg.records.extend(heads)
+        seg.size = seg.counted = offset
+        if accounted != self._accounted:
+            self._accounted = accounted
+            self._persist_floor(sync=False)  # the ledger's mirror in the ack file
+        return [h.seq for h in heads]
+
+    def account(self, accounted: int, durable: bool = False) -> None:
+        """The ledger's count moved without a record to carry it (kills counted as unobserved, the
+        start-up's accounting, events delivered from memory): kept in the ack file."""
+        with self._lock:
+            self._check_open()
+            if self._accounted != NO_LEDGER and accounted <= self._accounted:
+                if not durable:
+                    return
+            else:
+                self._accounted = accounted
+            self._check_directory()
+            if not self._persist_floor(sync=durable):
+                raise SpoolError(f"cannot record the ledger in spool {self._dir}")
 
     def pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
         """Up to `limit` unacknowledged events, oldest first, as (seq, payload)."""
         with self._lock:
             self._check_open()
             self._check_directory()
-            self._expire(self._now_ns())
+            self._expire(self._uptime_ns())
             out: list[tuple[int, bytes]] = []
-            bad, files = [], {}
+            bad: list[tuple[Segment, Rec]] = []
+            self._repair(list({id(seg): seg for seg, _ in self._iter_pending(limit)}.values()))
             try:
-                for seg, rec in self._iter_pending():
+                for seg, rec in self._iter_pending(limit):
                     if len(out) >= limit:
                         break
-                    seq, offset, length, ts_ns = rec
-                    if seg.path not in files:
-                        files[seg.path] = os.open(seg.path, os.O_RDONLY)
-                    raw = os.pread(files[seg.path], _HEAD.size + length, offset)
+                    raw = seg.read(rec)
                     # re-verified: the file may have been damaged since it was scanned or written
-                    if self._record_at(raw, 0, seq - 1) != (seq, 0, length, ts_ns):
+                    if record_at(raw, 0, rec.seq - 1, self._max_bytes) != rec._replace(offset=0):
                         bad.append((seg, rec))
-                        self._corrupt(f"{os.path.basename(seg.path)}: record {seq} at offset {offset} "
+                        self._corrupt(f"{seg.name}: record {rec.seq} at offset {rec.offset} "
                                       "changed on disk since it was written")
                         continue
-                    out.append((seq, raw[_HEAD.size:]))
+                    out.append((rec.seq, raw[rec.head:]))
             except OSError as e:
                 raise SpoolError(f"cannot read spool {self._dir}: {e.strerror}") from None
             finally:
-                for fd in files.values():
-                    os.close(fd)
                 for seg, rec in bad:
                     seg.records.remove(rec)
             return out
@@ -440,6 +385,12 @@ class Spool:
         with self._lock:
             return self._next_seq
 
+    @property
+    def accounted(self) -> Optional[int]:
+        """The ledger's count for this boot as written last (None: none yet)."""
+        with self._lock:
+            return None if self._accounted == NO_LEDGER else self._accounted
+
     def stats(self) -> dict:
         """pending, bytes, segments, oldest_pending_age_seconds (None if none), acked_seq, next_seq, dropped."""
         with self._lock:
@@ -449,7 +400,7 @@ class Spool:
                 "bytes": self._bytes,
                 "segments": len(self._segments),
                 "oldest_pending_age_seconds":
-                    None if oldest is None else max(0.0, (self._now_ns() - oldest[1][3]) / 1e9),
+                    None if oldest is None else max(0.0, self._age_ns(oldest[1], self._uptime_ns()) / 1e9),
                 "acked_seq": self._floor,
                 "next_seq": self._next_seq,
                 "dropped": dict(self.dropped),
@@ -460,18 +411,21 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
-            if self._rescued:
-                self.dropped["spool_lost"] += len(self._rescued)
-                log.error("spool %s: %d rescued OOM event(s) could not be written again (counted as spool_lost)",
-                          self._dir, len(self._rescued))
-            if self._floor != self._floor_disk and self._ack_fd >= 0:
-                self._persist_floor()
-            if self._active is not None:
-                os.close(self._active.handle())
-                self._active.fd = None
-            for fd in (self._ack_fd, self._lock_fd):  # closing the lock releases the flock
-                if fd >= 0:
-                    os.close(fd)
+            for seg in self._segments:
+                waiting = len(seg.records) - self._first_pending(seg)
+                if not seg.durable and waiting:
+                    self.dropped["spool_lost"] += waiting
+                    log.error("spool %s: %d waiting OOM event(s) of %s, which could not be written again, are lost "
+                              "with the agent's stop (counted as spool_lost)", self._dir, waiting, seg.name)
+            if self._files.ack_fd >= 0:
+                self._persist_floor()  # (also mends an ack file overwritten in place meanwhile)
+            self._close_files()
+
+    def _close_files(self) -> None:
+        for seg in self._segments:
+            seg.close()
+        self._active = None
+        self._files.close()
 
     def __enter__(self) -> "Spool":
         return self
@@ -488,75 +442,92 @@ class Spool:
     def _now_ns(self) -> int:
         return int(self._clock() * 1e9)
 
-    def _first_pending(self, seg: _Segment) -> int:
-        return bisect.bisect_right(seg.records, self._floor, key=lambda r: r[0])
+    def _uptime_ns(self) -> int:
+        return int(self._uptime() * 1e9)
 
-    def _iter_pending(self) -> Iterator[tuple[_Segment, tuple]]:
+    def _age_ns(self, rec: Rec, now_uptime_ns: int) -> int:
+        """How old a record is by CLOCK_BOOTTIME. One of an earlier boot (or of the format before the
+        ledger, which has no boot) is at least as old as this boot: aged from its start, which keeps
+        it up to max_age longer than it should rather than dropping a fresh one when the wall clock
+        was stepped."""
+        if rec.boot == self._boot and rec.uptime_ns >= 0:
+            return now_uptime_ns - rec.uptime_ns
+        return now_uptime_ns
+
+    def _first_pending(self, seg: Segment) -> int:
+        return bisect.bisect_right(seg.records, self._floor, key=lambda r: r.seq)
+
+    def _iter_pending(self, limit: Optional[int] = None) -> Iterator[tuple[Segment, Rec]]:
+        n = 0
         for seg in self._segments:
             for rec in seg.records[self._first_pending(seg):]:
+                if limit is not None and n > limit:
+                    return
+                n += 1
                 yield seg, rec
 
     def _corrupt(self, what: str) -> None:
         self.dropped["spool_corrupt"] += 1
         log.warning("spool %s: %s (counted as spool_corrupt)", self._dir, what)
 
-    def _writable(self, size: int) -> _Segment:
+    def _writable(self, size: int) -> Segment:
         seg = self._active
         if seg is not None and seg.size > 0 and seg.size + size > self._segment_bytes:
-            os.close(seg.handle())
-            seg.fd = self._active = None
+            seg.appending, self._active = False, None  # its descriptor stays open for reading
         if self._active is None:
             path = os.path.join(self._dir, f"seg-{self._next_seq:020d}.log")
             try:
-                # read-write: if the directory is removed, what this open file holds can still be rescued
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+                # read-write: if the file is removed, what it holds can still be read and written again
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600)
                 if self._fsync:
-                    _fsync_dir(self._dir)
+                    fsync_dir(self._dir)
             except OSError as e:
                 raise SpoolError(f"cannot create spool segment {path}: {e.strerror}; "
                                  "free disk space on that filesystem") from None
-            self._active = _Segment(path, self._next_seq, [], 0, fd)
+            self._active = Segment(path, self._next_seq, [], 0, fd, appending=True)
             self._segments.append(self._active)
         return self._active
 
-    def _abandon(self, seg: _Segment) -> None:
+    def _abandon(self, seg: Segment) -> None:
         """After a failed write: cut the partial record off and never append to this file again."""
+        assert seg.fd is not None
         try:
-            os.ftruncate(seg.handle(), seg.size)
+            os.ftruncate(seg.fd, seg.size)
         except OSError:
             pass  # the tail then fails its crc on the next open; nothing follows it in this file
-        os.close(seg.handle())
-        seg.fd = self._active = None
+        seg.appending, self._active = False, None
         if not seg.records:
             try:
                 os.unlink(seg.path)
-                self._segments.remove(seg)
             except OSError:
                 pass
+            self._forget(seg) if seg in self._segments else seg.close()
 
-    def _persist_floor(self) -> bool:
+    def _ack_state(self) -> AckState:
+        return AckState(self._generation, self._floor, self._boot, self._accounted)
+
+    def _persist_floor(self, sync: bool = True) -> bool:
+        """Write the floor and the ledger's count into the older ack slot (fdatasync'ed if `sync`)."""
         floor = self._floor
+        state = AckState(self._generation + 1, floor, self._boot, self._accounted)
         try:
-            os.pwrite(self._ack_fd, self._ack_slot(floor), _ACK_SLOTS[self._ack_next])
-            if self._fsync:
-                os.fdatasync(self._ack_fd)
+            self._files.write_slot(state, sync)
         except OSError as e:
             log.warning("spool %s: cannot record acknowledgement up to %d (%s); "
                         "will retry, a restart now would deliver those events again",
                         self._dir, floor, e.strerror)
             return False
-        self._ack_next ^= 1
-        self._floor_disk = floor
-        self._delete_consumed()
+        self._generation = state.generation
+        if sync:
+            self._floor_disk = floor
+            self._delete_consumed()
         return True
 
     def _delete_consumed(self) -> None:
         for seg in list(self._segments):
             if seg.last > self._floor_disk:
                 continue
-            if seg is self._active:
-                os.close(seg.handle())
-                seg.fd = self._active = None
             try:
                 os.unlink(seg.path)
             except FileNotFoundError:
@@ -564,15 +535,14 @@ class Spool:
             except OSError as e:
                 log.warning("spool %s: cannot delete %s: %s", self._dir, seg.path, e.strerror)
                 continue
-            self._segments.remove(seg)
-            self._bytes -= seg.size
+            self._forget(seg)
 
-    def _expire(self, now_ns: int) -> None:
-        cutoff, count, upto = now_ns - self._max_age_ns, 0, self._floor
+    def _expire(self, now_uptime_ns: int) -> None:
+        count, upto = 0, self._floor
         for _, rec in self._iter_pending():
-            if rec[3] >= cutoff:
+            if self._age_ns(rec, now_uptime_ns) <= self._max_age_ns:
                 break
-            count, upto = count + 1, rec[0]
+            count, upto = count + 1, rec.seq
         if count:
             self.dropped["spool_expired"] += count
             log.warning("spool %s: dropped %d undelivered OOM events older than %ds (spool_expired)",
@@ -594,3 +564,7 @@ class Spool:
             self.dropped["spool_full"] += count
             log.warning("spool %s: over max_bytes=%d, dropped the %d oldest undelivered OOM events "
                         "(spool_full)", self._dir, self._max_bytes, count)
+
+
+def _boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)

@@ -29,7 +29,7 @@ def choose_backend(requested: str = "auto") -> tuple[str, str]:
 def open_source(on_sample: Callable[[bytes], None], backend: str = "auto", victim: str = "auto",
                 context: str = "auto", task: str = "auto", ring_bytes: int = 4 << 20,
                 bcc_buffer: str = "auto", extras: "Extras | None" = None) -> SampleSource:
-    """`extras`: issue 13's optional programs around the kill (both backends build them from the same
+    """`extras`: the optional programs around the kill (both backends build them from the same
     source, bpf/kill_logic.h)."""
     chosen, _why = choose_backend(backend)
     if chosen == "bcc":

@@ -49,7 +49,7 @@ log = logging.getLogger("otel_oom.bcc")
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "oomkill.bcc.c"
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"/]+)"\s*$')
-# the programs around the kill (issue 13), by the tracepoint each is attached to
+# the programs around the kill, by the tracepoint each is attached to
 SIGNAL_PROGRAM = ("signal:signal_generate", "signal_generate_tp")
 RECLAIM_PROGRAMS = (("oom:wake_reaper", "reaper_wake"), ("oom:start_task_reaping", "reaper_start"),
                     ("oom:finish_task_reaping", "reaper_finish"), ("oom:skip_task_reaping", "reaper_skip"),

@@ -59,7 +59,7 @@ PROGRAMS = {
 TASK_PROGRAMS = {"fentry": ("mark_oom_victim_fentry",), "kprobe": ("mark_oom_victim_kprobe",), "none": ()}
 REBUILD_HINT = "rebuild it: `make -C bpf` in the checkout, or reinstall the package (`pip install .`)"
 
-# issue 13: optional programs around the kill, loaded with any plan; if the kernel refuses them the
+# around the kill: optional programs, loaded with any plan; if the kernel refuses them the
 # plan is loaded again without them (the kills are what must not fail)
 SIGNAL_PROGRAMS = ("signal_generate_btf", "signal_generate_tp")   # preferred first
 RECLAIM_PROGRAMS = ("reaper_wake", "reaper_start", "reaper_finish", "reaper_skip", "victim_exit", "victim_mm_freed")
@@ -121,7 +121,7 @@ class Probe:
                  object_path: Path = DEFAULT_OBJECT, ring_bytes: int = DEFAULT_RING_BYTES,
                  extras: tuple[str, ...] = (), killers: tuple[str, ...] = ()) -> None:
         self.plan = plan
-        self.extras = extras    # optional programs loaded and attached with the plan (issue 13)
+        self.extras = extras    # optional programs loaded and attached with the plan (around the kill)
         self._killers = killers
         self._on_sample = on_sample
         self._obj: Optional[int] = None   # struct bpf_object *

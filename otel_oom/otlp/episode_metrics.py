@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping
 
-from ..model import STATE_END, STATE_START, OomNoKill, OomPressure, OomReclaim, Record
+from ..schema.records import STATE_END, STATE_START, OomNoKill, OomPressure, OomReclaim, Record
 from ..text import for_otlp_label
 
 log = logging.getLogger("otel_oom.otlp")

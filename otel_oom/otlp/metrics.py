@@ -9,11 +9,11 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from .. import __version__
-from ..model import OomKill, Record
+from ..schema.mapping import RSS_BUCKETS, SCOPE_NAME, kill_metric_attributes
+from ..schema.records import OomKill, Record
 from .env import OtlpSettings
 from .episode_metrics import EpisodeMetrics, guarded
 from .exporters import metric_exporter
-from .mapping import RSS_BUCKETS, SCOPE_NAME, kill_metric_attributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

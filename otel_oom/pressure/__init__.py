@@ -1,7 +1,9 @@
-"""Early warning: memory pressure on the host and in each memory cgroup, as `oom.pressure` episodes.
+"""The pressure source: the kernel's memory notifications as events, on a thread of its own; calls nobody.
 
-psi.py (PSI files and triggers), inotify.py (kernfs change notifications), v1_events.py (cgroup v1
-eventfd notifications), cgroup_files.py (reading a memory cgroup's counters, v1 and v2), episode.py
-(thresholds and hysteresis: one start and one end per episode), watcher.py (the thread that waits
-for all of them and reports).
+source.py (the thread: waits, sweeps, submits), notifier.py (one epoll; disarm until the next
+tick), discovery.py (the cgroup tree and inotify), registry.py (per limited cgroup: v1 eventfds or
+v2 PSI trigger and memory.events.local watch, and what each one means), events.py (the values it
+submits), thresholds.py (start and clear levels), psi_trigger.py, v1_events.py, inotify.py (the
+kernel interfaces). What the events become (`oom.pressure`, `oom.no_kill`) is decided around the
+kill (`around/`), on the worker thread.
 """

@@ -5,44 +5,16 @@ kills of its own tasks (v1 `memory.oom_control`, v2 `memory.events.local` / `mem
 """
 from __future__ import annotations
 
-import errno
 import os
 from typing import Optional
 
-from ..attribution.cgroups import walk
-
-
-def _read(path: str) -> Optional[bytes]:
-    """A small kernel file's content, or None when it is not there (or its cgroup was just removed)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
-        return None
-    except OSError as e:
-        # a cgroup removed while we walk it reads as ENODEV
-        if e.errno == errno.ENODEV:
-            return None
-        raise
-
-
-def _value(text: Optional[bytes], key: str) -> Optional[int]:
-    """The integer after `key` on a "key value" line, or None."""
-    if text is None:
-        return None
-    want = key.encode()
-    for line in text.splitlines():
-        name, _, value = line.partition(b" ")
-        if name == want:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+from ..cgroupfs import memcg
+from ..cgroupfs.tree import walk
 
 
 def _field(path: str, key: str) -> Optional[int]:
-    return _value(_read(path), key)
+    """The integer after `key` on a "key value" line of a /proc file, or None."""
+    return memcg.keyed(memcg.read_text(path, strict=True)).get(key)
 
 
 def vmstat_oom_kills(proc_root: str = "/proc") -> Optional[int]:
@@ -64,13 +36,7 @@ def memcg_oom_kills(mount: str, version: int) -> dict[str, int]:
         raise FileNotFoundError(f"memory hierarchy mount {mount!r} is not a directory")
     out: dict[str, int] = {}
     for path, directory, _inode in walk(mount):
-        if version == 1:
-            text = _read(os.path.join(directory, "memory.oom_control"))
-        else:
-            text = _read(os.path.join(directory, "memory.events.local"))
-            if text is None:
-                text = _read(os.path.join(directory, "memory.events"))
-        value = _value(text, "oom_kill")
+        value = memcg.local_oom_kills(version, directory, strict=True)
         if value is not None:
             out[path] = value
     return out

@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from ..model import SOURCE_KMSG, SOURCE_NONE, OomKill
+from ..cgroupfs.tree import is_under
+from ..schema.records import SOURCE_KMSG, SOURCE_NONE, OomKill
 from .kmsg import KmsgRecord
 
 _INVOKED = re.compile(
@@ -51,10 +52,6 @@ class OomKillLine:
     task: str
     pid: int
     uid: int
-
-
-def _under(child: str, parent: str) -> bool:
-    return child == parent or parent == "/" or child.startswith(parent.rstrip("/") + "/")
 
 
 def parse_oom_kill_line(message: str, comm: Optional[str] = None,
@@ -105,7 +102,7 @@ def parse_oom_kill_line(message: str, comm: Optional[str] = None,
         if not splits:
             oom_memcg = body
         else:
-            pick = next((i for i in splits if _under(body[i + len(",task_memcg="):], body[:i])), splits[0])
+            pick = next((i for i in splits if is_under(body[i + len(",task_memcg="):], body[:i])), splits[0])
             oom_memcg, task_memcg = body[:pick], body[pick + len(",task_memcg="):]
     elif rest.startswith(",task_memcg="):
         task_memcg = rest[len(",task_memcg="):]

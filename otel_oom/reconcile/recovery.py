@@ -1,51 +1,77 @@
-"""Holding the agent to the kernel's own count of OOM kills.
+"""Holding the agent to the kernel's own count of OOM kills, across restarts through the ledger.
 
 While running: the kernel counts every kill in /proc/vmstat `oom_kill`; kills it counted that the
 agent never received (ring buffer full, a hook that missed) are exported as
 `oom.kills.unobserved`. The comparison uses a kernel snapshot at least one refresh old, so
 events still in flight are not reported as missing.
 
-Across restarts: the kernel count the agent has accounted for is saved with the boot id. At start,
-the difference is the number of kills that happened while no agent was running; their details
-come from the kernel log (/dev/kmsg "Killed process" lines) when it is readable and still holds
-them, and are delivered as records marked `oom.recovered`. Kills beyond what the log still holds
-stay counted as unobserved.
+Across restarts: the ledger (`delivery/spool.py`) holds how many of this boot's kernel kills the
+agent has accounted for. Each kernel kill's record carries the count once it is stored (one write:
+`account` gives it), so a kill is never stored without being counted, nor counted without being
+stored. Kills counted without a record move it too (`settle`: the kernel counted them and the probe
+never delivered them, so they are counted as unobserved; and the start-up's own accounting), in
+the spool's ack file, behind whatever still waits in memory. What is only in memory when the agent
+stops is not on disk, count included: the next start finds those kills missing.
+
+At start, the difference between the kernel's count and the ledger's is the number of kills that
+happened while no agent was running (or were lost before reaching the disk); their details come
+from the kernel log (/dev/kmsg "Killed process" lines) when it is readable and still holds them,
+and they are delivered as records marked `oom.recovered`. The ledger's count moves exactly with the
+kernel's own kills: kills by user-space OOM killers and the records around a kill never touch it.
+
+A recovered kill's `oom.event.id` is `<boot id>:<printk time ns>:<pid>`, from its kernel log line:
+the printk stamp is local_clock() (CLOCK_MONOTONIC-like: it stops during suspend and drifts from
+the clock the probe reads), not the CLOCK_BOOTTIME stamp the probe records, so it is not the id the
+live kill would have had; but it is the same on every replay, and the ledger never recovers a kill
+it has accounted for, so no kill is reported under two ids.
 
 The counter and the log are read together, before the probes are attached, and again until the
 counter did not move meanwhile: every kill counted then has its line in the snapshot, and every
 later kill is the probe's (observed, or counted unobserved), so no kill is reported twice and
-none is missed. Kills accounted for but lost before delivery (held in memory at shutdown,
-`forget`) are taken off the saved count, so the next start recovers them from the log.
-A state file that cannot be read is a warning that names it, never a silent first start.
+none is missed. State of agents before the ledger (`reconcile.json`) is migrated once
+(`legacy_state.py`). A ledger or state file that cannot be read is a warning that names it, never a
+silent first start.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
-from typing import Callable, Optional
+from typing import Optional, Protocol
 
-from ..attribution.cgroups import MemoryHierarchy
-from ..model import OomKill
+from ..cgroupfs.hierarchy import MemoryHierarchy
+from ..delivery.spool import Ledger
+from ..schema.records import KILLER_KERNEL, OomKill
+from . import legacy_state
 from .kcounters import memcg_oom_kills, vmstat_oom_kills
+from .legacy_state import parse_state
 
 log = logging.getLogger("otel_oom.recovery")
 
-STATE_FILE = "reconcile.json"
+__all__ = ["Reconciler", "LedgerStore", "parse_state", "MAX_RECOVERED"]
+
 # at most this many recovered kills are replayed at one start; the rest stay counted as unobserved
 MAX_RECOVERED = 1000
-STATE_BYTES = 256  # the state record's fixed size on disk
 GROUP_WINDOW_NS = 1_000_000_000  # victims of one group decision are marked within this
 
 
+class LedgerStore(Protocol):
+    """The store's ledger side (`delivery.store.DeliveryStore`)."""
+
+    @property
+    def ledger(self) -> Ledger: ...
+    def account(self, accounted: int, durable: bool = False) -> bool: ...
+    def next_seq(self) -> int: ...
+
+
 class Reconciler:
-    def __init__(self, state_dir: Optional[str], hierarchy: Optional[MemoryHierarchy], boot_id: str,
-                 proc_root: str = "/proc", kmsg_path: str = "/dev/kmsg",
-                 next_seq: Optional[Callable[[], int]] = None) -> None:
-        self.state_path = os.path.join(state_dir, STATE_FILE) if state_dir else None
+    """`store`: where the ledger is kept (None: no spool, so no state across restarts); `state_dir`:
+    where an agent before the ledger kept `reconcile.json` (the spool directory)."""
+
+    def __init__(self, store: Optional[LedgerStore], hierarchy: Optional[MemoryHierarchy], boot_id: str,
+                 proc_root: str = "/proc", kmsg_path: str = "/dev/kmsg", state_dir: Optional[str] = None) -> None:
+        self.store = store
         self.hierarchy = hierarchy
         self.boot_id = boot_id
         self.proc_root = proc_root
@@ -53,17 +79,15 @@ class Reconciler:
         self._lock = threading.RLock()
         self.observed_count = 0
         self.missed_without_details = 0
-        self.forgotten = 0  # observed kills lost before delivery: the next start recovers them
         self.window_recovered = 0  # kernel counts of kills recovered from the attach window
-        self._next_seq = next_seq  # the spool's next sequence number (None: no spool)
-        self._storing: Optional[int] = None  # spool seq the kill being stored will get, until stored()
-        self._storing_kills = 0  # kills counted for that one spool write (a burst: group commit)
-        # read now, before the worker's first save can overwrite the previous run's state
-        self._prior_state, self.state_problem = self._load()
+        self.accounted_count: Optional[int] = None  # the ledger's count this run (None: no ledger)
+        self._recovered_counts: dict[str, int] = {}  # recovered kills not stored yet -> their kernel counts
+        self._window_ids: set[str] = set()
+        # read now, before anything is written: the previous run's state
+        self._legacy = legacy_state.read_state(state_dir) if store is not None and state_dir else None
         # read before the probes are attached: every later kill is either observed or unobserved
         self.baseline, self._kmsg, self._kmsg_error = self._snapshot()
         self._previous = self._latest = self.baseline
-        self._state_fd: Optional[int] = None
         # per memory cgroup: the kernel's local oom_kill counters against the kills seen there
         self._observed_by_cgroup: Counter[str] = Counter()
         # kills observed without a cgroup path (a pid-only tracepoint whose victim left /proc): they
@@ -77,25 +101,13 @@ class Reconciler:
         self._memcg_baseline = self._memcg_previous = self._memcg_latest = self._read_memcgs()
         self.memcg_unobserved = 0
 
-    def _missed_since(self, state: Optional[dict], count: Optional[int]) -> int:
-        if state is None or count is None:
-            return 0
-        if state.get("boot_id") == self.boot_id:
-            storing = state.get("storing")
-            # counted just before it was written to the spool, and the agent died in between
-            # (a burst stored in one spool write counted all its kills: `storing_kills` of them)
-            burst = state.get("storing_kills", 1)
-            unstored = burst if isinstance(storing, int) and self._next_seq and self._next_seq() <= storing else 0
-            return count - state["vmstat_oom_kill"] + unstored
-        return count  # rebooted since the last run: every kill of this boot was missed
-
     def _snapshot(self) -> tuple[Optional[int], Optional[list], Optional[OSError]]:
         """(kill counter, kernel log records or None, why the log could not be read), consistent:
         the counter did not move while the log was read, so the log holds every kill it counts."""
         from .kmsg import read_kmsg
 
         count = vmstat_oom_kills(self.proc_root)
-        if not self.state_path:
+        if self.store is None:
             return count, None, None
         # read even with nothing missed: where the log ends now tells the kills of the attach
         # window (recover_window) from the ones before it
@@ -110,6 +122,72 @@ class Reconciler:
                 break
             count = again  # a kill happened while the log was read: read both again
         return count, records, error
+
+    # ---- start-up ------------------------------------------------------------------------------
+    def _prior(self) -> Optional[int]:
+        """This boot's kills accounted for before this start; None when that cannot be known (logged)."""
+        assert self.store is not None and self.baseline is not None
+        ledger = self.store.ledger
+        where = "the spool's ledger"
+        if ledger.accounted is not None:
+            if self._legacy is not None:
+                legacy_state.remove(self._legacy.path)  # migrated by an earlier start already
+            return ledger.accounted
+        if ledger.seen:
+            return 0  # rebooted since the last run: every kill of this boot was missed
+        problem = ledger.problem
+        if self._legacy is not None:
+            where = self._legacy.path
+            if self._legacy.state is not None:
+                then = legacy_state.accounted_then(self._legacy.state, self.boot_id, self.store.next_seq)
+                return 0 if then is None else then
+            problem = self._legacy.problem
+        if problem is not None:
+            log.warning("reconciliation state %s is unusable (%s): the %d OOM kill(s) of this boot cannot be "
+                        "told apart from those already reported, so none is replayed; kills while otel-oom "
+                        "was down may be missing (the state is written again now)", where, problem, self.baseline)
+        elif self.baseline:
+            # first start on this host: there was no agent before, so nothing was "missed"
+            log.info("%d OOM kill(s) happened on this boot before otel-oom's first start here; "
+                     "not replayed (no earlier state in %s)", self.baseline, where)
+        return None
+
+    def recover_missed(self) -> list[OomKill]:
+        """Kills the kernel counted while no agent was running, with what the kernel log says of them.
+
+        Store them (their `account` moves the ledger), then call `start()`."""
+        if self.store is None or self.baseline is None:
+            return []
+        prior = self._prior()
+        if prior is None:
+            prior = self.baseline
+        elif prior > self.baseline:
+            log.warning("reconciliation state says %d kill(s) were accounted for on this boot, more than the "
+                        "kernel's %d: ignoring it", prior, self.baseline)
+            prior = self.baseline
+        with self._lock:
+            self.accounted_count = prior
+        missed = self.baseline - prior
+        if missed == 0:
+            return []
+        kills, explained = self._from_kmsg(min(missed, MAX_RECOVERED))
+        with self._lock:
+            self.missed_without_details = max(0, missed - explained)
+        log.warning("%d OOM kill(s) happened while otel-oom was not running; %d recovered from the kernel log%s",
+                    missed, len(kills),
+                    "" if explained >= missed else " (the rest are counted in oom.kills.unobserved)")
+        return kills
+
+    def start(self) -> None:
+        """After the recovered kills are stored: every kill up to the start-up's count is accounted
+        for (the ones without details as unobserved), durably, before any later kill."""
+        if self.store is None or self.accounted_count is None or self.baseline is None:
+            return
+        with self._lock:
+            self.accounted_count = max(self.accounted_count, self.baseline)
+            count = self.accounted_count
+        if self.store.account(count, durable=True) and self._legacy is not None:
+            legacy_state.remove(self._legacy.path)  # the ledger holds it on disk now
 
     def recover_window(self, seen_pids: set[int]) -> list[OomKill]:
         """Kills of the attach window: counted after the snapshot, printed in the kernel log since,
@@ -126,73 +204,82 @@ class Reconciler:
             records = [r for r in read_kmsg(self.kmsg_path) if r.seq > last]
         except OSError:
             return []
-        kills = [r for r in recovered_kills(records) if r.pid not in seen_pids]
+        found = [r for r in recovered_kills(records) if r.pid not in seen_pids]
         boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        kills = [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in found]
         with self._lock:
-            self.window_recovered += sum(r.kernel_counts for r in kills)
+            for r, kill in zip(found, kills, strict=True):
+                self._recovered_counts[kill.event_id] = r.kernel_counts
+                self._window_ids.add(kill.event_id)
         if kills:
             log.info("%d OOM kill(s) happened while the probes were being attached; recovered from the kernel log",
                      len(kills))
-        return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in kills]
+        return kills
 
     def release_snapshot(self) -> None:
         """The start-up reading of the kernel log is no longer needed."""
         self._kmsg = None
 
-    def forget(self, kills: int) -> None:
-        """`kills` observed kills were lost before delivery (held in memory at shutdown): leave them
-        out of the saved count, so the next start recovers them from the kernel log."""
-        with self._lock:
-            self.forgotten += kills
+    # ---- while running ---------------------------------------------------------------------------
+    def account(self, kill: OomKill) -> Optional[int]:
+        """Count a kill about to be stored; the ledger's count to store with it (None: it does not
+        move the count: no ledger, not a kernel kill, or a victim the kernel did not count).
 
-    def observed(self, kill: OomKill, save: bool = True) -> None:
-        """Count a kill the probe delivered, just before it is written to the spool (`stored()` after).
-
-        The state is saved at once (without fsync: a SIGKILL keeps the page cache, and after a
-        power loss the boot id differs anyway), with the spool's next sequence number: if the agent
-        dies before the kill is in the spool, the spool never reaches that number and the next start
-        recovers the kill from the kernel log; if it is in the spool, the next start does not replay
-        it as a "recovered" duplicate with another event id. So no crash point reports it twice or
-        loses it. A burst written to the spool in one write (group commit) is counted kill by kill
-        with `save=False` and saved once, before the write: `storing` is then the burst's first seq,
-        `storing_kills` how many kills it holds, and the one write puts all of them in the spool or
-        none (`Spool.append_many`).
-        """
-        if kill.killed is False:
-            if save:
-                self.save(durable=False)  # the burst's earlier kills
-            return  # a task only marked because it was already exiting: the kernel counts no kill
+        Called on the worker, in the order the kills are stored."""
         with self._lock:
-            storing = self._next_seq() if self._next_seq else None
-            self._storing_kills = self._storing_kills + 1 if storing is not None and storing == self._storing else 1
-            self._storing = storing
-            self.observed_count += 1
-            if kill.cgroup_path:
-                self._observed_by_cgroup[kill.cgroup_path] += 1
+            if kill.recovered:
+                counts = self._recovered_counts.pop(kill.event_id, 1)
+                if kill.event_id in self._window_ids:
+                    # counted by the kernel after the start-up's reading, like a kill the probe caught:
+                    # accounted for in the host's and its cgroup's comparison too, not unobserved
+                    self._window_ids.discard(kill.event_id)
+                    self.window_recovered += counts
+                    self._tally_cgroup(kill, counts)
+            elif kill.killer != KILLER_KERNEL or kill.killed is False:
+                # a user-space killer's kill, or a task only marked because it was already exiting:
+                # the kernel counts no OOM kill for either
+                return None
             else:
-                self._observed_without_cgroup += 1
-            if kill.oom_group_path:
-                self._count_group_decision(kill)
-        if save:
-            self.save(durable=False)
+                counts = 1
+                self.observed_count += 1
+                self._tally_cgroup(kill)
+                if kill.oom_group_path:
+                    counts += self._count_group_decision(kill)
+            if self.accounted_count is None or self.store is None:
+                return None
+            self.accounted_count += counts
+            return self.accounted_count
 
-    def stored(self) -> None:
-        """The kill just counted by `observed` is in the spool now."""
+    def _tally_cgroup(self, kill: OomKill, counts: int = 1) -> None:
+        if kill.cgroup_path:
+            self._observed_by_cgroup[kill.cgroup_path] += counts
+        else:
+            self._observed_without_cgroup += counts
+
+    def settle(self, count: int) -> None:
+        """`count`: the kernel's kill count as read one refresh earlier; every kill of it the probe
+        caught has been stored by now (`worker.Settle`). Those beyond what is accounted for were never
+        caught: they are counted as unobserved, and the ledger moves past them."""
         with self._lock:
-            self._storing = None
-            self._storing_kills = 0
+            if self.store is None or self.accounted_count is None or count <= self.accounted_count:
+                return
+            self.accounted_count = count
+        self.store.account(count)
 
-    def _count_group_decision(self, kill: OomKill) -> None:
+    def _count_group_decision(self, kill: OomKill) -> int:
+        """1 if this kill is the first of a memory.oom.group decision (the kernel counts one kill of it twice)."""
         # members of one decision arrive together from one trigger; the context hook names it exactly
         key = kill.decision_id or (kill.trigger_tid, kill.oom_group_path)
         last = self._last_group_kill.get(key)
-        if last is None or kill.time_unix_nano - last > GROUP_WINDOW_NS:
+        first = last is None or kill.time_unix_nano - last > GROUP_WINDOW_NS
+        if first:
             self.group_decisions += 1
             self._extra_by_cgroup[kill.cgroup_path or ""] += 1
         self._last_group_kill[key] = kill.time_unix_nano
         if len(self._last_group_kill) > 1024:
             self._last_group_kill = {k: t for k, t in self._last_group_kill.items()
                                      if kill.time_unix_nano - t <= GROUP_WINDOW_NS}
+        return int(first)
 
     def _read_memcgs(self) -> Optional[dict[str, int]]:
         if not self.hierarchy:
@@ -202,7 +289,9 @@ class Reconciler:
         except OSError:
             return None
 
-    def refresh(self, memcgs: bool = True) -> None:
+    def refresh(self, memcgs: bool = True) -> Optional[int]:
+        """Read the kernel's counters (main loop); the count read one refresh earlier, for `settle`
+        once the worker has handled every sample polled before this reading (None if unknown)."""
         now = vmstat_oom_kills(self.proc_root)
         by_cgroup = self._read_memcgs() if memcgs else None
         with self._lock:
@@ -210,7 +299,7 @@ class Reconciler:
             if by_cgroup is not None:
                 self._memcg_previous, self._memcg_latest = self._memcg_latest, by_cgroup
                 self.memcg_unobserved = self._memcg_missing()
-        self.save()
+            return self._previous
 
     def _memcg_missing(self) -> int:
         """Kills counted by cgroups that still exist, beyond what the agent saw there. A cgroup created
@@ -229,101 +318,20 @@ class Reconciler:
             if self.baseline is None or self._previous is None:
                 host = 0
             else:
-                host = max(0, (self._previous - self.baseline) - self.observed_count - self.group_decisions)
+                host = max(0, (self._previous - self.baseline) - self.observed_count - self.group_decisions
+                           - self.window_recovered)
             # a task that was already exiting is marked without being counted as a kill, so the
             # host-wide difference can hide a miss that its cgroup's own counter still shows
             return max(host, self.memcg_unobserved) + self.missed_without_details
 
     def accounted(self) -> Optional[int]:
-        """The kernel count this run has accounted for: every kill observed, and every kill the
-        kernel counted at least one refresh ago (the unobserved ones are in oom.kills.unobserved).
-        A kill still in flight is not included, so if the agent dies before spooling it, the next
-        start recovers it from the kernel log."""
+        """The ledger's count as this run moved it (None: no ledger). A kill still in flight, or
+        held in memory when the agent stops, is in it only once it is on disk."""
         with self._lock:
-            if self.baseline is None or self._previous is None:
-                return None
-            return max(self._previous, self.baseline + self.observed_count + self.group_decisions
-                       + self.window_recovered) - self.forgotten
-
-    def save(self, durable: bool = True) -> None:
-        if not self.state_path:
-            return
-        with self._lock:  # the worker (per kill) and the main loop (refresh) both save
-            accounted = self.accounted()
-            if accounted is None:
-                return
-            try:
-                os.makedirs(os.path.dirname(self.state_path), mode=0o700, exist_ok=True)
-            except OSError:
-                pass  # reported by the write below
-            state = {"boot_id": self.boot_id, "vmstat_oom_kill": accounted, "saved_at": time.time(),
-                     "storing": self._storing, "storing_kills": self._storing_kills}
-            record = json.dumps(state).encode().ljust(STATE_BYTES)
-            try:
-                if self._state_fd is not None and os.fstat(self._state_fd).st_nlink == 0:
-                    os.close(self._state_fd)  # the file (or its directory) was removed: write a new one
-                    self._state_fd = None
-                if self._state_fd is None:
-                    self._state_fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o600)
-                # one fixed-size record overwritten in place: no rename (which ext4 flushes on every
-                # save, a quarter of the per-kill cost in a storm) and never a half-replaced file
-                # after a SIGKILL, since the page cache survives the process
-                os.pwrite(self._state_fd, record, 0)
-                if durable:
-                    os.fdatasync(self._state_fd)
-            except OSError as e:
-                log.warning("cannot save reconciliation state to %s: %s", self.state_path, e.strerror)
+            return self.accounted_count
 
     def close(self) -> None:
-        with self._lock:
-            if self._state_fd is not None:
-                os.close(self._state_fd)
-                self._state_fd = None
-
-    def _load(self) -> tuple[Optional[dict], Optional[str]]:
-        """(the previous run's state, None), (None, None) on a first start, or (None, what is wrong)."""
-        if not self.state_path:
-            return None, None
-        try:
-            with open(self.state_path, "rb") as f:
-                raw = f.read(64 * STATE_BYTES)
-        except FileNotFoundError:
-            return None, None
-        except OSError as e:
-            return None, f"cannot read it: {e.strerror}"
-        return parse_state(raw)
-
-    def recover_missed(self) -> list[OomKill]:
-        """Kills the kernel counted while no agent was running, with what the kernel log says of them."""
-        if not self.state_path or self.baseline is None:
-            return []
-        state = self._prior_state
-        self.save()
-        if state is None:
-            if self.state_problem is not None:
-                log.warning("reconciliation state %s is unusable (%s): the %d OOM kill(s) of this boot cannot be "
-                            "told apart from those already reported, so none is replayed; kills while otel-oom "
-                            "was down may be missing (the file is rewritten now)", self.state_path,
-                            self.state_problem, self.baseline)
-            elif self.baseline:
-                # first start on this host: there was no agent before, so nothing was "missed"
-                log.info("%d OOM kill(s) happened on this boot before otel-oom's first start here; "
-                         "not replayed (no earlier state in %s)", self.baseline, self.state_path)
-            return []
-        missed = self._missed_since(state, self.baseline)
-        if missed < 0:
-            log.warning("reconciliation state %s says %d kill(s) were accounted for on this boot, more than the "
-                        "kernel's %d: ignoring it", self.state_path, state["vmstat_oom_kill"], self.baseline)
-            return []
-        if missed == 0:
-            return []
-        kills, explained = self._from_kmsg(min(missed, MAX_RECOVERED))
-        with self._lock:
-            self.missed_without_details = max(0, missed - explained)
-        log.warning("%d OOM kill(s) happened while otel-oom was not running; %d recovered from the kernel log%s",
-                    missed, len(kills),
-                    "" if explained >= missed else " (the rest are counted in oom.kills.unobserved)")
-        return kills
+        pass
 
     def _from_kmsg(self, missed: int) -> tuple[list[OomKill], int]:
         """The last kills of the kernel log that account for `missed` kernel counts, and how many
@@ -345,19 +353,3 @@ class Reconciler:
         # printk stamps are CLOCK_MONOTONIC-like (local_clock), so anchor them to boot wall time
         boot_wall_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         return [to_oom_kill(r, self.boot_id, boot_wall_ns) for r in reversed(found)], explained
-
-
-def parse_state(raw: bytes) -> tuple[Optional[dict], Optional[str]]:
-    """The reconciliation state record -> (state, None) or (None, what is wrong with it)."""
-    try:
-        state = json.loads(raw.decode("utf-8").strip() or "null")
-    except (UnicodeDecodeError, ValueError):
-        return None, "not JSON"
-    if not isinstance(state, dict):
-        return None, f"a JSON {type(state).__name__}, not an object"
-    count = state.get("vmstat_oom_kill")
-    if not isinstance(state.get("boot_id"), str) or not state["boot_id"]:
-        return None, "no boot_id"
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        return None, "no vmstat_oom_kill count"
-    return state, None

@@ -5,8 +5,8 @@ only enqueues into a bounded queue, an overflow is counted and dropped, and deli
 with backoff happen on the sender thread. The message is Slack-compatible (`text`) and carries
 the kill's full record (`oom`) for other receivers. Names in the kill come from the kernel and
 are untrusted, so the one-line `text` (the kernel's wording, then the pod and container names when
-the runtime gave them) goes through `text.for_chat`. The URL was validated at start-up
-(`config.resolve`).
+the runtime gave them) goes through `text.for_chat`; the caller passes the schema's body
+(`schema.mapping.log_body`). The URL was validated at start-up (`config.resolve`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import urllib.request
 from typing import Optional
 
 from .. import __version__
-from ..model import OomKill
+from ..schema.records import OomKill, record_fields
+from ..service import ServiceThread
 from ..text import CHAT_TEXT_MAX, for_chat
 from ..urls import Url
 from .console import workload_summary
@@ -34,8 +35,8 @@ RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 def build_message(kill: OomKill, summary: str) -> bytes:
-    """The POST body: {"text": one escaped line, "oom": the kill's own JSON fields}."""
-    record = json.loads(kill.to_json())
+    """The POST body: {"text": one escaped line, "oom": the kill's own fields (`schema.records.record_fields`)}."""
+    record = record_fields(kill)
     record["rss_bytes"] = kill.rss_bytes
     workload = workload_summary(kill, str)  # escaped with the whole line below
     if workload:
@@ -47,7 +48,8 @@ def build_message(kill: OomKill, summary: str) -> bytes:
 
 
 class WebhookNotifier:
-    """`notify()` enqueues and returns at once; a daemon thread POSTs with retries.
+    """`notify()` enqueues and returns at once; a daemon thread POSTs with retries. A `service.Service`:
+    `join(timeout)` sends what is queued within the timeout, then stops (`close`).
 
     Counters (read them any time): `sent`, `failures` (gave up after retries or a
     non-retryable answer), `dropped` (queue full, or still queued when `close` ran out of time).
@@ -67,8 +69,23 @@ class WebhookNotifier:
         self._queue: queue.Queue[Optional[bytes]] = queue.Queue(queue_max)
         self._abort = threading.Event()   # close() ran out of time: stop retrying
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="otel-oom-webhook", daemon=True)
-        self._thread.start()
+        self.name = "otel-oom-webhook"
+        self.thread = ServiceThread(self.name, self._run)
+        self.thread.start()
+
+    # ---- the service (started when made) ----------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.thread.stopping = True
+
+    def join(self, timeout: float) -> bool:
+        self.close(max(0.5, timeout))  # what is left of the agent's stop, at least half a second
+        return not self.thread.alive()
+
+    def healthy(self) -> tuple[bool, str]:
+        return self.thread.healthy()
 
     # ---- caller side ---------------------------------------------------------------------
     def notify(self, kill: OomKill, summary: str) -> bool:
@@ -94,7 +111,7 @@ class WebhookNotifier:
         """Send what is queued within `timeout` seconds, then stop; the rest counts as dropped."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self.thread.stopping = True
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
@@ -103,10 +120,10 @@ class WebhookNotifier:
             except queue.Full:
                 if time.monotonic() >= deadline:
                     break
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
+        self.thread.join(deadline - time.monotonic())
+        if self.thread.alive():
             self._abort.set()
-            self._thread.join(self.timeout + 1.0)
+            self.thread.join(self.timeout + 1.0)
         # whatever never left the queue was not delivered
         while True:
             try:

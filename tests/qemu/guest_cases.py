@@ -196,7 +196,7 @@ def tracefs_fields(fmt: str) -> dict[str, list[int]]:
 
 
 def kernel_facts(copy_btf_to: Optional[str]) -> dict:
-    from otel_oom.attribution.cgroups import detect_memory_hierarchy
+    from otel_oom.cgroupfs.hierarchy import detect_memory_hierarchy
     from otel_oom.kernel.btf import KernelBtf, LayoutMismatch, struct_fields
     from otel_oom.kernel.features import CONTEXT_HOOKS, VICTIM_HOOKS, detect_features
 
@@ -347,7 +347,7 @@ def stopped(agents: list):
 def userspace_case(tag: str, mount: str, version: int) -> dict:
     """A user-space OOM killer's kill: a process named like one (USERSPACE_KILLER) SIGKILLs a sleeper
     in a throwaway memory cgroup; the kernel's OOM killer takes no part."""
-    from testing.story import fake_killer
+    from testing.around import fake_killer
 
     cg = TestCgroup(mount, version, f"/kmx-{tag}-userspace", 64 * MiB)
     victim = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEMBER, f"{cg.leaf}/cgroup.procs", "8", "sleeper"],

@@ -14,6 +14,15 @@ sed "s#^  version:.*#&\n  output_path: $out#" "$here/manifest.yaml" > "$out/mani
 "$GOPATH/bin/builder" --config "$out/manifest.yaml" --skip-compilation > "$out/ocb.log" 2>&1 \
   || grep -q "failed to update go.mod" "$out/ocb.log" || { cat "$out/ocb.log" >&2; exit 1; }
 (cd "$out" && go mod tidy -e 2> "$out/tidy.log") || { cat "$out/tidy.log" >&2; exit 1; }
+# `tidy -e` also skips a module the build itself needs when the proxy refuses it, and exits 0
+# with a go.mod that cannot build: every package the Collector imports must resolve from the
+# go.mod and go.sum as written (-mod=readonly), else nothing is copied and the script fails
+if ! (cd "$out" && GOFLAGS="$GOFLAGS -mod=readonly" go list -deps . > /dev/null 2> "$out/list.log"); then
+  echo "regenerate.sh: the generated go.mod cannot build the Collector (a module the proxy refused?):" >&2
+  cat "$out/list.log" >&2
+  grep -v "^go: finding\|^go: downloading\|^go: found" "$out/tidy.log" >&2 || true
+  exit 1
+fi
 for f in main.go main_others.go main_windows.go components.go go.mod go.sum; do
   cp "$out/$f" "$here/otelcol/$f"
 done

@@ -28,7 +28,7 @@ import time
 from collections import Counter, OrderedDict
 from typing import Callable, Optional, Protocol
 
-from ...model import NAMES_CACHE, NAMES_LOOKUP, NAMES_NOT_FOUND, NAMES_TIMEOUT, NAMES_UNAVAILABLE, OomKill
+from ...schema.records import NAMES_CACHE, NAMES_LOOKUP, NAMES_NOT_FOUND, NAMES_TIMEOUT, NAMES_UNAVAILABLE, OomKill
 from ...text import for_terminal
 from .names import ContainerNames, RuntimeUnavailable, split_image
 

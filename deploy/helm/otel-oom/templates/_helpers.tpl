@@ -39,6 +39,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: collector
 {{- end -}}
 
+{{/* Where the agent sends OTLP: otlp.endpoint, else the node-local Collector's hostPort for the
+protocol (a gRPC port answers no OTLP/HTTP request, and the Collector opens 4318 on the node only
+for http/protobuf). httpHostPort's default is repeated here for `helm upgrade --reuse-values` from
+a release made before the value existed (which reuses the old values without the new defaults). */}}
+{{- define "otel-oom.otlpEndpoint" -}}
+{{- if .Values.otlp.endpoint -}}
+{{- .Values.otlp.endpoint -}}
+{{- else if eq .Values.otlp.protocol "http/protobuf" -}}
+{{- printf "http://$(HOST_IP):%v" (.Values.collector.httpHostPort | default 4318) -}}
+{{- else -}}
+{{- printf "http://$(HOST_IP):%v" .Values.collector.hostPort -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Collector configuration: the shipped file with collector.configOverrides merged over it. */}}
 {{- define "otel-oom.collectorConfig" -}}
 {{- $base := .Files.Get "files/collector.yaml" | fromYaml -}}
