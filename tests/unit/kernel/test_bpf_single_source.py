@@ -84,3 +84,14 @@ def test_the_bcc_text_is_one_file_with_the_shared_logic_inlined_once():
     for header in ("access_bcc.h", "kill_logic.h", "kill_types.h", "oomkill.h"):
         assert text.count(f'#line 1 "{header}"') == 1, header
     assert "oo_mark_victim_tracepoint(args, &f)" in text
+
+
+def test_the_bcc_backend_compiles_the_checked_sources():
+    """bcc.py compiles the package's copies (what a wheel ships), the checks above read bpf/: the
+    copies must be today's (`make -C bpf`), else the backends could run two versions of the logic."""
+    variables = dict(re.findall(r"^(SHARED|BCC_SOURCES) := (.+)$", _text("Makefile"), re.M))
+    sources = variables["BCC_SOURCES"].replace("$(SHARED)", variables["SHARED"]).split()
+    assert {"oomkill.bcc.c", "access_bcc.h", "kill_logic.h", "kill_types.h", "oomkill.h"} <= set(sources)
+    for name in sources:
+        copy = bcc.SOURCE.parent / name
+        assert copy.is_file() and copy.read_text() == _text(name), f"{copy} is stale: make -C bpf"
