@@ -594,10 +594,12 @@ _FRESH_IN_GUEST = ("/tmp", "/var/tmp", "/run")
 def _hidden_but_needed(paths: Iterable[str]) -> list[str]:
     """Host paths the guest needs (the checkout, the Python environment) that lie under a directory
     the guest replaces with an empty tmpfs: init.sh binds them back from the read-only host root.
-    A CI checkout may well live under /tmp."""
+    A CI checkout may well live under /tmp. Each is bound where it really is: a checkout's .venv is
+    often a symlink (to another checkout's), which init.sh's mount would resolve inside the
+    initramfs, where its target does not exist; bound with the checkout, it resolves in the new root."""
     keep = []
     for p in paths:
-        p = os.path.abspath(p)
+        p = os.path.realpath(p)
         if any(p == d or p.startswith(d + "/") for d in _FRESH_IN_GUEST) and p not in keep:
             if any(c.isspace() for c in p):
                 raise QemuError(f"cannot pass {p!r} into the guest: it has white space")
