@@ -29,16 +29,13 @@ def choose_backend(requested: str = "auto") -> tuple[str, str]:
 def open_source(on_sample: Callable[[bytes], None], backend: str = "auto", victim: str = "auto",
                 context: str = "auto", task: str = "auto", ring_bytes: int = 4 << 20,
                 bcc_buffer: str = "auto", extras: "Extras | None" = None) -> SampleSource:
-    """`extras`: the optional programs around the kill (libbpf only: the bcc program has the kill hooks alone)."""
+    """`extras`: the optional programs around the kill (both backends build them from the same
+    source, bpf/kill_logic.h)."""
     chosen, _why = choose_backend(backend)
     if chosen == "bcc":
         from .bcc import open_bcc_probe
 
-        if extras is not None and (extras.signals or extras.reclaim):
-            log.warning("the bcc backend has the kill hooks only: kills are reported, user-space OOM killers' "
-                        "kills and reclaim times are not (they need the libbpf backend, i.e. kernel BTF)")
-
-        return open_bcc_probe(on_sample, victim, context, task, bcc_buffer, ring_bytes)
+        return open_bcc_probe(on_sample, victim, context, task, bcc_buffer, ring_bytes, extras=extras)
     from .probe import Extras, open_probe
 
     return open_probe(on_sample, victim, context, ring_bytes=ring_bytes, task=task, extras=extras or Extras())
