@@ -151,7 +151,7 @@ test-tools: test-packages earlyoom
 	[ $$go -eq 0 ] && [ $$im -eq 0 ] && [ $$qm -eq 0 ] && [ $$km -eq 0 ]
 
 test: setup test-tools crictl dockerd
-	CI=$${CI:-} $(VENV)/bin/python -m pytest -q -ra $(PYTEST_ARGS)
+	CI=$${CI:-} VENV=$(VENV) tools/test.sh $(PYTEST_ARGS)
 
 # the pure tests (tests/unit/<room>/): no root, no kernel, no servers beyond in-process ones;
 # a meaningful green in well under a minute while working on one room
