@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..text import for_otlp, for_terminal
+from .kubelet import OomKubelet, kubelet_attributes, kubelet_body
 from .mapping import EVENT_NAME, log_attributes, log_body
 from .records import STATE_START, OomKill, OomNoKill, OomPressure, OomReclaim, Record
 
@@ -188,4 +189,8 @@ def log_record(record: Record, raw: bool = False) -> LogRecordFields:
         sev = INFO if record.duration_ns is not None else WARN
         return LogRecordFields(OomReclaim.TYPE, sev, "INFO" if sev == INFO else "WARN",
                                reclaim_body(record), reclaim_attributes(record, raw))
+    if isinstance(record, OomKubelet):
+        sev = WARN if record.misreported else INFO
+        return LogRecordFields(OomKubelet.TYPE, sev, "WARN" if sev == WARN else "INFO",
+                               kubelet_body(record), _clean(kubelet_attributes(record), raw))
     raise TypeError(f"{type(record).__name__} is not a log record")
