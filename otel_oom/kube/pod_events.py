@@ -38,7 +38,7 @@ log = logging.getLogger("otel_oom.kube")
 DROP_REASON = "k8s_event_dropped"
 QUEUE_MAX = 256
 REMEMBER = 4096
-EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
 RETRYABLE = {401, 408, 429, 500, 502, 503, 504}
 NOT_RETRYABLE_KIND = {403: "forbidden", 404: "not_found", 400: "invalid", 422: "invalid"}
 

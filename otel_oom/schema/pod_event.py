@@ -1,4 +1,4 @@
-"""A kill as a Kubernetes Event on the victim's Pod (events.k8s.io/v1), and the words it says (pure).
+"""A kill as a Kubernetes Event on the victim's Pod (core v1), and the words it says (pure).
 
 `kubectl describe pod` lists a Pod's Events as Type, Reason, Age, From, Message; `kubectl get
 events` as Last Seen, Type, Reason, Object, Message. The Event says, in its note (the Message):
@@ -17,7 +17,10 @@ untrusted (the kernel's comm, the names whoever created the pod chose): escaped 
 
 The Event's name is derived from the kill's `oom.event.id`: a second POST of the same kill (a retry
 after a timeout whose request did arrive, the same kill handed over twice) is answered 409
-AlreadyExists, and counts as done. `eventTime` is the kill's time, so the Age column is the kill's.
+AlreadyExists, and counts as done. It is a core v1 Event, as the kubelet's are, with `firstTimestamp`
+= `lastTimestamp` = the kill's time and `count` 1: `kubectl describe` orders a Pod's Events by
+`lastTimestamp`, so the kill shows in its place among the kubelet's (an events.k8s.io/v1 Event may not
+set it, and is listed before all of them); From is `source.component`, otel-oom.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Any, Optional
 from ..text import for_terminal
 from .records import KILLER_KERNEL, OomKill
 
-API_VERSION = "events.k8s.io/v1"
+API_VERSION = "v1"
 REASON = "OOMKilled"
 ACTION = "OOMKill"
 TYPE = "Warning"
@@ -136,28 +139,30 @@ def event_name(kill: OomKill) -> str:
     return f"{pod}{suffix}"
 
 
-def micro_time(time_unix_nano: int) -> str:
-    """A Kubernetes MicroTime: RFC 3339 UTC with microseconds."""
-    seconds, nanos = divmod(time_unix_nano, 10**9)
-    base = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{nanos // 1000:06d}Z"
+def kube_time(time_unix_nano: int) -> str:
+    """A Kubernetes Time: RFC 3339 UTC, whole seconds."""
+    return datetime.fromtimestamp(time_unix_nano // 10**9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_event(kill: OomKill, main: Optional[bool], node: str) -> dict[str, Any]:
-    """The events.k8s.io/v1 Event for a kill that `wants_event`, reported by the agent on `node`."""
+    """The core v1 Event for a kill that `wants_event`, reported by the agent on `node`."""
     assert kill.pod_name and kill.pod_namespace and kill.pod_uid
+    when = kube_time(kill.time_unix_nano)
     return {
         "apiVersion": API_VERSION,
         "kind": "Event",
         "metadata": {"name": event_name(kill), "namespace": kill.pod_namespace,
                      "annotations": {EVENT_ID_ANNOTATION: kill.event_id}},
-        "eventTime": micro_time(kill.time_unix_nano),
-        "reportingController": REPORTING_CONTROLLER,
-        "reportingInstance": node,
-        "action": ACTION,
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": kill.pod_namespace,
+                           "name": kill.pod_name, "uid": kill.pod_uid},
         "reason": REASON,
+        "message": note(kill, main),
         "type": TYPE,
-        "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": kill.pod_namespace,
-                      "name": kill.pod_name, "uid": kill.pod_uid},
-        "note": note(kill, main),
+        "source": {"component": REPORTING_CONTROLLER, "host": node},
+        "firstTimestamp": when,
+        "lastTimestamp": when,
+        "count": 1,
+        "action": ACTION,
+        "reportingComponent": REPORTING_CONTROLLER,
+        "reportingInstance": node,
     }
