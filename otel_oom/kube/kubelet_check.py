@@ -11,7 +11,7 @@ and nothing can change: one GET at `wait_s`. Otherwise the Pod is read 1, 2, 4, 
 the kill and at `wait_s`, and the first reading that shows the instance terminated ends it (the
 kubelet reports a main process's death within a few seconds). Kills of one pod due at the same
 time share a GET. At most `max_pending` kills wait; the rest, and those whose Pod could not be read
-at all (403, or no answer until `wait_s` + 30 s), are counted as `kubelet_check_dropped` and logged
+at all (403, or no answer until `wait_s` + 30 s), are counted as `kubelet_check_<kind>` and logged
 once per kind. Costs nothing when off: nothing here is imported.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from .api import ApiClient, ApiUnreachable
 
 log = logging.getLogger("otel_oom.kube")
 
-DROP_REASON = "kubelet_check_dropped"
+DROP_PREFIX = "kubelet_check_"  # + the kind of failure: the reason in otel_oom.events.dropped
 POLLS_S = (1.0, 2.0, 4.0, 8.0, 15.0)   # readings before the bound, when the container may end
 RETRY_S = 5.0                          # after the bound, while the Pod cannot be read
 GRACE_S = 30.0                         # ... for at most this long
@@ -162,13 +162,13 @@ class KubeletCheck:
             self.dropped += 1
             self.drops[kind] += 1
             if self._agent_drops is not None:
-                self._agent_drops[DROP_REASON] += 1
+                self._agent_drops[DROP_PREFIX + kind] += 1
             first = kind not in self._logged
             self._logged.add(kind)
         if first:
             log.warning("kubelet cross-check of a kill not made (%s: %s); the kill's record is delivered as usual; "
-                        "counted in otel_oom.events.dropped{reason=kubelet_check_dropped}, logged once per kind",
-                        kind, detail)
+                        "counted in otel_oom.events.dropped{reason=%s}, logged once per kind",
+                        kind, detail, DROP_PREFIX + kind)
 
     def _due(self) -> list[_Pending]:
         with self._cond:

@@ -15,9 +15,9 @@ pipeline), and a daemon thread POSTs each Event (schema/pod_event.py builds it) 
   with backoff from `backoff` to `max_backoff` seconds (Retry-After when given), within `max_age_s`.
   403 (RBAC), 404 (the namespace is gone), 400/422 (refused as invalid) are not.
 - Counted: every Event not posted is a drop, exported as `otel_oom.events.dropped{reason=
-  "k8s_event_dropped"}`, and logged once per kind of failure (forbidden, not_found, invalid,
-  unauthorized, server_error, unreachable, expired, queue_full, shutdown); a post that succeeds after
-  failures says so once.
+  "k8s_event_<kind>"}` and logged once per kind of failure (forbidden, not_found, invalid,
+  unauthorized, server_error, unreachable, expired, queue_full, shutdown, fault: a bounded set); a
+  post that succeeds after failures says so once.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from .api import ApiClient, ApiUnreachable, Response
 
 log = logging.getLogger("otel_oom.kube")
 
-DROP_REASON = "k8s_event_dropped"
+DROP_PREFIX = "k8s_event_"  # + the kind of failure: the reason in otel_oom.events.dropped
 QUEUE_MAX = 256
 REMEMBER = 4096
 EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
@@ -136,12 +136,12 @@ class PodEvents:
             self.dropped += 1
             self.drops[kind] += 1
             if self._agent_drops is not None:
-                self._agent_drops[DROP_REASON] += 1
+                self._agent_drops[DROP_PREFIX + kind] += 1
             first = kind not in self._logged
             self._logged.add(kind)
         if first:
             log.warning("Kubernetes Event not posted (%s: %s); the kill's record is delivered as usual; counted in "
-                        "otel_oom.events.dropped{reason=k8s_event_dropped}, logged once per kind", kind, detail)
+                        "otel_oom.events.dropped{reason=%s}, logged once per kind", kind, detail, DROP_PREFIX + kind)
 
     def _run(self) -> None:
         client = self._make_client()
