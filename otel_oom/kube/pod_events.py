@@ -16,7 +16,7 @@ pipeline), and a daemon thread POSTs each Event (schema/pod_event.py builds it) 
   403 (RBAC), 404 (the namespace is gone), 400/422 (refused as invalid) are not.
 - Counted: every Event not posted is a drop, exported as `otel_oom.events.dropped{reason=
   "k8s_event_<kind>"}` and logged once per kind of failure (forbidden, not_found, invalid,
-  unauthorized, server_error, unreachable, expired, queue_full, shutdown, fault: a bounded set); a
+  unauthorized, server_error, unreachable, queue_full, shutdown, fault: a bounded set); a
   post that succeeds after failures says so once.
 """
 from __future__ import annotations
