@@ -23,6 +23,7 @@ MiB = 1 << 20
 CAPS = {"SYSLOG": 34, "PERFMON": 38, "BPF": 39}
 COLLECTOR_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-collector"
 AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,10 @@ def test_the_agent_pod_is_ready_with_exactly_the_charts_privileges(cluster):
     assert spec["serviceAccountName"] == want["serviceAccountName"] == RELEASE
     assert spec.get("securityContext", {}) == want.get("securityContext", {})
     assert spec["containers"][0]["securityContext"] == want["containers"][0]["securityContext"]
-    assert spec["containers"][0]["volumeMounts"] == want["containers"][0]["volumeMounts"]
+    # the API server adds the token's projected volume (events.enabled): read-only, nothing else added
+    token = [m for m in spec["containers"][0]["volumeMounts"] if m["name"].startswith("kube-api-access-")]
+    assert [(m["mountPath"], m.get("readOnly")) for m in token] == [(SA_DIR, True)]
+    assert [m for m in spec["containers"][0]["volumeMounts"] if m not in token] == want["containers"][0]["volumeMounts"]
     assert [v for v in spec["volumes"] if "hostPath" in v] == [v for v in want["volumes"] if "hostPath" in v]
     # and the kernel's view of the running agent
     pid = agent_process(cluster, live)
@@ -80,9 +84,9 @@ def test_the_agent_pod_is_ready_with_exactly_the_charts_privileges(cluster):
     for path in ("/", "/sys/fs/cgroup", "/sys/kernel/btf", "/host/run", "/etc/machine-id"):
         assert "ro" in mounts[path], (path, mounts[path])
     assert "rw" in mounts["/var/lib/otel-oom"]
-    # the API token (Pod Events), read-only; nothing else of the API server's
-    assert [m for m in mounts if "serviceaccount" in m] == ["/var/run/secrets/kubernetes.io/serviceaccount"]
-    assert "ro" in mounts["/var/run/secrets/kubernetes.io/serviceaccount"]
+    # the API token (Pod Events), read-only (the image's /var/run is a link to /run)
+    (token_mount,) = [m for m in mounts if m.endswith("/secrets/kubernetes.io/serviceaccount")]
+    assert "ro" in mounts[token_mount]
     assert bpf_programs_of([pid]), "the agent holds no BPF program"
     logs = cluster.kubectl.run("logs", "-n", NAMESPACE, live["metadata"]["name"]).stdout
     assert " ready in " in logs, logs[-2000:]
