@@ -213,7 +213,8 @@ class Agent:
                                          drop_counts=self.drop_counts, fault_counts=self.fault_counts,
                                          hooks=self.hooks_attached, unobserved=self.unobserved_kills)
         # the final metric export gets what is left of --shutdown-timeout (Supervisor.stop_all)
-        sv.fill(Resource(METRICS, close_within=lambda left: metrics.shutdown(max(0.05, left) * 1000)))
+        sv.fill(Resource(METRICS, close_within=lambda left: metrics.shutdown(max(0.05, left) * 1000),
+                         check=metrics.healthy))
         self.around.feed_metrics(metrics)
         self.pipeline.attach_metrics(metrics)
         if health is not None and cfg.prometheus:
