@@ -3,7 +3,8 @@
 - an agent restart that replays a kill's record (the Collector was away: the record waited in the
   spool, the next agent sends it with the same oom.event.id) posts no second Event;
 - an API server that refuses the Event (RBAC without create events) loses no kill: the record
-  reaches VictoriaLogs, the Event is counted in otel_oom.events.dropped{reason=k8s_event_forbidden}.
+  reaches VictoriaLogs, the Event is counted in otel_oom.events.dropped{reason=k8s_event_forbidden};
+- an API server that is down at the kill loses no kill either, and the Event follows once it is back.
 """
 from __future__ import annotations
 
@@ -108,3 +109,35 @@ def test_an_api_server_that_refuses_the_event_loses_no_kill_and_counts_the_drop(
         for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
             role["metadata"].pop(key, None)
         k.run("replace", "-f", "-", input=json.dumps(role))
+
+
+def test_an_api_server_that_is_down_at_the_kill_loses_nothing_and_the_event_follows(cluster, ns):
+    """The API server stopped, a container killed meanwhile (the kubelet and containerd run on):
+    the record reaches VictoriaLogs while the API is away; once it is back the Event is posted
+    (retried with backoff, within 120 s of the kill), once."""
+    k = cluster.kubectl
+    script = "while [ ! -e /trigger/go ]; do sleep 0.2; done; exec dd if=/dev/zero of=/dev/null bs=20M"
+    c = kf.busybox_container("app", script, "16Mi")
+    c["volumeMounts"] = [{"name": "trigger", "mountPath": "/trigger"}]
+    k.apply(kf.pod("while-away", ns, [c], volumes=[{"name": "trigger", "emptyDir": {}}]))
+    p = k.wait_until("the container to run", lambda: (lambda p: p if "running" in kf.status_of(p, "app")["state"]
+                                                      else None)(kf.get_pod(cluster, "while-away", ns)), timeout=180)
+    uid, cid = p["metadata"]["uid"], kf.bare_id(kf.status_of(p, "app")["containerID"])
+    init_pid = kf.container_init_pid(cluster, cid)
+    apiserver = cluster.daemons()["kube-apiserver"]
+    apiserver.stop()
+    try:
+        assert k.run("get", "--raw=/readyz", check=False, timeout=30).returncode != 0
+        with open(f"/proc/{init_pid}/root/trigger/go", "w"):   # the container's own emptyDir, from the host
+            pass
+        (rec,) = kf.wait_kills(cluster, uid, 1)                # delivered while the API server is down
+        kf.assert_names(rec, p, "app", cid)                    # names from the runtime, not the API
+        assert not apiserver.running()
+    finally:
+        apiserver.start()
+        k.wait_until("the API server back", lambda: k.run("get", "--raw=/readyz", check=False).returncode == 0,
+                     timeout=180)
+    (event,) = kf.wait_agent_events(cluster, ns, uid, 1, timeout=180)
+    assert event["metadata"]["annotations"]["otel-oom/event-id"] == rec["oom.event.id"]
+    assert f"(pid {rec['process.pid']}, the container's main process)" in event["message"]
+    chart.wait_ready(cluster)
