@@ -35,6 +35,7 @@ from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .errors import AgentError
 from .kernel.libbpf import release_freed_memory
 from .kernel.source import SampleSource, SourceFactory
+from .kube import build as build_kube
 from .otlp.spooled import SpoolCodec
 from .own_process import (
     OUT_OF_MEMORY,
@@ -143,12 +144,14 @@ class Agent:
         # the OTel SDK and its exporters come after `ready` (_start_export): what is caught meanwhile
         # waits in the store, and its metrics in the pipeline's backlog
         self._export_pending = bool(cfg.otlp or cfg.prometheus)
+        kube = build_kube(cfg.kube, cfg.runtimes, self.submit, self.drops)  # Events on the Pod, the kubelet's report
         # records are stored as their OTLP messages; the sender reads them back (and older agents' JSON)
         self.codec = SpoolCodec(cfg.otlp_settings.log_limits) if cfg.otlp_settings else SpoolCodec()
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if delivers else None,
                                  on_stored=self._wake_sender, reconciler=self.reconciler, out=self.out,
                                  console=cfg.console, json=cfg.json, notifier=notifier, around=around,
-                                 metrics_later=self._export_pending, codec=self.codec)
+                                 metrics_later=self._export_pending, codec=self.codec,
+                                 on_kill=kube.notify if kube else None)
         health = None
         if cfg.listen:
             from .health import HealthServer
@@ -165,6 +168,8 @@ class Agent:
             if hasattr(watcher.client, "events"):
                 sv.add(ThreadService(f"{name}-events", functools.partial(watcher.follow, self.stopping), watcher.stop))
         sv.add(ThreadService("otel-oom-worker", Worker(self._samples, self.pipeline).run, self._stop_worker))
+        for service in kube.services if kube else ():  # after the worker feeding them: they stop first
+            sv.add(service)
         if around.source is not None:
             sv.add(Resource("otel-oom-pressure-files", around.close))  # after its thread stopped
             sv.add(ThreadService("otel-oom-pressure", around.run, around.stop))

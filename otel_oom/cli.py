@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="report a victim whose memory is not back after this long "
                             "(env OTEL_OOM_RECLAIM_TIMEOUT, default 30)")
 
+    k8s = run.add_argument_group("Kubernetes (the API server: in-cluster, or --kubeconfig)")
+    k8s.add_argument("--k8s-events", action="store_true",
+                     help="post a Kubernetes Event on the victim's Pod for every kill (env OTEL_OOM_K8S_EVENTS=true)")
+    k8s.add_argument("--k8s-kubelet-check", action="store_true",
+                     help="report what the kubelet said of each killed container as an oom.kubelet record "
+                          "(env OTEL_OOM_K8S_KUBELET_CHECK=true)")
+    k8s.add_argument("--k8s-kubelet-wait", metavar="SECONDS",
+                     help="how long the kubelet gets to report a kill (env OTEL_OOM_K8S_KUBELET_WAIT, default 30)")
+    k8s.add_argument("--kubeconfig", metavar="PATH",
+                     help="a kubeconfig (JSON, or YAML with PyYAML) instead of the in-cluster service account "
+                          "(env OTEL_OOM_KUBECONFIG)")
+
     chk = sub.add_parser("check", help="preflight: can `run` work here, and with which hooks")
     chk.add_argument("--backend", default="auto", choices=BACKENDS)
     chk.add_argument("--victim-hook", default="auto", choices=HOOK_CHOICES["victim"])
@@ -159,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         secrets += cfg.webhook.credentials()
         if len(cfg.webhook.path) > 1:
             secrets.append(cfg.webhook.path)  # chat webhooks carry their token in the path
+    if cfg.kube is not None:
+        secrets += cfg.kube.connection.secrets()
     _setup_logging(cfg.log_level, secrets)
     return Agent(cfg).run()
 

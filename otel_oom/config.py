@@ -15,6 +15,7 @@ from .numbers import ascii_float, ascii_int
 from .urls import Url, parse_url
 
 if TYPE_CHECKING:
+    from .kube.settings import KubeSettings
     from .otlp.env import OtlpSettings
 
 # environment variables and their defaults
@@ -110,6 +111,7 @@ class RunConfig:
     otlp_settings: Optional["OtlpSettings"] = None  # resolved when OTLP export is on
     runtimes: RuntimeSettings = RuntimeSettings()    # container runtime sockets for names (auto-detected)
     events: EventSettings = EventSettings()         # around the kill: pressure, no-kill, reclaim, user-space kills, traces
+    kube: Optional["KubeSettings"] = None           # --k8s-events, --k8s-kubelet-check (kube/settings.py)
 
 
 def _pick(flag: Any, environ: Mapping[str, str], env: str, default: Any) -> Any:
@@ -216,7 +218,20 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
         otlp_settings=otlp_settings,
         runtimes=resolve_runtimes(flags, environ),
         events=resolve_events(flags, environ, otlp),
+        kube=_kube(flags, environ),
     )
+
+
+def _kube(flags: Mapping[str, object], environ: Mapping[str, str]) -> Optional["KubeSettings"]:
+    """The Kubernetes extras: off (None, nothing imported) unless a flag or variable turns them on."""
+    from .kube.settings import ENV_EVENTS, ENV_KUBECONFIG, ENV_KUBELET_CHECK
+
+    if not (flags.get("k8s_events") or flags.get("k8s_kubelet_check") or flags.get("kubeconfig")
+            or environ.get(ENV_EVENTS) or environ.get(ENV_KUBELET_CHECK) or environ.get(ENV_KUBECONFIG)):
+        return None
+    from .kube.settings import resolve_kube
+
+    return resolve_kube(flags, environ)
 
 
 def _names(value: str, what: str, choices: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:

@@ -54,7 +54,8 @@ class Pipeline:
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
                  around: Optional["Around"] = None,
-                 metrics_later: bool = False, codec: Optional[Codec] = None) -> None:
+                 metrics_later: bool = False, codec: Optional[Codec] = None,
+                 on_kill: Optional[Callable[[OomKill], None]] = None) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
@@ -66,6 +67,7 @@ class Pipeline:
         self.console = console
         self.json = json
         self.notifier = notifier
+        self.on_kill = on_kill        # --k8s-events / --k8s-kubelet-check (kube/): queues, never blocks
         self.metrics = metrics
         # metrics_later: the agent sets its metrics up after `ready` (attach_metrics); until then
         # what would be counted waits here, so no kill caught meanwhile is missing from oom.kills
@@ -270,6 +272,9 @@ class Pipeline:
 
             notifier = self.notifier
             self._sink("webhook", lambda: notifier.notify(kill, log_body(kill)))
+        if self.on_kill is not None:
+            on_kill = self.on_kill
+            self._sink("kube", lambda: on_kill(kill))
         self._count(kill)
 
     def _count(self, record: Record) -> None:

@@ -1,4 +1,5 @@
-"""The metrics of the records around the kill: pressure and no-kill episodes, reclaim times, watched cgroups.
+"""The metrics of the records around the kill: pressure and no-kill episodes, reclaim times, watched cgroups,
+and what the kubelet reported of each kill in a pod (`oom.kills.kubelet`).
 
 Created on the agent's meter by `metrics.Metrics`; attributes are bounded (scope, source, reason,
 method, killer, state), never a cgroup path or a pid. The observable gauges read the watchers'
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping
 
+from ..schema.kubelet import OomKubelet, kubelet_metric_attributes
 from ..schema.records import STATE_END, STATE_START, OomNoKill, OomPressure, OomReclaim, Record
 from ..text import for_otlp_label
 
@@ -54,6 +56,9 @@ class EpisodeMetrics:
         self._reclaim = meter.create_histogram(
             "oom.reclaim.duration", unit="s", description="Time from an OOM kill until the victim's memory was given back",
             explicit_bucket_boundaries_advisory=RECLAIM_BUCKETS)
+        self._kubelet = meter.create_counter(
+            "oom.kills.kubelet", unit="{kill}",
+            description="Kills in pods by what the kubelet reported for the killed container (--k8s-kubelet-check)")
         meter.create_observable_gauge(
             "oom.pressure.active", unit="{episode}", description="Memory pressure episodes going on now, by scope",
             callbacks=[guarded("oom.pressure.active", lambda: [
@@ -82,3 +87,5 @@ class EpisodeMetrics:
             self._reclaims.add(1, attrs)
             if record.duration_ns is not None:
                 self._reclaim.record(record.duration_ns / 1e9, attrs)
+        elif isinstance(record, OomKubelet):
+            self._kubelet.add(1, kubelet_metric_attributes(record))

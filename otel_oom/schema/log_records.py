@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..text import for_otlp, for_terminal
+from .kubelet import OomKubelet, kubelet_attributes, kubelet_body
 from .mapping import EVENT_NAME, log_attributes, log_body
 from .records import STATE_START, OomKill, OomNoKill, OomPressure, OomReclaim, Record
 
@@ -194,6 +195,9 @@ def log_record(record: Record, raw: bool = False) -> LogRecordFields:
     elif isinstance(record, OomReclaim):
         sev, name = (INFO if record.duration_ns is not None else WARN), OomReclaim.TYPE
         body, attrs = reclaim_body(record), reclaim_attributes(record, raw)
+    elif isinstance(record, OomKubelet):
+        sev, name = (WARN if record.misreported else INFO), OomKubelet.TYPE
+        body, attrs = kubelet_body(record), _clean(kubelet_attributes(record), raw)
     else:
         raise TypeError(f"{type(record).__name__} is not a log record")
     # with --traces the record carries its OOM episode's trace (both ids, or neither)

@@ -290,8 +290,11 @@ class OomEpisode:
         return _to_json(self)
 
 
-Record = Union[OomKill, OomPressure, OomNoKill, OomReclaim, OomEpisode]
-RECORD_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (OomKill, OomPressure, OomNoKill, OomReclaim, OomEpisode)}
+from .kubelet import OomKubelet  # noqa: E402 - the kubelet's report of a kill (kube/kubelet_check.py)
+
+Record = Union[OomKill, OomPressure, OomNoKill, OomReclaim, OomEpisode, OomKubelet]
+RECORD_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (OomKill, OomPressure, OomNoKill, OomReclaim, OomEpisode,
+                                                            OomKubelet)}
 
 
 def record_fields(record: Record) -> dict[str, Any]:

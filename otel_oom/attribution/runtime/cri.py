@@ -14,7 +14,9 @@ same messages under another package name; the client falls back to it on UNIMPLE
 
 Calls used: Version (which runtime answers), ListPodSandbox and ListContainers (every pod and
 container, or one by id through their filters), ListImages (image names for containers whose spec
-holds only an image id, as the kubelet's do).
+holds only an image id, as the kubelet's do); with --k8s-events or --k8s-kubelet-check, also
+ListContainers of the running ones and ContainerStatus (verbose) for the pid of each one's main
+process (kube/main_process.py).
 """
 from __future__ import annotations
 
@@ -41,12 +43,18 @@ MESSAGES: dict[str, list[tuple[str, int, str]]] = {
     "ListPodSandboxResponse": [("items", 1, "[]PodSandbox")],
     "ContainerMetadata": [("name", 1, "string"), ("attempt", 2, "uint32")],
     "ImageSpec": [("image", 1, "string"), ("annotations", 2, "map"), ("user_specified_image", 18, "string")],
-    "ContainerFilter": [("id", 1, "string"), ("pod_sandbox_id", 3, "string")],
+    "ContainerStateValue": [("state", 1, "int32")],
+    "ContainerFilter": [("id", 1, "string"), ("state", 2, "ContainerStateValue"), ("pod_sandbox_id", 3, "string")],
     "Container": [("id", 1, "string"), ("pod_sandbox_id", 2, "string"), ("metadata", 3, "ContainerMetadata"),
                   ("image", 4, "ImageSpec"), ("image_ref", 5, "string"), ("state", 6, "int32"),
                   ("created_at", 7, "int64"), ("labels", 8, "map"), ("annotations", 9, "map")],
     "ListContainersRequest": [("filter", 1, "ContainerFilter")],
     "ListContainersResponse": [("containers", 1, "[]Container")],
+    # ContainerStatus with verbose: its info map holds the runtime's own JSON, with the pid of the
+    # process it started while the container runs (0 once it exited); for kube/main_process.py
+    "ContainerStatusRequest": [("container_id", 1, "string"), ("verbose", 2, "bool")],
+    "ContainerStatus": [("id", 1, "string"), ("state", 3, "int32")],
+    "ContainerStatusResponse": [("status", 1, "ContainerStatus"), ("info", 2, "map")],
     "ImageFilter": [("image", 1, "ImageSpec")],
     "Image": [("id", 1, "string"), ("repo_tags", 2, "[]string"), ("repo_digests", 3, "[]string")],
     "ListImagesRequest": [("filter", 1, "ImageFilter")],
@@ -115,8 +123,10 @@ _CALLS = {
     ("RuntimeService", "Version"): ("VersionRequest", "VersionResponse"),
     ("RuntimeService", "ListPodSandbox"): ("ListPodSandboxRequest", "ListPodSandboxResponse"),
     ("RuntimeService", "ListContainers"): ("ListContainersRequest", "ListContainersResponse"),
+    ("RuntimeService", "ContainerStatus"): ("ContainerStatusRequest", "ContainerStatusResponse"),
     ("ImageService", "ListImages"): ("ListImagesRequest", "ListImagesResponse"),
 }
+CONTAINER_RUNNING = 1  # runtime.v1 ContainerState
 API_VERSIONS = ("runtime.v1", "runtime.v1alpha2")
 _RUNTIME_NAMES = {"containerd": "containerd", "cri-o": "cri-o", "crio": "cri-o"}
 
@@ -204,6 +214,33 @@ class CriClient:
             return self._container(c, self._pod(c.pod_sandbox_id))
         pod = self._pod(container_id)
         return self._sandbox(pod) if pod is not None else None
+
+    def running(self) -> tuple[str, ...]:
+        """The ids of the containers running now (not the pod sandboxes)."""
+        request = _m()["ListContainersRequest"](filter=_m()["ContainerFilter"](
+            state=_m()["ContainerStateValue"](state=CONTAINER_RUNNING)))
+        return tuple(c.id for c in self._call("RuntimeService", "ListContainers", request).containers)
+
+    def main_pid(self, container_id: str) -> Optional[int]:
+        """The host pid of the process the runtime started for a running container (its main
+        process: PID 1 of its pid namespace, unless the pod shares one); None once the container
+        exited (the runtime then reports 0), for an unknown id, or when the runtime does not say."""
+        import json
+
+        request = _m()["ContainerStatusRequest"](container_id=container_id, verbose=True)
+        try:
+            r = self._call("RuntimeService", "ContainerStatus", request)
+        except RuntimeUnavailable as e:
+            if "NOT_FOUND" in str(e):
+                return None
+            raise
+        if r.status.state != CONTAINER_RUNNING:
+            return None
+        try:
+            pid = json.loads(dict(r.info).get("info") or "{}").get("pid")
+        except (ValueError, AttributeError):
+            return None
+        return pid if isinstance(pid, int) and pid > 0 else None
 
     def _pod(self, sandbox_id: str) -> Any:
         if not sandbox_id:

@@ -199,3 +199,29 @@ def container_init_pid(cluster: Cluster, container_id: str) -> int:
 
 def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
+
+
+def agent_events(cluster: Cluster, namespace: str, pod_uid: str) -> list[dict]:
+    """The Events the agent posted on a Pod, as the API server lists them (From: otel-oom)."""
+    items = cluster.kubectl.json("get", "events", "-n", namespace,
+                                 "--field-selector", f"involvedObject.uid={pod_uid}")["items"]
+    return [e for e in items if (e.get("source") or {}).get("component") == "otel-oom"]
+
+
+def wait_agent_events(cluster: Cluster, namespace: str, pod_uid: str, count: int, timeout: float = 120.0) -> list[dict]:
+    cluster.kubectl.wait_until(f"{count} otel-oom Event(s) on pod {pod_uid}",
+                               lambda: len(agent_events(cluster, namespace, pod_uid)) >= count, timeout)
+    time.sleep(3)   # as wait_kills: one more would be a wrong count, not a late one
+    return agent_events(cluster, namespace, pod_uid)
+
+
+def kubelet_records(cluster: Cluster, kill_event_id: str, timeout: float = 150.0) -> list[dict]:
+    """The agent's oom.kubelet record(s) for one kill, from VictoriaLogs (the check waits up to 30 s)."""
+    query = f'event_name:="oom.kubelet" oom.kill.event.id:="{kill_event_id}"'
+    return LogsQL(cluster.node).wait_for(query, bool, timeout)
+
+
+def prometheus_sum(cluster: Cluster, promql: str) -> float:
+    from testing.kube.backends import PromQL
+
+    return sum(float(s["value"][1]) for s in PromQL(cluster.node).query(promql))

@@ -23,6 +23,7 @@ MiB = 1 << 20
 CAPS = {"SYSLOG": 34, "PERFMON": 38, "BPF": 39}
 COLLECTOR_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-collector"
 AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +60,15 @@ def test_the_agent_pod_is_ready_with_exactly_the_charts_privileges(cluster):
     spec = live["spec"]
     # what the API server stored is what the chart rendered: nothing added, nothing refused
     assert spec["hostPID"] is True and not spec.get("hostNetwork") and not spec.get("hostIPC")
-    assert spec["automountServiceAccountToken"] is False
+    # testing/kube/values.yaml turns Pod Events on (events.enabled): the one reason for an API token
+    assert spec["automountServiceAccountToken"] is want["automountServiceAccountToken"] is True
     assert spec["serviceAccountName"] == want["serviceAccountName"] == RELEASE
     assert spec.get("securityContext", {}) == want.get("securityContext", {})
     assert spec["containers"][0]["securityContext"] == want["containers"][0]["securityContext"]
-    assert spec["containers"][0]["volumeMounts"] == want["containers"][0]["volumeMounts"]
+    # the API server adds the token's projected volume (events.enabled): read-only, nothing else added
+    token = [m for m in spec["containers"][0]["volumeMounts"] if m["name"].startswith("kube-api-access-")]
+    assert [(m["mountPath"], m.get("readOnly")) for m in token] == [(SA_DIR, True)]
+    assert [m for m in spec["containers"][0]["volumeMounts"] if m not in token] == want["containers"][0]["volumeMounts"]
     assert [v for v in spec["volumes"] if "hostPath" in v] == [v for v in want["volumes"] if "hostPath" in v]
     # and the kernel's view of the running agent
     pid = agent_process(cluster, live)
@@ -79,13 +84,15 @@ def test_the_agent_pod_is_ready_with_exactly_the_charts_privileges(cluster):
     for path in ("/", "/sys/fs/cgroup", "/sys/kernel/btf", "/host/run", "/etc/machine-id"):
         assert "ro" in mounts[path], (path, mounts[path])
     assert "rw" in mounts["/var/lib/otel-oom"]
-    assert not any("serviceaccount" in m for m in mounts)                     # no API token
+    # the API token (Pod Events), read-only (the image's /var/run is a link to /run)
+    (token_mount,) = [m for m in mounts if m.endswith("/secrets/kubernetes.io/serviceaccount")]
+    assert "ro" in mounts[token_mount]
     assert bpf_programs_of([pid]), "the agent holds no BPF program"
     logs = cluster.kubectl.run("logs", "-n", NAMESPACE, live["metadata"]["name"]).stdout
     assert " ready in " in logs, logs[-2000:]
 
 
-def test_the_charts_rbac_lets_the_collector_read_pods_and_nothing_more(cluster):
+def test_the_charts_rbac_lets_the_collector_read_pods_and_the_agent_create_events(cluster):
     def can(user: str, *what: str) -> str:
         return cluster.kubectl.run("auth", "can-i", *what, f"--as={user}", check=False).stdout.strip()
 
@@ -93,7 +100,13 @@ def test_the_charts_rbac_lets_the_collector_read_pods_and_nothing_more(cluster):
     assert can(COLLECTOR_SA, "list", "replicasets.apps", "-A") == "yes"
     assert can(COLLECTOR_SA, "create", "pods", "-A") == "no"
     assert can(COLLECTOR_SA, "get", "secrets", "-A") == "no"
-    assert can(AGENT_SA, "list", "pods", "-A") == "no"                     # the agent reads no API
+    # the agent (events.enabled, kubeletCheck): create Events, read one Pod at a time, nothing more
+    assert can(AGENT_SA, "create", "events", "-A") == "yes"
+    assert can(AGENT_SA, "get", "pods", "-A") == "yes"
+    for verb, what in (("list", "pods"), ("watch", "pods"), ("get", "events"), ("patch", "events"),
+                       ("delete", "events"), ("create", "events.events.k8s.io"), ("get", "secrets"),
+                       ("create", "pods")):
+        assert can(AGENT_SA, verb, what, "-A") == "no", (verb, what)
 
 
 def test_k8s_attributes_names_a_deployments_kill_from_the_api_server(cluster):

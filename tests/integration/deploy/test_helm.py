@@ -21,7 +21,7 @@ from testing.collector_process import collector_binary, collector_env, validate
 
 CHART = REPO / "deploy" / "helm" / "otel-oom"
 K8S_VERSIONS = ("1.29.0", "1.37.0")
-ALL_ON = ["--set", "collector.enabled=true", "--set", "serviceMonitor.enabled=true"]
+ALL_ON = ["--set", "collector.enabled=true", "--set", "serviceMonitor.enabled=true", "--set", "events.enabled=true"]
 
 
 def helm() -> str:
@@ -56,7 +56,7 @@ def kubernetes_validate():
     return kv
 
 
-@pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "collector+servicemonitor"])
+@pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "collector+servicemonitor+events"])
 def test_helm_lint_strict(values):
     r = run_helm("lint", "--strict", str(CHART), *values, check=False)
     assert r.returncode == 0 and "0 chart(s) failed" in r.stdout, r.stdout + r.stderr
@@ -68,8 +68,9 @@ def test_rendered_objects_match_the_kubernetes_schemas(version):
     docs = render(*ALL_ON, "--set", "agent.config.OTEL_OOM_SPOOL_MAX_BYTES=1048576",
                   "--set", "agent.extraCapabilities={SYS_RESOURCE}", kube_version=version)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "DaemonSet", "DaemonSet",
-                     "Service", "ServiceAccount", "ServiceAccount", "ServiceMonitor"]
+    # the Collector's ClusterRole and binding, and the agent's (events.enabled)
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ConfigMap", "ConfigMap",
+                     "DaemonSet", "DaemonSet", "Service", "ServiceAccount", "ServiceAccount", "ServiceMonitor"]
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
             continue
@@ -143,6 +144,27 @@ def test_runtime_socket_access_can_be_turned_off():
     (container,) = c["containers"]
     assert "/host/run" not in {m["mountPath"] for m in container["volumeMounts"]}
     assert "OTEL_OOM_RUNTIME_ROOT" not in {e["name"] for e in container["env"]}
+
+
+def test_pod_events_add_the_token_and_a_role_that_only_creates_events_and_gets_pods():
+    """events.enabled: the agent's token and a ClusterRole of exactly create events (+ get pods with
+    kubeletCheck, the default); off (the default), no token and no role at all."""
+    assert [d for d in render() if d["kind"] in ("ClusterRole", "ClusterRoleBinding")] == []
+    for check, rules in (("true", [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+                                   {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]),
+                         ("false", [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])):
+        docs = render("--set", "events.enabled=true", "--set", f"events.kubeletCheck={check}")
+        assert one(docs, "ClusterRole")["rules"] == rules
+        binding = one(docs, "ClusterRoleBinding")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "otel-oom", "namespace": "otel-oom"}]
+        pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is True
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["OTEL_OOM_K8S_EVENTS"] == "true"
+        assert env.get("OTEL_OOM_K8S_KUBELET_CHECK") == ("true" if check == "true" else None)
+    r = run_helm("template", "x", str(CHART), "--set", "events.enabled=true", "--set", "agent.runtimeSocketAccess=false",
+                 check=False)
+    assert r.returncode != 0 and "events.enabled needs agent.runtimeSocketAccess" in r.stderr, r.stderr
 
 
 def test_bad_values_fail_with_a_message():
