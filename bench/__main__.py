@@ -55,8 +55,8 @@ def _bound(t: dict) -> str:
     if t.get("agent_nospool"):
         n = t["agent_nospool"]
         parts.append(f"{us(n):.0f} µs without a spool ({n['records_per_export']} per export, "
-                     f"{n['agent_cpu_us_per_event']} µs of agent CPU per event: decode, enrich, JSON, SDK records, "
-                     "protobuf encoding, gRPC)")
+                     f"{n['agent_cpu_us_per_event']} µs of agent CPU per event: decode, enrich, protobuf encoding, "
+                     "gRPC)")
     parts.append(f"{us(s):.0f} µs for the SDK alone ({s['records_per_export']:.0f} records per export)")
     return "; ".join(parts) + "."
 

@@ -19,10 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import fs_type  # noqa: E402
 from bench.common import typical_kill as common_typical_kill
 from otel_oom.delivery.spool import Spool  # noqa: E402
+from otel_oom.otlp.spooled import SpoolCodec  # noqa: E402
 
 
 def typical_kill(i: int) -> bytes:
-    return common_typical_kill(i).to_json().encode()
+    return SpoolCodec().encode(common_typical_kill(i))  # as the worker spools it
 
 
 def run(directory: str, fsync: bool, seconds: float, deliver: bool = False) -> tuple[int, float, int]:

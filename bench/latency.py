@@ -8,8 +8,8 @@ export request arrived. Default settings: spool on disk (fdatasync), gRPC, defau
 A second, shorter run times each stage inside the agent (bench/stages/sitecustomize.py wraps the
 functions at the stages' boundaries; the package itself is unchanged): kernel stamp -> ring-buffer
 callback (the poll thread's wake-up), -> worker (the queue hand-off), -> attributed (decode and
-enrich), -> stored (reconciler state and the spool write with its fdatasync), -> export started (the
-sender's wake-up, spool read, JSON and SDK records), -> export returned (protobuf, gRPC round trip).
+enrich), -> stored (reconciler state, encoding, the spool write with its fdatasync), -> export started
+(the sender's wake-up, spool read), -> export returned (the request, the gRPC round trip).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from .common import DISK_DIR, REPO, OtlpGrpcReceiver, percentiles, remove, spool
 STAGES = (("ring buffer wake (kernel stamp -> callback)", "kernel", "callback"),
           ("queue hand-off (callback -> worker)", "callback", "worker"),
           ("decode + attribution", "worker", "attributed"),
-          ("spool (reconciler state + write + fdatasync)", "attributed", "stored"),
-          ("sender wake-up, spool read, records", "stored", "send"),
-          ("export call (protobuf + gRPC round trip)", "send", "sent"))
+          ("spool (reconciler state + encoding + write + fdatasync)", "attributed", "stored"),
+          ("sender wake-up, spool read", "stored", "send"),
+          ("export call (request + gRPC round trip)", "send", "sent"))
 
 MiB = 1 << 20
 

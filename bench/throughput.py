@@ -168,7 +168,7 @@ SDK_SCRIPT = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[3])
 from bench.common import typical_kill
-from otel_oom.otlp.mapping import EVENT_NAME, log_attributes, log_body
+from otel_oom.schema.mapping import EVENT_NAME, log_attributes, log_body
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider

@@ -35,6 +35,7 @@ from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .errors import AgentError
 from .kernel.libbpf import release_freed_memory
 from .kernel.source import Sample, SampleSource, SourceFactory
+from .otlp.spooled import SpoolCodec
 from .own_process import (
     OUT_OF_MEMORY,
     check_room_for_grpc,
@@ -67,12 +68,6 @@ RECONCILE_MEMCGS_EVERY = 6
 PARKED_MIN_BYTES = 64 << 10  # events the collector refused for good, kept for inspection (spool_max_bytes / 16)
 # places kept in the teardown order for what the export set-up makes after `ready`
 METRICS, EXPORTERS, SENDER = "otel-oom-metrics", "otel-oom-exporters", "otel-oom-sender"
-
-
-def _shut_down(*exporters: object) -> None:
-    for exporter in exporters:
-        if exporter is not None:
-            exporter.shutdown()  # type: ignore[attr-defined]
 
 
 class Agent:
@@ -149,10 +144,12 @@ class Agent:
         # the OTel SDK and its exporters come after `ready` (_start_export): what is caught meanwhile
         # waits in the store, and its metrics in the pipeline's backlog
         self._export_pending = bool(cfg.otlp or cfg.prometheus)
+        # records are stored as their OTLP messages; the sender reads them back (and older agents' JSON)
+        self.codec = SpoolCodec(cfg.otlp_settings.log_limits) if cfg.otlp_settings else SpoolCodec()
         self.pipeline = Pipeline(enricher, self.drops, self.faults, store=store if delivers else None,
                                  on_stored=self._wake_sender, reconciler=self.reconciler, out=self.out,
                                  console=cfg.console, json=cfg.json, notifier=notifier, around=around,
-                                 metrics_later=self._export_pending)
+                                 metrics_later=self._export_pending, codec=self.codec)
         health = None
         if cfg.listen:
             from .health import HealthServer
@@ -219,19 +216,19 @@ class Agent:
             health.serve_metrics(metrics.prometheus_registry)
         if cfg.otlp_settings is None:
             return
-        from .otlp.logs import LogSender
+        from .otlp.export import OtlpExport
 
-        log_sender = LogSender(resource, cfg.otlp_settings.logs,
-                               on_failure=lambda: metrics.record_export_failure("logs"))
-        trace_sender = around_the_kill.trace_sender(cfg, resource, lambda: metrics.record_export_failure("traces"))
-        sv.fill(Resource(EXPORTERS, functools.partial(_shut_down, log_sender, trace_sender)))
+        # log records, and with --traces the episodes' spans: one acknowledged export for both
+        export = OtlpExport(resource, cfg.otlp_settings, traces=cfg.events.traces,
+                            on_failure=metrics.record_export_failure)
+        sv.fill(Resource(EXPORTERS, export.shutdown))
         store = self.store
         parked = ParkedEvents(cfg.spool_dir if isinstance(store, DeliveryStore) else None,
                               max(PARKED_MIN_BYTES, cfg.spool_max_bytes // 16))
-        sender = SpoolSender(store, log_sender, self.drops, self.stopping,
+        sender = SpoolSender(store, export, self.drops, self.stopping,
                              burst_in_progress=lambda: not self._samples.empty(),
                              spooled=lambda: self.pipeline.kills_seen if self.pipeline else 0,
-                             parked=parked, span_exporter=trace_sender)
+                             parked=parked, codec=self.codec)
         if self.stopping.is_set():
             return  # stopping before the export existed: what is stored stays in the spool
         self.sender = sender

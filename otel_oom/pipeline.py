@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, TextIO
 from .attribution.enrich import Enricher, bare_kill, logged_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
+from .otlp.spooled import SpoolCodec
 from .pressure.events import EVENT_TYPES, Submitted
 from .reconcile.oom_report import LoggedKill
 from .schema.records import OomEpisode, OomKill, Record
@@ -41,6 +42,12 @@ class Store(Protocol):
     def append_many(self, payloads: Sequence[bytes], accounted: Optional[Sequence[Optional[int]]] = None) -> list[int]: ...
 
 
+class Codec(Protocol):
+    """A record as the store keeps it (`otlp.spooled.SpoolCodec`: its encoded OTLP message)."""
+
+    def encode(self, record: Record) -> bytes: ...
+
+
 METRICS_BACKLOG_MAX = 10000  # records counted before the agent's metrics exist (see attach_metrics)
 
 
@@ -50,11 +57,12 @@ class Pipeline:
                  out: Optional[TextIO] = None, console: bool = False, json: bool = False,
                  notifier: Optional["WebhookNotifier"] = None, metrics: Optional["Metrics"] = None,
                  around: Optional["Around"] = None,
-                 metrics_later: bool = False) -> None:
+                 metrics_later: bool = False, codec: Optional[Codec] = None) -> None:
         self.enricher = enricher
         self.drops = drops            # events (or their stdout rendering) lost, by reason
         self.faults = faults          # events handled with a fault on the way, by stage
         self.store = store            # None: no OTLP delivery (console/JSON only)
+        self.codec: Codec = codec or SpoolCodec()  # a record as the store keeps it: its encoded OTLP message
         self.on_stored = on_stored    # wakes the sender
         self.reconciler = reconciler
         self.out = out
@@ -152,8 +160,15 @@ class Pipeline:
                 self.handle_kill(record)
                 continue
             stamped, finished = self._episode(record)
-            others.append((stamped, [stamped.to_json().encode(), *(span.to_json().encode() for span in finished)]))
+            others.append((stamped, self._payloads(stamped, finished)))
         self._store_records(others)
+
+    def _payloads(self, record: Optional[Record], spans: Sequence[OomEpisode]) -> list[bytes]:
+        """What the store keeps for a record and the episodes that ended with it (nothing without a store)."""
+        if self.store is None:
+            return []
+        encode = self.codec.encode
+        return [encode(r) for r in (*([record] if record is not None else []), *spans)]
 
     def _store_records(self, records: list[tuple[Record, list[bytes]]]) -> None:
         if not records:
@@ -192,7 +207,7 @@ class Pipeline:
 
     def _store_spans(self, spans: list[OomEpisode]) -> None:
         if spans and self.store is not None:
-            self.store.append_many([span.to_json().encode() for span in spans])
+            self.store.append_many(self._payloads(None, spans))
             self.on_stored()
 
     def handle_kill(self, kill: OomKill) -> None:
@@ -210,7 +225,7 @@ class Pipeline:
         for kill in kills:
             stamped, finished = self._episode(kill)
             assert isinstance(stamped, OomKill)
-            payloads = [stamped.to_json().encode(), *(span.to_json().encode() for span in finished)]
+            payloads = self._payloads(stamped, finished)
             n = sum(map(len, payloads))
             if group and size + n > limit:
                 self._commit(group)

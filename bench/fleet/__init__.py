@@ -6,7 +6,7 @@ record twice, and Prometheus.
 
 Each simulated node is a real Collector process (collector-config/agent.yaml + node-to-gateway.yaml)
 fed by a stand-in for that node's agent: the agent's own record types, spool and send loop, OTLP
-encoding (`wire.encode_batch`), resource and metrics code. The node Collectors forward through the
+encoding (`wire.request_body`), resource and metrics code. The node Collectors forward through the
 `load_balancing` exporter to two gateways (gateway.yaml), which write every record to two copies
 (vlinsert-a -> vlstorage-1, vlinsert-b -> vlstorage-2; one vlselect reads both) and the metrics to
 Prometheus. During the run (faults.py) a gateway and a storage node are SIGKILLed, agents and node

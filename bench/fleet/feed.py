@@ -2,7 +2,7 @@
 delivery code: at each occurrence's time the node's record is built and appended to that node's
 spool (`otel_oom.delivery.spool.Spool`, on disk in the run's directory), and the agent's send loop
 (`otel_oom.delivery.sender.SpoolSender`) sends what is pending, in batches, to the node's Collector
-over OTLP/HTTP (encoded by `wire.encode_batch`), acknowledging it in the spool only once the
+over OTLP/HTTP (the request built by `wire.request_body`), acknowledging it in the spool only once the
 Collector accepted it and retrying with the agent's backoff otherwise. The node's agent metrics
 count each kill.
 
@@ -26,10 +26,11 @@ from typing import Any, Optional, Sequence
 
 from otel_oom.delivery.sender import SpoolSender
 from otel_oom.delivery.spool import Spool
+from otel_oom.otlp.spooled import SpoolCodec
 from otel_oom.schema.records import OomKill, Record
 
 from .stack import node_address
-from .wire import AgentMetrics, encode_batch
+from .wire import AgentMetrics, name_and_id, request_body
 from .workload import Node, Occurrence, build
 
 RESTART_S = 1.0    # a crashed agent's pod is back this much later
@@ -79,9 +80,12 @@ class _HttpExporter:
     def __init__(self, agent: "NodeAgent") -> None:
         self.agent = agent
 
-    def send(self, records: Sequence[Record], timeout_s: Optional[float] = None) -> _Answer:
+    def carries(self, signal: str) -> bool:
+        return signal == "logs"
+
+    def send(self, signal: str, messages: Sequence[bytes], timeout_s: Optional[float] = None) -> _Answer:
         a, t = self.agent, self.agent.tally
-        body = encode_batch(records, a.resource).SerializeToString()
+        body = request_body(messages, a.resource)
         req = urllib.request.Request(a.url, data=body, headers={"Content-Type": "application/x-protobuf"})
         with t.lock:
             t.posts += 1
@@ -90,17 +94,21 @@ class _HttpExporter:
                 r.read()
         except urllib.error.HTTPError as e:
             if e.code == 400:
-                return _Answer("rejected", len(records), e.read().decode(errors="replace")[:200])
+                return _Answer("rejected", len(messages), e.read().decode(errors="replace")[:200])
             return self._retry(f"HTTP {e.code}")
         except (urllib.error.URLError, ConnectionError, OSError) as e:
             return self._retry(str(e))
+        records = [name_and_id(m) for m in messages]
         with t.lock:
-            t.accepted.update(r.event_id for r in records)
+            t.accepted.update(record_id for _, record_id in records)
             t.accepted_at.append((time.time(), a.node.index))
-        if a.crash_armed.is_set() and any(isinstance(r, OomKill) for r in records):
+        if a.crash_armed.is_set() and any(name == "oom.kill" for name, _ in records):
             a.crash_armed.clear()
             raise _Crash()
         return _Answer("accepted")
+
+    def readable(self, signal: str, message: bytes) -> dict[str, Any]:
+        return {"id": name_and_id(message)[1]}
 
     def _retry(self, why: str) -> _Answer:
         with self.agent.tally.lock:
@@ -121,6 +129,7 @@ class NodeAgent:
         self.crash_armed = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()       # appends and the restart's spool swap
+        self.codec = SpoolCodec()           # a record as the agent's worker spools it
         self.spool = Spool(spool_dir)
         self.sender = self._sender()
         self.thread = threading.Thread(target=self._run, name=f"fleet-agent-{node.index}", daemon=True)
@@ -147,16 +156,14 @@ class NodeAgent:
                     self.tally.restarts.append({"node": self.node.name, "at_wall": crashed_at, "replayed": pending})
 
     def _pending_ids(self) -> list[tuple[int, str]]:
-        from otel_oom.schema.records import record_from_json
-
-        return [(seq, record_from_json(p).event_id) for seq, p in self.spool.pending(10_000)]
+        return [(seq, name_and_id(self.codec.decode(p).message)[1]) for seq, p in self.spool.pending(10_000)]
 
     def crash_after_next_kill(self) -> None:
         self.crash_armed.set()
 
     def append(self, record: Record) -> None:
         with self._lock:
-            self.spool.append(record.to_json().encode())
+            self.spool.append(self.codec.encode(record))
             sender = self.sender
         sender.wake()
 

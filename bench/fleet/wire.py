@@ -1,10 +1,9 @@
 """Everything the fleet simulation takes from the agent's package: its resource, its OTLP log
 encoding and its metrics.
 
-`encode_batch` is the one place records become an OTLP request. It uses the encoding the agent
-uses today (`otel_oom/otlp/logs.py`: `LogSender.records` builds the SDK's log records, the SDK's
-encoder makes the protobuf); when the package gets a direct protobuf encoder, only this function
-changes.
+`request_body` is the one place spooled records become an OTLP request, the way the agent makes it:
+each record encoded as the worker spools it (`otel_oom/otlp/spooled.py`), the request built from
+those messages as the sender builds it (`otel_oom/otlp/requests.py`).
 """
 from __future__ import annotations
 
@@ -15,26 +14,29 @@ from typing import TYPE_CHECKING, Any, Sequence
 from otel_oom.schema.records import OomKill, Record
 
 if TYPE_CHECKING:
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.sdk.resources import Resource
 
-_SENDERS: dict[int, Any] = {}  # one LogSender per node resource, for its records() (never sends)
+_REQUESTS: dict[int, Any] = {}  # one request builder per node resource
 
 
-def encode_batch(records: Sequence[Record], resource: "Resource") -> "ExportLogsServiceRequest":
-    """The agent's OTLP encoding of `records` under `resource` (one node's agent)."""
-    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+def request_body(messages: Sequence[bytes], resource: "Resource") -> bytes:
+    """The agent's OTLP/HTTP logs request for spooled `messages` under `resource` (one node's agent)."""
+    from otel_oom.otlp.requests import Requests
 
-    from otel_oom.otlp.env import SignalSettings
-    from otel_oom.otlp.logs import LogSender
-    from otel_oom.urls import parse_url
+    requests = _REQUESTS.get(id(resource))
+    if requests is None:
+        requests = _REQUESTS[id(resource)] = Requests(resource)
+    return bytes(requests.build("logs", list(messages)))
 
-    sender = _SENDERS.get(id(resource))
-    if sender is None:
-        # the endpoint is never used: the simulation posts the encoded request itself
-        unused = parse_url("endpoint", "http://127.0.0.1:9/v1/logs", "http://host:4318/v1/logs")
-        sender = _SENDERS[id(resource)] = LogSender(resource, SignalSettings("http/protobuf", unused))
-    return encode_logs(sender.records(records))
+
+def name_and_id(message: bytes) -> tuple[str, str]:
+    """A spooled log record's event name (`oom.kill`, ...) and id (`oom.event.id` on a kill,
+    `oom.record.id` on the others)."""
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    record = LogRecord.FromString(message)
+    attrs = {kv.key: kv.value.string_value for kv in record.attributes}
+    return record.event_name, attrs.get("oom.event.id") or attrs["oom.record.id"]
 
 
 def node_resource(node_name: str, machine_id: str, scratch: Path) -> "Resource":

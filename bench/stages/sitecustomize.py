@@ -72,24 +72,30 @@ def _install() -> None:
 
     pipeline_mod.Pipeline._commit = _commit
 
-    from otel_oom.otlp import logs as logs_mod
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
-    send = logs_mod.LogSender.send
+    from otel_oom.otlp import export as export_mod
 
-    def _send(self, kills, timeout_s=None):
+    send = export_mod.OtlpExport.send
+
+    def _send(self, signal, messages, timeout_s=None):
         t0 = time.time_ns()
-        result = send(self, kills, timeout_s)
+        result = send(self, signal, messages, timeout_s)
         t1 = time.time_ns()
+        if signal != "logs":
+            return result
         with lock:
-            for k in kills:
-                pid = getattr(k, "victim_pid", 0)
+            for m in messages:  # the spooled LogRecords: the victim's pid and the kernel's stamp
+                r = LogRecord.FromString(m)
+                if r.event_name != "oom.kill":
+                    continue
+                pid = next((kv.value.int_value for kv in r.attributes if kv.key == "process.pid"), 0)
                 s = stamps.pop(pid, None)
-                if s is not None and getattr(k, "time_unix_nano", 0):
-                    out.write(json.dumps({"pid": pid, "kernel": k.time_unix_nano, **s, "send": t0, "sent": t1}) + "\n")
+                if s is not None and r.time_unix_nano:
+                    out.write(json.dumps({"pid": pid, "kernel": r.time_unix_nano, **s, "send": t0, "sent": t1}) + "\n")
         return result
 
-    logs_mod.LogSender.send = _send
-
+    export_mod.OtlpExport.send = _send
 
 if _PATH:
     _install()

@@ -6,8 +6,8 @@
   --traces   the episode tracker (trace ids on every record, the span per episode)
 
 Events from the source's thread reach the trackers only through `submit` (the agent's worker
-queue), so everything around the kill runs on the worker thread. `probe_extras` and
-`trace_sender` are the room's parts of the probe and of the export.
+queue), so everything around the kill runs on the worker thread. `probe_extras` is the room's
+part of the probe; its spans are exported with the log records (`otlp/export.py`).
 """
 from __future__ import annotations
 
@@ -35,15 +35,6 @@ def probe_extras(cfg: RunConfig) -> Any:
 
     ev = cfg.events
     return Extras(signals=ev.on("userspace_kill"), killers=ev.userspace_killers, reclaim=ev.on("reclaim"))
-
-
-def trace_sender(cfg: RunConfig, resource: Any, on_failure: Callable[[], None]) -> Any:
-    """--traces: the exporter of the episode spans (`otlp.traces.TraceSender`), else None."""
-    if not cfg.events.traces or cfg.otlp_settings is None or cfg.otlp_settings.traces is None:
-        return None
-    from ..otlp.traces import TraceSender
-
-    return TraceSender(resource, cfg.otlp_settings.traces, on_failure=on_failure)
 
 
 def build(cfg: RunConfig, hierarchy: Optional[MemoryHierarchy], boot_id: str,

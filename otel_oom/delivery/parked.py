@@ -1,10 +1,12 @@
-"""Where OOM events the collector rejected as such are kept for inspection: `parked.jsonl`, bounded.
+"""Where records the collector rejected as such are kept for inspection: `parked.jsonl`, bounded.
 
 A record the collector refuses permanently (gRPC INVALID_ARGUMENT, HTTP 400, or a single record
 still too large) would block every later kill if it stayed at the head of the spool, so the sender
-acknowledges it and hands it here. One JSON line per event: when, why, and the event as spooled,
-so an operator can see what was refused and replay it by hand. The file has its own size bound;
-past it an event is only logged (with its id) and counted like every other rejected one.
+acknowledges it and hands it here. One JSON line per record: when, why, which signal (`logs`, or
+`traces` for an episode's span), and the record as it was sent, readable (`otlp.requests.readable`:
+its time, event name, body and attributes) with the encoded message beside it (`otlp_base64`), so
+an operator can see what was refused and replay it by hand. The file has its own size bound; past
+it a record is only logged (with its id) and counted like every other rejected one.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from .segments import NotRegularFile, open_regular
 
@@ -30,10 +32,11 @@ class ParkedEvents:
         self.not_kept = 0     # rejected but the file was full, missing or unwritable
         self._lock = threading.Lock()
 
-    def park(self, payload: bytes, event_id: str, reason: str) -> bool:
-        """Keep one rejected event; False when it could only be logged."""
+    def park(self, record: dict[str, Any], event_id: str, reason: str, signal: str = "logs") -> bool:
+        """Keep one rejected record (JSON-able); False when it could only be logged."""
+        # ensure_ascii: a name's raw kernel bytes stay \udcNN escapes, lossless and plain ASCII
         line = json.dumps({"parked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": reason,
-                           "event": json.loads(payload)}, ensure_ascii=True, separators=(",", ":")) + "\n"
+                           "signal": signal, "event": record}, ensure_ascii=True, separators=(",", ":")) + "\n"
         with self._lock:
             if self.path is None:
                 self.not_kept += 1

@@ -1,31 +1,42 @@
-"""The send loop: the store's pending events, in order, to the collector; acknowledged only on success.
+"""The send loop: the store's pending records, in order, to the collector; acknowledged only once settled.
 
-An event leaves the store only when the collector accepted it, or refused it as such: an outage, a
-slow collector or a SIGKILL of the agent loses nothing. What the collector says decides the rest:
+A record leaves the store only when the collector accepted it, or refused it as such: an outage, a
+slow collector or a SIGKILL of the agent loses nothing. Every stored record is a log record or, with
+--traces, an OOM episode's span (`otlp/spooled.py`); a batch's spans go in one request to the trace
+service, then its log records in one to the logs service, and for both what the collector says
+decides the rest, the same way:
 
-- accepted: acknowledged. With partial success (`rejected_log_records` > 0) the rejected count is
-  logged and counted as `collector_partial` (the answer does not say which records they were).
-- rejected (gRPC INVALID_ARGUMENT, HTTP 400) or too large (HTTP 413): the batch is split in halves
-  and each half sent again, down to single events; a single event still refused is parked
-  (`parked.py`), acknowledged and counted as `collector_rejected`, so it never blocks later kills.
-- anything else: kept, retried with backoff from 0.5 s to 30 s (or the collector's Retry-After).
+- accepted: settled. With partial success (`rejected_log_records` / `rejected_spans` > 0) the
+  rejected count is logged and counted as `collector_partial` (the answer does not say which).
+- rejected (gRPC INVALID_ARGUMENT, HTTP 400) or too large (HTTP 413): that request's records are
+  split in halves and each half sent again, down to single records; a single one still refused is
+  parked (`parked.py`), settled and counted as `collector_rejected`, so it never blocks later kills.
+- anything else: the attempt stops there; what was settled is acknowledged, the rest retried with
+  backoff from 0.5 s to 30 s (or the collector's Retry-After). Nothing retries inside an attempt.
 
-During a burst the loop lets a batch fill (up to `BURST_WAIT_S`, while kills keep being stored) so a
-storm costs one export and one acknowledgement per `SEND_BATCH` events rather than per event; an
-isolated kill is sent at once (at most `BURST_IDLE_S` later).
+The store acknowledges by sequence number ("everything up to here"), so the spans go first and are
+acknowledged only together with the log records stored before them; the log records are then
+acknowledged as each request is settled. A retry after the spans were accepted sends them again
+(the collector may see a span twice; its ids are the same), never the other way round.
+
+During a burst (several records waiting and more samples queued for the worker) the loop lets a
+batch fill (up to `BURST_WAIT_S`, while kills keep being stored, each within `BURST_IDLE_S` of the
+last) so a storm costs one export and one acknowledgement per `SEND_BATCH` records rather than per
+record; a lone record is sent as soon as the sender wakes.
 Stopping: once `stopping` is set and `deadline` passed, no new attempt starts, and each attempt's
 timeout is cut to the time left.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
-from ..schema.records import OomEpisode, Record, record_from_json
+from ..otlp.spooled import LOGS, TRACES, SpoolCodec, Spooled
 from ..text import for_terminal
 from .parked import ParkedEvents
 
@@ -35,6 +46,8 @@ SEND_BATCH = 100
 BURST_WAIT_S = 0.05   # longest wait for a burst to fill a batch
 BURST_IDLE_S = 0.002  # ... as long as a kill was stored within this
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 30.0
+SIGNALS = (TRACES, LOGS)  # the order a batch is sent in (see the module docstring)
+_NOUN = {LOGS: "OOM event(s)", TRACES: "OOM episode span(s)"}
 
 
 class Store(Protocol):
@@ -54,23 +67,32 @@ class Result(Protocol):
 
 
 class Exporter(Protocol):
-    def send(self, kills: Sequence[Record], timeout_s: Optional[float] = None) -> Result: ...
+    """`otlp.export.OtlpExport`: one attempt per call, for "logs" or "traces"."""
+
+    def carries(self, signal: str) -> bool: ...
+    def send(self, signal: str, messages: Sequence[bytes], timeout_s: Optional[float] = None) -> Result: ...
+    def readable(self, signal: str, message: bytes) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
 
 
-class SpanExporter(Protocol):
-    """--traces: the OOM episodes' spans (otlp/traces.py); True when the collector took them."""
-
-    def send(self, episodes: Sequence[OomEpisode]) -> bool: ...
-    def shutdown(self) -> None: ...
+class Codec(Protocol):
+    def decode(self, payload: bytes) -> Spooled: ...
 
 
 @dataclass(frozen=True)
-class _SpansNotTaken:
-    outcome: str = "retry"
+class _OutOfTime:
+    """What stops a delivery once stopping and past the deadline: the rest stays in the store."""
+    outcome: str = "out_of_time"
     rejected: int = 0
-    message: str = "the trace export of the batch's episode spans failed"
+    message: str = "out of time while stopping"
     retry_after: Optional[float] = None
+
+
+_OUT_OF_TIME = _OutOfTime()
+
+
+def _ack_below(ack: Callable[[int], None], ceiling: int, upto: int) -> None:
+    ack(min(upto, ceiling))
 
 
 class SpoolSender:
@@ -79,15 +101,13 @@ class SpoolSender:
     def __init__(self, store: Store, exporter: Exporter, drops: Counter[str], stopping: threading.Event,
                  burst_in_progress: Callable[[], bool] = lambda: False,
                  spooled: Callable[[], int] = lambda: 0, parked: Optional[ParkedEvents] = None,
-                 commit_lock: Optional[threading.Lock] = None, span_exporter: Optional[SpanExporter] = None) -> None:
+                 codec: Optional[Codec] = None) -> None:
         self.store = store
         self.exporter = exporter
         self.drops = drops
         self.stopping = stopping
-        self.span_exporter = span_exporter  # --traces: the OOM episodes' spans
+        self.codec = codec or SpoolCodec()  # reads what the pipeline stored (and what older agents did)
         self.parked = parked or ParkedEvents(None, 0)
-        # the pipeline holds it while it stores a kill and accounts for it (pipeline.handle_kill)
-        self._commit_lock = commit_lock or threading.Lock()
         self.deadline: Optional[float] = None  # monotonic time by which a stopping sender gives up
         self._burst_in_progress = burst_in_progress
         self._spooled = spooled
@@ -103,23 +123,22 @@ class SpoolSender:
         self._wake.clear()
 
     def _fill_burst(self, have: int) -> list[tuple[int, bytes]]:
+        """While kills keep being stored, let the batch fill: up to SEND_BATCH records or BURST_WAIT_S,
+        and only as long as the next one is stored within BURST_IDLE_S (the store wakes this thread)."""
         spooled = self._spooled()
         target = spooled + SEND_BATCH - have
-        now = time.monotonic()
-        deadline, moved = now + BURST_WAIT_S, now
-        # a burst is in progress while kills keep being stored: the queue may also hold samples that
-        # are no kills (a victim's reclaim events follow its kill), which must not hold a lone kill back
-        while (self._burst_in_progress() and spooled < target and now < deadline and now - moved < BURST_IDLE_S
-               and not self.stopping.is_set()):
-            time.sleep(0.0005)
-            now, latest = time.monotonic(), self._spooled()
-            if latest != spooled:
-                spooled, moved = latest, now
+        deadline = time.monotonic() + BURST_WAIT_S
+        while spooled < target and not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._wake.wait(min(BURST_IDLE_S, left)):
+                break
+            self._wake.clear()
+            spooled = self._spooled()
         return self._pending()
 
     def _pending(self) -> list[tuple[int, bytes]]:
-        with self._commit_lock:
-            return self.store.pending(SEND_BATCH)
+        # a kill is stored and accounted in one write (the ledger): the store may be read at any time
+        return self.store.pending(SEND_BATCH)
 
     def _time_left(self) -> Optional[float]:
         if not self.stopping.is_set() or self.deadline is None:
@@ -139,7 +158,8 @@ class SpoolSender:
                     return
                 self._sleep(1.0)
                 continue
-            if len(batch) < SEND_BATCH and self._burst_in_progress() and not self.stopping.is_set():
+            # a lone record goes at once; several waiting, with more samples queued, are a burst
+            if 1 < len(batch) < SEND_BATCH and self._burst_in_progress() and not self.stopping.is_set():
                 batch = self._fill_burst(len(batch))
             failed = self._deliver(batch)
             if failed is None:
@@ -156,63 +176,85 @@ class SpoolSender:
 
     def _deliver(self, batch: list[tuple[int, bytes]]) -> Optional[Result]:
         """Send `batch` (split as the collector asks); ack what was settled. The failure that stopped it, or None."""
-        decoded: list[tuple[int, Record, bytes]] = []
+        by_signal: dict[str, list[tuple[int, Spooled]]] = {signal: [] for signal in SIGNALS}
         undecodable: list[int] = []
-        spans: list[OomEpisode] = []
         for seq, payload in batch:
             try:
-                record = record_from_json(payload)
+                item = self.codec.decode(payload)
             except (ValueError, TypeError):
                 undecodable.append(seq)
                 continue
-            if isinstance(record, OomEpisode):
-                spans.append(record)
-            else:
-                decoded.append((seq, record, payload))
-        # the batch's episode spans first: acknowledging the log records after them acknowledges them too
-        if spans and self.span_exporter is None:
-            self.drops["span_without_traces"] += len(spans)  # spooled with --traces, replayed without
-        elif spans and not self.span_exporter.send(spans):  # type: ignore[union-attr]
-            return _SpansNotTaken()
+            by_signal[item.signal].append((seq, item))
+        if by_signal[TRACES] and not self.exporter.carries(TRACES):
+            self.drops["span_without_traces"] += len(by_signal[TRACES])  # spooled with --traces, replayed without
+            by_signal[TRACES] = []
+        acked = [0]
 
         def ack(upto: int) -> None:
             # settled in order: acknowledge as we go, so a retry starts after what is done
+            if upto <= acked[0]:
+                return
             lost = [s for s in undecodable if s <= upto]
             if lost:
                 self.drops["spool_undecodable"] += len(lost)
                 del undecodable[:len(lost)]
             self.store.ack(upto)
+            acked[0] = upto
 
-        work = [decoded] if decoded else []
+        for i, signal in enumerate(SIGNALS):
+            # while this signal is sent, nothing from the first record of a later signal on may be acknowledged
+            later = [seq for other in SIGNALS[i + 1:] for seq, _ in by_signal[other][:1]]
+            ceiling = min(later) - 1 if later else batch[-1][0]
+            failed = self._send(signal, by_signal[signal], functools.partial(_ack_below, ack, ceiling))
+            if failed is _OUT_OF_TIME:
+                return None
+            if failed is not None:
+                return failed
+        ack(batch[-1][0])
+        return None
+
+    def _send(self, signal: str, items: list[tuple[int, Spooled]], ack: Callable[[int], None]) -> Optional[Result]:
+        """Deliver one signal's records of a batch: None once all are settled, else what stopped it."""
+        work = [items] if items else []
+        noun = _NOUN[signal]
         while work:
             part = work.pop(0)
             left = self._time_left()
             if left is not None and left <= 0:
-                return None  # out of time while stopping: the rest stays in the spool
-            result = self.exporter.send([k for _, k, _ in part], left)
+                return _OUT_OF_TIME
+            result = self.exporter.send(signal, [item.message for _, item in part], left)
             if result.outcome == "accepted":
                 if result.rejected:
-                    log.error("collector accepted %d OOM event(s) but rejected %d of them (%s); counted as "
-                              "collector_partial (events %s .. %s)", len(part), result.rejected,
+                    log.error("collector accepted %d %s but rejected %d of them (%s); counted as "
+                              "collector_partial (%s .. %s)", len(part), noun, result.rejected,
                               for_terminal(result.message[:200]) or "no reason given",
-                              part[0][1].event_id, part[-1][1].event_id)
+                              self._record_id(signal, part[0][1]), self._record_id(signal, part[-1][1]))
                     self.drops["collector_partial"] += result.rejected
             elif result.outcome in ("rejected", "too_large") and len(part) > 1:
                 half = len(part) // 2
                 work[0:0] = [part[:half], part[half:]]
                 continue
             elif result.outcome in ("rejected", "too_large"):
-                _, kill, payload = part[0]
+                _, item = part[0]
                 self.drops["collector_rejected"] += 1
-                kept = self.parked.park(payload, kill.event_id, result.message)
-                log.error("collector refused OOM event %s for good (%s); %s, counted as collector_rejected",
-                          kill.event_id, for_terminal(result.message[:200]),
+                record = self.exporter.readable(signal, item.message)
+                rid = self._record_id(signal, item, record)
+                kept = self.parked.park(record, rid, result.message, signal)
+                log.error("collector refused %s %s for good (%s); %s, counted as collector_rejected",
+                          noun.replace("(s)", ""), rid, for_terminal(result.message[:200]),
                           f"parked in {self.parked.path}" if kept else "not kept")
             else:
                 return result
             ack(part[-1][0])
-        ack(batch[-1][0])
         return None
+
+    def _record_id(self, signal: str, item: Spooled, readable: Optional[dict[str, Any]] = None) -> str:
+        """A record's id for a log line: oom.event.id (kills), oom.record.id (the others), trace:span (spans)."""
+        r = readable if readable is not None else self.exporter.readable(signal, item.message)
+        if signal == TRACES:
+            return f"{r.get('trace_id', '?')}:{r.get('span_id', '?')}"
+        attrs = r.get("attributes") or {}
+        return str(attrs.get("oom.event.id") or attrs.get("oom.record.id") or "?")
 
     def stuck_for(self) -> float:
         """Seconds since the collector last accepted anything while events were waiting."""

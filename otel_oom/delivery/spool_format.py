@@ -21,7 +21,9 @@ write cannot hit both), the valid one with the highest generation wins:
 
 `floor` is the highest sequence number acknowledged or dropped; `accounted` the ledger's count for
 `boot` as last known (a mirror of the records', which survives their deletion or damage).
-Both magics start with a non-ASCII byte, so they never occur inside the JSON (ensure_ascii) payloads.
+Both magics start with a non-ASCII byte, so they never occur inside the JSON (ensure_ascii) payloads of
+earlier agents; payloads are binary OTLP messages now, where a stray magic is only taken for a record
+if length, sequence and crc32 agree too.
 """
 from __future__ import annotations
 

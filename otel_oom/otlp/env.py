@@ -3,7 +3,7 @@
 For each signal this settles what an OTLP exporter needs, the way the Python SDK (1.45) resolves
 it: protocol, endpoint (an empty variable counts as unset, as the specification says), headers,
 TLS files, insecure, compression and timeout, the per-signal variable winning over the generic
-one. otel-oom's own log export (`transport.py`) uses these settings as they are; the SDK's metric
+one. otel-oom's own log and span export (`transport.py`) uses these settings as they are; the SDK's metric
 exporter gets the endpoint and headers explicitly and reads the rest itself. The other variables
 the SDK reads on otel-oom's paths (attribute limits, metric reader and exporter options) are
 checked too, so a typo fails at start with one clear line instead of a traceback or a silent
@@ -21,10 +21,11 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 from urllib.parse import unquote
 
 from ..errors import UsageError
+from ..text import for_otlp
 from ..urls import Url, parse_url
 
 log = logging.getLogger("otel_oom.otlp")
@@ -55,12 +56,48 @@ class SignalSettings:
     client_certificate: Optional[str] = None
 
 
+DEFAULT_ATTRIBUTE_COUNT_LIMIT = 128  # the SDK's
+
+
+@dataclass(frozen=True)
+class AttributeLimits:
+    """A log record's attribute limits, applied as the SDK's `BoundedAttributes` applies them: string
+    values cut to `length` characters (bytes, ints, ... untouched), then, past `count` attributes, the
+    first ones dropped and counted. None: no limit. otel-oom's records hold fewer than 128."""
+
+    count: Optional[int] = DEFAULT_ATTRIBUTE_COUNT_LIMIT
+    length: Optional[int] = None
+
+    def apply(self, attrs: Mapping[str, Any]) -> tuple[Mapping[str, Any], int]:
+        """(the attributes to send, how many were dropped)."""
+        if self.length is None and (self.count is None or len(attrs) <= self.count):
+            return attrs, 0
+        if self.length is not None:
+            attrs = {k: _truncated(v, self.length) for k, v in attrs.items()}
+        if self.count is None or len(attrs) <= self.count:
+            return attrs, 0
+        dropped = len(attrs) - self.count
+        return dict(list(attrs.items())[dropped:]), dropped
+
+
+def _truncated(v: Any, length: int) -> Any:
+    if isinstance(v, str):
+        otlp = for_otlp(v)  # raw kernel bytes go as bytes_value, which the SDK never cut
+        return otlp if isinstance(otlp, bytes) else v[:length]
+    if isinstance(v, (list, tuple)):
+        return tuple(_truncated(x, length) for x in v)
+    if isinstance(v, dict):
+        return {k: _truncated(x, length) for k, x in v.items()}
+    return v
+
+
 @dataclass(frozen=True)
 class OtlpSettings:
     logs: SignalSettings
     metrics: SignalSettings
     metric_export_interval_ms: float
     traces: Optional[SignalSettings] = None  # the OOM episodes' spans (--traces)
+    log_limits: AttributeLimits = AttributeLimits()
 
     def secrets(self) -> list[str]:
         """Every credential these settings hold (header values, URL user info), for log redaction."""
@@ -268,7 +305,26 @@ def resolve_otlp(environ: Mapping[str, str] = os.environ) -> OtlpSettings:
         metrics=_signal(environ, "METRICS"),
         metric_export_interval_ms=metric_export_interval_ms(environ),
         traces=_signal(environ, "TRACES"),
+        log_limits=log_record_limits(environ),
     )
+
+
+def log_record_limits(environ: Mapping[str, str]) -> AttributeLimits:
+    """OTEL_LOGRECORD_ATTRIBUTE_{COUNT,VALUE_LENGTH}_LIMIT, else OTEL_ATTRIBUTE_..., as the SDK reads
+    them (`LogRecordLimits`): "unset" is no limit; the count's default is 128 (also when the generic
+    count is "unset"). Values were checked by `check_sdk_variables`."""
+    def read(var: str, default: Optional[int]) -> Optional[int]:
+        if var not in environ:
+            return default
+        value = environ[var].strip().lower()
+        return None if value == "unset" else int(value)
+
+    generic_count = read("OTEL_ATTRIBUTE_COUNT_LIMIT", None)
+    generic_length = read("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", None)
+    return AttributeLimits(
+        count=read("OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT",
+                   DEFAULT_ATTRIBUTE_COUNT_LIMIT if generic_count is None else generic_count),
+        length=read("OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT", generic_length))
 
 
 def _first(environ: Mapping[str, str], signal: str, name: str) -> tuple[Optional[str], Optional[str]]:

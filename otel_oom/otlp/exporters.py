@@ -1,8 +1,7 @@
-"""The SDK's OTLP metric (and, with --traces, span) exporters, built for the protocol, endpoint and headers
-`env.resolve_otlp` settled on.
+"""The SDK's OTLP metric exporter, built for the protocol, endpoint and headers `env.resolve_otlp` settled on.
 
-Only the protocol in use is imported (the gRPC stack alone costs ~30 MB). Log records do not use
-an SDK exporter (see `transport.py`).
+Only the protocol in use is imported (the gRPC stack alone costs ~30 MB). Log records and spans do
+not use an SDK exporter (see `transport.py`).
 """
 from __future__ import annotations
 
@@ -47,14 +46,3 @@ def metric_exporter(signal: SignalSettings) -> Any:
     return HttpMetricExporter(endpoint=signal.endpoint.without_credentials, headers=headers,
                               session=_http_session())
 
-
-def span_exporter(signal: SignalSettings) -> Any:
-    """The SDK's OTLP span exporter (--traces), built like `metric_exporter`."""
-    headers = dict(signal.headers) or None
-    if signal.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(endpoint=signal.endpoint.without_credentials, headers=headers)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-
-    return HttpSpanExporter(endpoint=signal.endpoint.without_credentials, headers=headers, session=_http_session())

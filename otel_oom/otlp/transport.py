@@ -1,15 +1,18 @@
-"""One OTLP log export attempt, sent by otel-oom itself so the sender learns what the collector said.
+"""One OTLP export attempt of a serialized request, logs or traces, so the sender learns what the collector said.
 
-Why not the SDK's log exporters (1.45, read in their source): both return only SUCCESS or
-FAILURE. The gRPC exporter discards the response, so `partial_success.rejected_log_records` is
-never seen, and retries inside its own deadline; the HTTP exporter never parses the response body;
-neither tells a permanent rejection (gRPC INVALID_ARGUMENT, HTTP 400) or a request too large (HTTP
-413) from an outage, and a sender that cannot tell them apart resends a rejected batch forever.
+Why not the SDK's exporters (1.45, read in their source): they return only SUCCESS or FAILURE.
+The gRPC exporter discards the response, so a partial success (`rejected_log_records`,
+`rejected_spans`) is never seen, and retries inside its own deadline; the HTTP exporter never
+parses the response body; neither tells a permanent rejection (gRPC INVALID_ARGUMENT, HTTP 400) or
+a request too large (HTTP 413) from an outage, and a sender that cannot tell them apart resends a
+rejected batch forever.
 
-So the request is the SDK's own (`encode_logs`, what both exporters send), carried by the
-generated gRPC stub (`opentelemetry-proto`) or one HTTP POST, configured from `env.SignalSettings`,
-which resolves the standard variables as the SDK does (TLS files, insecure, headers, compression,
-timeout). One attempt per call: retrying, backing off, splitting and parking are the sender's job.
+So the request (`requests.py`) is carried by a gRPC channel (the services' Export methods, called
+with the request already serialized) or one HTTP POST to /v1/logs or /v1/traces, configured from
+`env.SignalSettings`, which resolves the standard variables per signal as the SDK does (TLS files,
+insecure, headers, compression, timeout). The answer is parsed with opentelemetry-proto's generated
+response messages. One attempt per call: retrying, backing off, splitting and parking are the
+sender's job, the same for both signals.
 """
 from __future__ import annotations
 
@@ -61,12 +64,33 @@ def _grpc_credentials(s: SignalSettings) -> Any:
                                         certificate_chain=read(s.client_certificate))
 
 
-class GrpcLogTransport:
-    def __init__(self, s: SignalSettings) -> None:
+_GRPC_METHODS = {"logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                 "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export"}
+
+
+def _response_type(signal: str) -> Any:
+    if signal == "logs":
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+        return ExportLogsServiceResponse
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    return ExportTraceServiceResponse
+
+
+def _accepted(signal: str, response: Any) -> ExportResult:
+    """A success answer; its partial success says how many records (or spans) were rejected."""
+    ps = response.partial_success
+    rejected = ps.rejected_log_records if signal == "logs" else ps.rejected_spans
+    return ExportResult(ACCEPTED, rejected=rejected, message=ps.error_message)
+
+
+class GrpcTransport:
+    def __init__(self, s: SignalSettings, signal: str) -> None:
         import grpc
-        from opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc import LogsServiceStub
 
         self._settings = s
+        self._signal = signal
         options = [("grpc.primary_user_agent", USER_AGENT)]
         compression = grpc.Compression.Gzip if s.compression == "gzip" else grpc.Compression.NoCompression
         target = s.endpoint.authority
@@ -74,13 +98,15 @@ class GrpcLogTransport:
             self._channel = grpc.insecure_channel(target, options=options, compression=compression)
         else:
             self._channel = grpc.secure_channel(target, _grpc_credentials(s), options=options, compression=compression)
-        self._stub = LogsServiceStub(self._channel)
+        # no request serializer: the request is already the serialized message
+        self._export = self._channel.unary_unary(_GRPC_METHODS[signal], request_serializer=None,
+                                                 response_deserializer=_response_type(signal).FromString)
 
-    def export(self, request: Any, timeout_s: float) -> ExportResult:
+    def export(self, request: bytes, timeout_s: float) -> ExportResult:
         import grpc
 
         try:
-            response = self._stub.Export(request, metadata=self._settings.headers, timeout=max(0.05, timeout_s))
+            response = self._export(request, metadata=self._settings.headers, timeout=max(0.05, timeout_s))
         except grpc.RpcError as e:
             code = e.code().name if hasattr(e, "code") and e.code() is not None else "UNKNOWN"
             details = (e.details() if hasattr(e, "details") else "") or ""
@@ -90,8 +116,7 @@ class GrpcLogTransport:
             if code == "RESOURCE_EXHAUSTED" and "larger than max" in details:
                 return ExportResult(TOO_LARGE, message=message)  # the server's grpc.max_recv_msg_size
             return ExportResult(RETRY, message=message, retry_after=_retry_info(e) if code in _GRPC_RETRYABLE else None)
-        ps = response.partial_success
-        return ExportResult(ACCEPTED, rejected=ps.rejected_log_records, message=ps.error_message)
+        return _accepted(self._signal, response)
 
     def close(self) -> None:
         self._channel.close()  # also cancels an RPC in flight
@@ -130,20 +155,20 @@ def _requests_session(s: SignalSettings) -> Any:
     return session
 
 
-class HttpLogTransport:
-    def __init__(self, s: SignalSettings) -> None:
+class HttpTransport:
+    def __init__(self, s: SignalSettings, signal: str) -> None:
         self._settings = s
+        self._signal = signal
         self._url = s.endpoint.without_credentials  # user:password@ became an authorization header
         self._session = _requests_session(s)
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **dict(s.headers)}
         if s.compression:
             self._headers["Content-Encoding"] = s.compression
 
-    def export(self, request: Any, timeout_s: float) -> ExportResult:
+    def export(self, request: bytes, timeout_s: float) -> ExportResult:
         import requests
-        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-        body = request.SerializeToString()
+        body = request
         if self._settings.compression == "gzip":
             body = gzip.compress(body)
         elif self._settings.compression == "deflate":
@@ -154,13 +179,11 @@ class HttpLogTransport:
         except requests.RequestException as e:
             return ExportResult(RETRY, message=type(e).__name__)  # str(e) may hold the URL
         if 200 <= r.status_code < 300:
-            response = ExportLogsServiceResponse()
             try:
-                response.ParseFromString(r.content or b"")
+                response = _response_type(self._signal).FromString(r.content or b"")
             except Exception:  # noqa: BLE001 - a 2xx without a protobuf body (a proxy) still accepted the batch
                 return ExportResult(ACCEPTED)
-            ps = response.partial_success
-            return ExportResult(ACCEPTED, rejected=ps.rejected_log_records, message=ps.error_message)
+            return _accepted(self._signal, response)
         message = f"HTTP {r.status_code} {r.reason or ''}".strip()
         if r.status_code == 413:
             return ExportResult(TOO_LARGE, message=message)
@@ -191,5 +214,6 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None  # an HTTP-date: the sender's own backoff then
 
 
-def log_transport(s: SignalSettings) -> Any:
-    return GrpcLogTransport(s) if s.protocol == "grpc" else HttpLogTransport(s)
+def transport(s: SignalSettings, signal: str) -> "GrpcTransport | HttpTransport":
+    """The transport of `signal` ("logs" or "traces") for its resolved settings."""
+    return GrpcTransport(s, signal) if s.protocol == "grpc" else HttpTransport(s, signal)

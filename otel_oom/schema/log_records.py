@@ -1,12 +1,12 @@
-"""Every record type -> its log record: event name, severity, body and attributes (pure).
+"""Every record type -> its log record: time, trace, event name, severity, body and attributes (pure).
 
 `OomKill` maps through `mapping.py` as it always did; the records around the kill (`oom.pressure`,
 `oom.no_kill`, `oom.reclaim`) map here. Their stable id is `oom.record.id`: `oom.event.id` stays
 the kill's (queries that select kill records by it, like deploy/alerts/loki-rules.yaml's, keep
-selecting only kills). `log_record(record)` is the one entry point for the OTLP
-exporter, the console/JSON renderings and the tests. The episode span (`OomEpisode`) is not a log
-record: `otlp/traces.py` exports it. Like mapping.py, this imports nothing from OpenTelemetry and
-every string attribute goes through `text.for_otlp`.
+selecting only kills). `log_record(record)` is the one entry point for the OTLP encoder
+(`otlp/encode.py`), the console/JSON renderings and the tests. The episode span (`OomEpisode`) is
+not a log record: `spans.py` maps it. Like mapping.py, this imports nothing from OpenTelemetry and
+every string attribute goes through `text.for_otlp` (kept as decoded with `raw`, for the JSON line).
 """
 from __future__ import annotations
 
@@ -23,11 +23,16 @@ INFO, WARN, ERROR = 9, 13, 17
 
 @dataclass(frozen=True)
 class LogRecordFields:
+    """One record as an OTLP log record, field for field (the observed time is the sender's)."""
+
+    time_unix_nano: int            # when it happened (0: unknown, left unset)
     event_name: str
     severity_number: int
     severity_text: str
     body: str
-    attributes: dict[str, Any]
+    attributes: dict[str, Any]     # in wire order; unknown values left out
+    trace_id: Optional[str] = None  # --traces: 32 and 16 hex digits, the OOM episode's span
+    span_id: Optional[str] = None
 
 
 def _clean(attrs: dict[str, Any], raw: bool = False) -> dict[str, Any]:
@@ -172,20 +177,26 @@ def reclaim_body(r: OomReclaim) -> str:
     return f"Memory of OOM-killed {who} given back {ms:.1f} ms after the kill ({r.method})"
 
 
+_SEVERITY_TEXT = {INFO: "INFO", WARN: "WARN", ERROR: "ERROR"}
+
+
 def log_record(record: Record, raw: bool = False) -> LogRecordFields:
     """The log record for any record type except OomEpisode (a span); `raw` as in `_clean`."""
     if isinstance(record, OomKill):
-        return LogRecordFields(EVENT_NAME, ERROR, "ERROR", log_body(record), log_attributes(record, raw=raw))
-    if isinstance(record, OomPressure):
-        sev = WARN if record.state == STATE_START else INFO
-        return LogRecordFields(OomPressure.TYPE, sev, "WARN" if sev == WARN else "INFO",
-                               pressure_body(record), pressure_attributes(record, raw))
-    if isinstance(record, OomNoKill):
-        sev = ERROR if record.state == STATE_START else INFO
-        return LogRecordFields(OomNoKill.TYPE, sev, "ERROR" if sev == ERROR else "INFO",
-                               no_kill_body(record), no_kill_attributes(record, raw))
-    if isinstance(record, OomReclaim):
-        sev = INFO if record.duration_ns is not None else WARN
-        return LogRecordFields(OomReclaim.TYPE, sev, "INFO" if sev == INFO else "WARN",
-                               reclaim_body(record), reclaim_attributes(record, raw))
-    raise TypeError(f"{type(record).__name__} is not a log record")
+        sev, name = ERROR, EVENT_NAME
+        body, attrs = log_body(record), log_attributes(record, raw=raw)
+    elif isinstance(record, OomPressure):
+        sev, name = (WARN if record.state == STATE_START else INFO), OomPressure.TYPE
+        body, attrs = pressure_body(record), pressure_attributes(record, raw)
+    elif isinstance(record, OomNoKill):
+        sev, name = (ERROR if record.state == STATE_START else INFO), OomNoKill.TYPE
+        body, attrs = no_kill_body(record), no_kill_attributes(record, raw)
+    elif isinstance(record, OomReclaim):
+        sev, name = (INFO if record.duration_ns is not None else WARN), OomReclaim.TYPE
+        body, attrs = reclaim_body(record), reclaim_attributes(record, raw)
+    else:
+        raise TypeError(f"{type(record).__name__} is not a log record")
+    # with --traces the record carries its OOM episode's trace (both ids, or neither)
+    traced = bool(record.trace_id and record.span_id)
+    return LogRecordFields(record.time_unix_nano, name, sev, _SEVERITY_TEXT[sev], body, attrs,
+                           record.trace_id if traced else None, record.span_id if traced else None)

@@ -1,11 +1,12 @@
 """The record types: what one victim's death looks like once decoded and attributed (`OomKill`),
 and the records around it (`OomPressure`, `OomNoKill`, `OomReclaim`, and the episode span `OomEpisode`).
 
-Everything downstream of enrichment and the watchers (spool, OTLP mapping, console and JSON
-output, webhook) consumes these records and nothing else. Each round-trips through JSON losslessly
-so the spool can persist it and a replay carries the very same `event_id`. In the spool a record's
-JSON names its type in a "type" field; a record without one is an `OomKill` (spools written before
-the other types existed replay unchanged). `record_from_json` reads any of them.
+Everything downstream of enrichment and the watchers (the schema's mappings, and through them the
+OTLP encoder, console and JSON output, webhook) consumes these records and nothing else. Each
+round-trips through JSON losslessly (`to_json`, `record_from_json`). Agents before the direct OTLP
+encoder spooled that JSON, and a spool they left behind is read through it: a record's JSON names
+its type in a "type" field, and one without is an `OomKill` (spools written before the other types
+existed). The spool holds the encoded OTLP messages now (`otlp/spooled.py`).
 """
 from __future__ import annotations
 
@@ -293,7 +294,9 @@ Record = Union[OomKill, OomPressure, OomNoKill, OomReclaim, OomEpisode]
 RECORD_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (OomKill, OomPressure, OomNoKill, OomReclaim, OomEpisode)}
 
 
-def _to_json(record: Any) -> str:
+def record_fields(record: Record) -> dict[str, Any]:
+    """The record's own fields by name, in declaration order: what its JSON holds (and, for a kill,
+    the `oom` object of a webhook message), strings as decoded (raw kernel bytes as lone surrogates)."""
     names = _FIELDS.get(type(record))
     if names is None:
         names = _FIELDS[type(record)] = tuple(f.name for f in dataclasses.fields(record))
@@ -301,6 +304,11 @@ def _to_json(record: Any) -> str:
     data = {name: getattr(record, name) for name in names}
     if any(isinstance(v, (list, dict)) or dataclasses.is_dataclass(v) for v in data.values()):
         data = dataclasses.asdict(record)
+    return data
+
+
+def _to_json(record: Any) -> str:
+    data = record_fields(record)
     if not isinstance(record, OomKill):
         data = {"type": record.TYPE, **data}  # kills stay as they always were: old agents read new spools
     # ensure_ascii keeps lone surrogates and control characters escaped and lossless

@@ -3,8 +3,9 @@
 
 Process names and cgroup paths come from the kernel as arbitrary bytes: every untrusted string
 goes through `text.for_terminal` (console) or the JSON encoder plus `text.for_json_line` (JSON
-lines). The JSON line carries the same attributes as the OTLP record (`otlp.mapping`, which is pure:
-a console-only agent never imports the OpenTelemetry SDK).
+lines). The JSON line is the OTLP log record (`schema.log_records.log_record`, pure: a console-only
+agent never imports the OpenTelemetry SDK): its event name, body, trace and attributes. The console
+shows a kill as a block of its fields and every other record as one line with its log record's body.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from ..schema.log_records import log_record
-from ..schema.mapping import EVENT_NAME, log_attributes, log_body
 from ..schema.records import OomKill, Record
 from ..text import for_json_line, for_terminal
 
@@ -149,12 +149,8 @@ def format_console(kill: OomKill) -> str:
 
 
 def format_json(kill: OomKill) -> str:
-    """One JSON object on one line: `time` (RFC 3339), `event_name`, `body`, then the OTLP attributes."""
-    doc = {"time": rfc3339(kill.time_unix_nano), "event_name": EVENT_NAME, "body": log_body(kill)}
-    # raw kernel bytes (lone surrogates) become \udcNN escapes here: lossless, and never the text "\xNN"
-    doc.update(log_attributes(kill, raw=True))
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-    return for_json_line(text)
+    """A kill's JSON line (see `format_record_json`)."""
+    return format_record_json(kill)
 
 
 # ---- issue 13: every record type ----------------------------------------------------------------
@@ -173,7 +169,8 @@ def format_record_console(record: Record) -> str:
 
 def format_record_json(record: Record) -> str:
     """Any record as one JSON line: `time`, `event_name`, `body`, trace ids when set, then the attributes."""
-    fields = log_record(record, raw=True)  # raw kernel bytes become lossless \udcNN escapes, as in format_json
+    # raw: kernel bytes (lone surrogates) become \udcNN escapes here, lossless, and never the text "\xNN"
+    fields = log_record(record, raw=True)
     doc = {"time": rfc3339(record.time_unix_nano), "event_name": fields.event_name, "body": fields.body}
     if record.trace_id:
         doc.update(trace_id=record.trace_id, span_id=record.span_id or "")

@@ -5,8 +5,8 @@ only enqueues into a bounded queue, an overflow is counted and dropped, and deli
 with backoff happen on the sender thread. The message is Slack-compatible (`text`) and carries
 the kill's full record (`oom`) for other receivers. Names in the kill come from the kernel and
 are untrusted, so the one-line `text` (the kernel's wording, then the pod and container names when
-the runtime gave them) goes through `text.for_chat`. The URL was validated at start-up
-(`config.resolve`).
+the runtime gave them) goes through `text.for_chat`; the caller passes the schema's body
+(`schema.mapping.log_body`). The URL was validated at start-up (`config.resolve`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import urllib.request
 from typing import Optional
 
 from .. import __version__
-from ..schema.records import OomKill
+from ..schema.records import OomKill, record_fields
 from ..service import ServiceThread
 from ..text import CHAT_TEXT_MAX, for_chat
 from ..urls import Url
@@ -35,8 +35,8 @@ RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
 def build_message(kill: OomKill, summary: str) -> bytes:
-    """The POST body: {"text": one escaped line, "oom": the kill's own JSON fields}."""
-    record = json.loads(kill.to_json())
+    """The POST body: {"text": one escaped line, "oom": the kill's own fields (`schema.records.record_fields`)}."""
+    record = record_fields(kill)
     record["rss_bytes"] = kill.rss_bytes
     workload = workload_summary(kill, str)  # escaped with the whole line below
     if workload:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import struct
 import time
 
 import grpc
@@ -104,11 +105,32 @@ def wait_until(predicate, timeout: float, what: str, agent=None):
 
 
 def spooled_pids(spool_dir) -> set[int]:
-    """Victim pids whose records are in the spool's segment files (read raw: the agent holds the lock)."""
+    """Victim pids of the kills in the spool's segment files (read raw: the agent holds the lock):
+    each record's payload is the kill's encoded OTLP log record (otel_oom/otlp/spooled.py)."""
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    from otel_oom.delivery.spool import MAGIC
+    from otel_oom.otlp.spooled import LOGS, SpoolCodec
+
+    head = struct.Struct("<4sIIQq")  # the spool's record header (delivery/spool.py)
     pids = set()
     for path in glob.glob(os.path.join(spool_dir, "seg-*.log")):
-        with open(path, "rb") as f:
-            pids.update(int(m) for m in re.findall(rb'"victim_pid":(\d+)', f.read()))
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue  # acknowledged and deleted since the listing
+        pos = 0
+        while pos + head.size <= len(data):
+            magic, length = head.unpack_from(data, pos)[:2]
+            if magic != MAGIC:
+                break  # a torn tail
+            item = SpoolCodec().decode(data[pos + head.size:pos + head.size + length])
+            pos += head.size + length
+            if item.signal == LOGS:
+                record = LogRecord.FromString(item.message)
+                if record.event_name == "oom.kill":
+                    pids.update(kv.value.int_value for kv in record.attributes if kv.key == "process.pid")
     return pids
 
 

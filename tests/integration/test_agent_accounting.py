@@ -10,8 +10,6 @@ probe's samples scripted (issue 21):
   same id at every replay; the rest is counted as lost."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from otel_oom.delivery import spool as spool_module
@@ -19,6 +17,7 @@ from testing.fake_kernel import FakeKernel, kernel_kill, kills, userspace_kill
 from testing.inprocess import Harness, sample, wait
 from testing.otlp_receiver import OtlpGrpcReceiver, free_port
 from testing.spool_crash import abandon
+from testing.spooled import spooled_attributes
 
 
 def start(tmp_path, kernel: FakeKernel, endpoint: str, *flags: str) -> Harness:
@@ -97,7 +96,7 @@ def test_kills_recovered_and_replayed_after_a_sigkill_keep_their_id(tmp_path):
     kernel.kill(602)
     h = start(tmp_path, kernel, f"http://127.0.0.1:{port}")  # recovers both into the spool; collector down
     assert wait(lambda: len(h.agent.store.spool.pending()) == 2)
-    spooled = [json.loads(p)["event_id"] for _, p in h.agent.store.spool.pending()]
+    spooled = [spooled_attributes(p)["oom.event.id"] for _, p in h.agent.store.spool.pending()]
     assert spooled == [kernel.kmsg_id(601), kernel.kmsg_id(602)]
     abandon(h.agent.store.spool)  # SIGKILL: nothing more reaches the spool
     h.stop()                      # (the rest of the agent's threads end)

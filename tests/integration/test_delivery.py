@@ -43,11 +43,15 @@ def test_a_record_refused_for_good_is_parked_and_every_other_kill_flows(cls, cod
             assert 104 not in pids(rx) and sorted(set(pids(rx))) == [101, 102, 103, 105, 106, 107]
             assert wait(lambda: h.agent.drop_counts().get("collector_rejected") == 1)
             (p,) = parked(tmp_path)
-            assert p["event"]["victim_pid"] == 104 and p["reason"]
+            # the record as it was sent, readable: its attributes, body and event name
+            attrs = p["event"]["attributes"]
+            assert attrs["process.pid"] == 104 and p["reason"] and p["signal"] == "logs"
+            assert p["event"]["event_name"] == "oom.kill" and " process 104 (leaky) " in p["event"]["body"]
+            assert p["event"]["otlp_base64"]
             assert wait(lambda: not h.agent.store.pending(1))
             refused = [r for r in rx.requests if r["signal"] == "logs" and r["fault"] is not None]
             assert 1 <= len(refused) <= 4  # the first batch, then halves down to the one record
-            assert any("refused OOM event" in r.getMessage() and p["event"]["event_id"] in r.getMessage()
+            assert any("refused OOM event" in r.getMessage() and attrs["oom.event.id"] in r.getMessage()
                        for r in caplog.records if r.levelno == logging.ERROR)
             rx.wait_for_metric("otel_oom.events.dropped", lambda pts: any(
                 x["attributes"] == {"reason": "collector_rejected"} and x["value"] == 1 for x in pts), 10)

@@ -1,5 +1,5 @@
-"""The records around the kill, without a kernel: their spool format (old spools still replay), their
-OTLP mapping through the real SDK into a real receiver (trace and span ids included), the
+"""The records around the kill, without a kernel: their JSON (old spools still replay), their
+OTLP mapping through the agent's export into a real receiver (trace and span ids included), the
 console/JSON lines, the OOMing-memcg evidence, and their settings. The trackers that make them:
 test_pressure_tracker.py, test_no_kill_tracker.py, test_reclaim_and_episodes.py, test_room.py."""
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 
 from otel_oom.around.episodes import EpisodeTracker
 from otel_oom.otlp.env import resolve_otlp
-from otel_oom.otlp.logs import LogSender
+from otel_oom.otlp.export import OtlpExport
 from otel_oom.otlp.resource import build_resource
-from otel_oom.otlp.traces import TraceSender
+from otel_oom.otlp.spooled import SpoolCodec
 from otel_oom.schema.log_records import log_record
 from otel_oom.schema.records import OomEpisode, OomKill, OomNoKill, OomPressure, OomReclaim, record_from_json
 from otel_oom.sinks.console import format_record_console, format_record_json
@@ -117,16 +117,15 @@ def test_log_records_and_the_episode_span_reach_a_receiver_with_matching_ids(mon
         r, ended = tracker.observe(OomReclaim("b:100:42:reclaim", T + 7_000_000, "b:100:42", "exit", 7_000_000,
                                               42, 42, "leaky"))
         assert len(ended) == 1 and ended[0].outcome == "kill" and ended[0].ended_by == "reclaimed"
-        logs = LogSender(resource, settings.logs)
-        assert logs.send([start, k, r])
-        assert settings.traces is not None
-        spans = TraceSender(resource, settings.traces)
-        assert spans.send(ended)
+        export, codec = OtlpExport(resource, settings, traces=True), SpoolCodec()
+        assert export.send("logs", [codec.decode(codec.encode(x)).message for x in (start, k, r)]).ok
+        assert export.send("traces", [codec.decode(codec.encode(ended[0])).message]).ok
         recs = rx.wait_for_logs(3)
         assert {x["trace_id"] for x in recs} == {ended[0].trace_id}
         assert {x["span_id"] for x in recs} == {ended[0].span_id}
-        logs.shutdown()
-        spans.shutdown()
+        (span,) = rx.wait_for_spans(lambda spans: len(spans) >= 1)
+        assert (span["trace_id"], span["span_id"], span["name"]) == (ended[0].trace_id, ended[0].span_id, "oom.episode")
+        export.shutdown()
 
 
 # ---- the sturdier OOMing-memcg derivation (what the kernel holds at mark_victim) ------------------

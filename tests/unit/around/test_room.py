@@ -28,6 +28,13 @@ UNLIMITED = (1 << 63) // 4096
 KILLED = Wire.F_VICTIM_TASK | Wire.F_MM_SIZES | Wire.F_BOOT_CLOCK | Wire.F_SIGKILLED
 
 
+class JsonCodec:
+    """A test double of the spool codec (otlp.spooled): the record's JSON, which the store double reads back."""
+
+    def encode(self, record) -> bytes:
+        return record.to_json().encode()
+
+
 class Store:
     """The spool's interface, in memory, decoding what it is given (a test double of delivery.spool)."""
 
@@ -64,7 +71,7 @@ def room(tmp_path, clock, faults) -> Around:
 def test_source_events_become_records_in_the_store_on_the_worker_thread(tmp_path):
     now = [0.0]
     store, faults = Store(), Counter()
-    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), faults, store=store,
+    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), faults, store=store, codec=JsonCodec(),
                  around=room(tmp_path, lambda: now[0], faults))
     v1_cgroup(tmp_path, "hot", 62)
     v1_cgroup(tmp_path, "full", 30)
@@ -90,7 +97,7 @@ def test_a_victim_the_kernel_only_marked_also_opens_an_oom_without_a_kill(tmp_pa
     """mark_victim for a task not exiting on SIGKILL (task_will_free_mem): its oom.kill says killed=false,
     and the no-kill tracker opens a victim_exiting episode for its cgroup, stored after the kill."""
     store, faults = Store(), Counter()
-    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), faults, store=store,
+    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), faults, store=store, codec=JsonCodec(),
                  around=room(tmp_path, lambda: 0.0, faults))
     chain = [(50, b"c1", 8192, 8192), (1, b"", 99999, UNLIMITED)]
     p.handle_sample(raw_event(chain, [50, 1], flags=KILLED))
@@ -114,7 +121,8 @@ def test_a_failing_tracker_is_counted_and_the_others_and_the_kills_go_on(tmp_pat
     store, faults = Store(), Counter()
     around = room(tmp_path, lambda: 0.0, faults)
     around.no_kill = Broken(MemcgFiles(1, str(tmp_path)), "b")
-    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), faults, store=store, around=around)
+    p = Pipeline(Enricher(MemoryHierarchy(1, str(tmp_path), 4), "b"), Counter(), faults, store=store, around=around,
+                 codec=JsonCodec())
     v1_cgroup(tmp_path, "hot", 62)
     p.handle_record(CgroupAppeared("/hot", 64 * MiB))
     p.handle_sample(raw_event([(50, b"c1", 8192, 8192), (1, b"", 99999, UNLIMITED)], [50, 1], flags=KILLED))

@@ -19,7 +19,6 @@ are delivered still must be delivered once, under one id).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -37,6 +36,7 @@ from otel_oom.reconcile.recovery import Reconciler
 from otel_oom.schema.records import KILLER_KERNEL, OomKill
 from testing.fake_kernel import FakeKernel
 from testing.spool_crash import abandon
+from testing.spooled import spooled_attributes
 
 ACTIONS = st.sampled_from([
     "kill", "kill", "kill", "userspace_kill", "work", "work", "refresh", "deliver", "deliver",
@@ -177,8 +177,8 @@ class World:
             return
         while batch := self.agent.store.pending(100):
             for _, payload in batch:
-                record = json.loads(payload)
-                self.delivered.setdefault(record["event_id"], record)
+                record = spooled_attributes(payload)
+                self.delivered.setdefault(record["oom.event.id"], record)
             self.agent.store.ack(batch[-1][0])
 
     # ---- damage ----
@@ -260,11 +260,11 @@ def test_every_kernel_kill_is_delivered_or_counted_once_and_nothing_is_made_up(t
     kernel_ids = {pid: {world.live_ids.get(pid), world.kernel.kmsg_id(pid)} - {None} for pid in world.kernel_pids}
     by_pid: dict[int, set[str]] = {}
     for event_id, record in world.delivered.items():
-        pid = record["victim_pid"]
+        pid = record["process.pid"]
         by_pid.setdefault(pid, set()).add(event_id)
         # nothing made up: each id is the id of a kill that happened
         if pid in world.userspace_pids:
-            assert event_id == world.live_ids[pid] and not record["recovered"]
+            assert event_id == world.live_ids[pid] and not record["oom.recovered"]
         else:
             assert pid in kernel_ids and event_id in kernel_ids[pid], (event_id, record)
     # one id per kill, and nothing from before the first start

@@ -6,7 +6,6 @@ The story the fixture holds (one boot): kills 101-103 before the first start, 10
 106-108 waiting in the spool, 109 counted but SIGKILLed before its spool write, 110 while down."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -18,6 +17,7 @@ from otel_oom.pipeline import Pipeline
 from otel_oom.reconcile.recovery import Reconciler
 from testing.agent_process import REPO
 from testing.spool_crash import abandon
+from testing.spooled import spooled_attributes
 
 FIXTURE = REPO / "tests" / "fixtures" / "spool-v1"
 BOOT = (FIXTURE / "BOOT").read_text().strip()
@@ -44,7 +44,7 @@ def deliver(store: DeliveryStore) -> list[dict]:
     """What the sender does: everything pending, in order, acknowledged."""
     out = []
     while batch := store.pending(100):
-        out += [json.loads(p) for _, p in batch]
+        out += [spooled_attributes(p) for _, p in batch]
         store.ack(batch[-1][0])
     return out
 
@@ -65,7 +65,7 @@ def test_the_spool_and_state_before_the_ledger_are_migrated_and_every_kill_deliv
     spool_dir = copy_fixture(tmp_path)
     store, r = start(tmp_path)
     got = deliver(store)
-    assert [(k["victim_pid"], k["recovered"], k["event_id"]) for k in got] == EXPECTED
+    assert [(k["process.pid"], k["oom.recovered"], k["oom.event.id"]) for k in got] == EXPECTED
     assert r.accounted() == 10 and r.unobserved() == 0
     assert not (spool_dir / "reconcile.json").exists()  # migrated: the ledger holds it now
     store.close()
@@ -84,7 +84,7 @@ def test_a_sigkill_right_after_the_migration_replays_nothing_twice(tmp_path):
     assert not (spool_dir / "reconcile.json").exists()
 
     store, r = start(tmp_path)
-    assert [(k["victim_pid"], k["recovered"], k["event_id"]) for k in deliver(store)] == EXPECTED
+    assert [(k["process.pid"], k["oom.recovered"], k["oom.event.id"]) for k in deliver(store)] == EXPECTED
     assert r.accounted() == 10
     store.close()
 

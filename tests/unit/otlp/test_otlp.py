@@ -1,7 +1,7 @@
 """otel_oom.otlp for real: the resource and its precedence rules, the OomKill -> record
-mapping, LogSender through real SDK exporters into real OTLP receivers (gRPC, HTTP/protobuf,
-TLS, mutual TLS, failures, outage and comeback), Metrics into a receiver and a Prometheus
-registry, and the one-line validation of the OTEL_* environment."""
+mapping, the log export (`OtlpExport`) into real OTLP receivers (gRPC, HTTP/protobuf, TLS, mutual
+TLS, failures, outage and comeback), Metrics into a receiver and a Prometheus registry, and the
+one-line validation of the OTEL_* environment."""
 from __future__ import annotations
 
 import logging
@@ -19,9 +19,11 @@ from prometheus_client import generate_latest
 from otel_oom import __version__
 from otel_oom.errors import UsageError
 from otel_oom.otlp.env import ConfigError, resolve_otlp
-from otel_oom.otlp.logs import LogSender
+from otel_oom.otlp.export import OtlpExport
 from otel_oom.otlp.metrics import Metrics
+from otel_oom.otlp.requests import Requests
 from otel_oom.otlp.resource import SERVICE_INSTANCE_NAMESPACE, build_resource
+from otel_oom.otlp.spooled import SpoolCodec
 from otel_oom.schema.mapping import RSS_BUCKETS, log_attributes, log_body
 from otel_oom.schema.records import OomKill
 from testing.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, free_port, make_test_pki
@@ -82,6 +84,35 @@ def global_kill(**over) -> OomKill:
                 recovered=True, victim_pid=4321, victim_tid=4321, victim_comm="java", constraint="global")
     base.update(over)
     return OomKill(**base)
+
+
+def messages(*kills: OomKill) -> list[bytes]:
+    """The log records as the pipeline spools them and the sender reads them back."""
+    codec = SpoolCodec()
+    return [codec.decode(codec.encode(k)).message for k in kills]
+
+
+class LogSender:
+    """The log half of `OtlpExport`, called as these tests call it: records in, the collector's answer out."""
+
+    def __init__(self, resource, settings, on_failure=None) -> None:
+        from otel_oom.otlp.env import OtlpSettings
+
+        self.export = OtlpExport(resource, OtlpSettings(logs=settings, metrics=settings, metric_export_interval_ms=1),
+                                 on_failure=on_failure and (lambda signal: on_failure()))
+
+    def describe(self) -> str:
+        return self.export.describe()
+
+    @property
+    def export_failures(self) -> int:
+        return self.export.export_failures["logs"]
+
+    def send(self, kills):
+        return self.export.send("logs", messages(*kills))
+
+    def shutdown(self) -> None:
+        self.export.shutdown()
 
 
 FULL_ATTRIBUTES = {
@@ -211,38 +242,27 @@ def test_log_body_escapes_names():
     assert "\x1b" not in body and "\n" not in body
 
 
-# ---- LogSender: the SDK objects ---------------------------------------------------------------
+# ---- the request: what goes on the wire -------------------------------------------------------
 
-def test_records_are_built_as_the_sdk_builds_them(machine):
-    from opentelemetry._logs import SeverityNumber
-    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-    from opentelemetry.sdk._logs import ReadableLogRecord
+def test_one_request_holds_one_resource_one_scope_and_every_record(machine):
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
     resource = resource_for(machine)
-    sender = LogSender(resource, resolve_otlp(os.environ).logs)
-    try:
-        recs = sender.records([memcg_kill(), global_kill()], observed_ns=T + 5)
-        assert all(isinstance(r, ReadableLogRecord) for r in recs)
-        r = recs[0]
-        assert r.resource is resource
-        assert (r.instrumentation_scope.name, r.instrumentation_scope.version) == ("otel_oom", __version__)
-        lr = r.log_record
-        assert lr.event_name == "oom.kill"
-        assert lr.severity_number is SeverityNumber.ERROR and lr.severity_text == "ERROR"
-        assert lr.timestamp == T and lr.observed_timestamp == T + 5
-        assert dict(lr.attributes) == FULL_ATTRIBUTES and lr.body == log_body(memcg_kill())
-        assert lr.trace_id == 0 and lr.span_id == 0
-        # and what goes on the wire: one resource, one scope, both records
-        req = encode_logs(recs)
-        (rl,) = req.resource_logs
-        (sl,) = rl.scope_logs
-        assert sl.scope.name == "otel_oom" and len(sl.log_records) == 2
-        assert sl.log_records[1].event_name == "oom.kill" and sl.log_records[1].severity_number == 17
-    finally:
-        sender.shutdown()
+    req = ExportLogsServiceRequest.FromString(
+        Requests(resource).build("logs", messages(memcg_kill(), global_kill()), observed_ns=T + 5))
+    (rl,) = req.resource_logs
+    assert {kv.key: kv.value.string_value for kv in rl.resource.attributes} == dict(resource.attributes)
+    (sl,) = rl.scope_logs
+    assert (sl.scope.name, sl.scope.version) == ("otel_oom", __version__) and len(sl.log_records) == 2
+    lr = sl.log_records[0]
+    assert lr.event_name == "oom.kill" and lr.severity_number == 17 and lr.severity_text == "ERROR"
+    assert lr.time_unix_nano == T and lr.observed_time_unix_nano == T + 5
+    assert lr.body.string_value == log_body(memcg_kill()) and len(lr.attributes) == len(FULL_ATTRIBUTES)
+    assert lr.trace_id == b"" and lr.span_id == b"" and lr.flags == 0
+    assert sl.log_records[1].observed_time_unix_nano == T + 5  # one observed time per request
 
 
-# ---- LogSender: for real ------------------------------------------------------------------------
+# ---- the log export: for real ------------------------------------------------------------------------
 
 def test_log_sender_grpc_delivers_complete_records(machine, clean_env):
     with OtlpGrpcReceiver() as rx:
@@ -250,7 +270,7 @@ def test_log_sender_grpc_delivers_complete_records(machine, clean_env):
         clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret-token,x-tenant=t1")
         resource = resource_for(machine, {"K8S_NODE_NAME": "worker-7"})
         sender = LogSender(resource, resolve_otlp(os.environ).logs)
-        assert sender.describe() == f"grpc to {rx.endpoint}" and "s3cret" not in sender.describe()
+        assert sender.describe() == f"logs grpc to {rx.endpoint}" and "s3cret" not in sender.describe()
         before = time.time_ns()
         assert sender.send([memcg_kill(), global_kill()]).ok is True
         sender.shutdown()
@@ -278,7 +298,7 @@ def test_log_sender_http_protobuf_with_gzip(machine, clean_env):
         clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
         clean_env.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
         sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
-        assert sender.describe() == f"http/protobuf to {rx.endpoint}/v1/logs"
+        assert sender.describe() == f"logs http/protobuf to {rx.endpoint}/v1/logs"
         assert sender.send([memcg_kill()]).ok is True
         sender.shutdown()
         rec = rx.log_records()[0]

@@ -272,7 +272,7 @@ def test_a_parked_file_that_is_not_a_regular_file_never_stalls_the_sender(tmp_pa
         os.symlink("/dev/zero", path)
     parked = ParkedEvents(str(tmp_path), 1 << 16)
     box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("kept", parked.park(b'{"a": 1}', "boot:1:2", "rejected")),
+    t = threading.Thread(target=lambda: box.setdefault("kept", parked.park({"a": 1}, "boot:1:2", "rejected")),
                          daemon=True)
     t.start()
     t.join(30)
