@@ -187,3 +187,36 @@ def test_a_reader_overrun_is_counted_and_the_kill_it_lost_is_unobserved(cgroup, 
         finally:
             code = agent.stop()
         assert code == 0, agent.stderr[-3000:]
+
+
+def check(prefix: tuple[str, ...], *args: str) -> tuple[int, dict[str, str]]:
+    """`otel-oom check` as a real process: (exit code, its report's lines by label)."""
+    import subprocess
+
+    from testing.agent_process import REPO
+
+    r = subprocess.run([*prefix, sys.executable, "-m", "otel_oom", "check", *args], cwd=REPO, env=agent_env(),
+                       capture_output=True, text=True, timeout=300)
+    lines = {}
+    for line in r.stdout.splitlines():
+        label, _, value = line.strip().partition(": " if line.startswith("result:") else "  ")
+        lines.setdefault(label.strip(), value.strip())
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.returncode, lines
+
+
+def test_check_says_which_backend_runs_and_what_each_gives():
+    require(os.geteuid() == 0, "needs root for /dev/kmsg and BPF")
+    require_root_bpf()
+    refused = no_bpf_prefix()
+    code, lines = check(refused)  # auto, where bpf() is refused
+    assert code == 0, lines
+    assert lines["will run"].startswith("kmsg: eBPF cannot be used here"), lines
+    assert lines["/dev/kmsg"].startswith("readable:") and "user-space OOM killers" in lines["cannot see"]
+    code, lines = check(refused, "--backend=kmsg")
+    assert (code, lines["will run"]) == (0, "kmsg (asked for)"), lines
+    code, lines = check(refused, "--backend=libbpf")  # asked for BPF where it is refused: not ready
+    assert code == 1 and "will run" not in lines and lines["result"].startswith("NOT READY"), lines
+    code, lines = check(())  # a node where BPF loads: libbpf, and what kmsg would give there
+    assert code == 0 and lines["will run"].startswith("libbpf: "), lines
+    assert "gives" in lines and "cannot see" in lines
