@@ -16,15 +16,18 @@ Records the kernel overwrote before they were read (a reader that fell behind) a
 """
 from __future__ import annotations
 
+import errno
 import logging
 import select
+import time
 from dataclasses import replace
 from typing import Callable, Optional
 
-from ..reconcile.kmsg import KmsgReader
+from ..reconcile.kmsg import KmsgError, KmsgReader
 from ..reconcile.oom_report import GroupAnnounced, LoggedKill, OomReport, Reprint
 from .kill_counters import KillCounterCgroups
 from .source import HookPlan
+from .syslog_reader import SyslogReader
 
 log = logging.getLogger("otel_oom.kernel")
 
@@ -47,9 +50,11 @@ class KmsgSource:
     reclaim_events = False
 
     def __init__(self, on_sample: Callable[[LoggedKill], None], path: str = "/dev/kmsg",
-                 after: Optional[int] = None, counters: Optional[KillCounterCgroups] = None) -> None:
+                 after: Optional[int] = None, counters: Optional[KillCounterCgroups] = None,
+                 reader: "Optional[KmsgReader | SyslogReader]" = None) -> None:
         self._on_sample = on_sample
-        self._reader = KmsgReader(path, after=after)
+        self._reader = reader if reader is not None else KmsgReader(path, after=after)
+        self._closed = False
         self._report = OomReport()
         self._counters = counters
         self._after = after
@@ -69,13 +74,17 @@ class KmsgSource:
 
         A batch holding a kill without its cgroup waits for the kill counters' next reading (a few
         ms; `kill_counters.MAX_WAIT_S` at most, and never with timeout_ms 0, as at shutdown)."""
-        if self._reader.fd < 0:
+        if self._closed:
             return 0
         counters = self._counters
         wait = max(0, timeout_ms) / 1000
         if self._pending and counters is not None:
             wait = min(wait, counters.wait_s())
-        ready, _, _ = select.select([self._reader], [], [], wait)
+        if self._reader.fd >= 0:
+            ready = bool(select.select([self._reader.fd], [], [], wait)[0])
+        else:  # syslog(2): nothing to wait on, so read after the wait
+            time.sleep(wait)
+            ready = True
         if ready:
             self._pending += self._read()
         if not self._pending:
@@ -148,10 +157,26 @@ class KmsgSource:
                 "cgroups_from_counters": self.assigned}
 
     def close(self) -> None:
+        self._closed = True
         self._reader.close()
 
 
 def open_kmsg_source(on_sample: Callable[[LoggedKill], None], path: str = "/dev/kmsg",
                      after: Optional[int] = None, counters: Optional[KillCounterCgroups] = None) -> KmsgSource:
-    """Raises `reconcile.kmsg.KmsgError` (an OSError saying what to do) when the log cannot be read."""
-    return KmsgSource(on_sample, path, after, counters)
+    """Raises `reconcile.kmsg.KmsgError` (an OSError saying what to do) when the log cannot be read.
+
+    When /dev/kmsg exists but may not be opened (EPERM: a container runtime's device cgroup, which
+    no capability lifts), the same log is read through syslog(2) (`syslog_reader.py`)."""
+    try:
+        return KmsgSource(on_sample, path, after, counters)
+    except KmsgError as e:
+        if e.errno != errno.EPERM or path != "/dev/kmsg":
+            raise
+        try:
+            reader = SyslogReader()
+            source = KmsgSource(on_sample, path, None, counters, reader=reader)
+        except KmsgError as e2:
+            raise KmsgError(e.errno, f"{e.strerror}; and through syslog(2): {e2.strerror}", path) from None
+        log.info("%s cannot be opened here (%s: in a container, the device cgroup refuses it whatever the "
+                 "capabilities); following the same kernel log through syslog(2)", path, e.strerror)
+        return source

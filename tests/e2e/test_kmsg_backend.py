@@ -220,3 +220,28 @@ def test_check_says_which_backend_runs_and_what_each_gives():
     code, lines = check(())  # a node where BPF loads: libbpf, and what kmsg would give there
     assert code == 0 and lines["will run"].startswith("libbpf: "), lines
     assert "gives" in lines and "cannot see" in lines
+
+
+def test_through_syslog2_a_real_kill_is_read_and_user_lines_are_no_kill(cgroup):
+    """Where /dev/kmsg may not be opened (a container's device cgroup), the source reads the same log
+    through syslog(2): a real kill arrives with what the kernel printed, a forged line does not."""
+    from otel_oom.kernel.kmsg_source import KmsgSource
+    from otel_oom.kernel.syslog_reader import SyslogReader
+
+    after_the_oom_report_rate_limit()
+    got: list = []
+    source = KmsgSource(got.append, reader=SyslogReader())
+    try:
+        forge(cgroup.rel, os.getpid())
+        (victim,) = kill_repeatedly(cgroup, 1)
+        deadline = time.monotonic() + 30
+        while not any(k.pid == victim for k in got) and time.monotonic() < deadline:
+            source.poll(100)
+        source.poll(0)
+    finally:
+        source.close()
+    assert os.getpid() not in {k.pid for k in got}
+    (k,) = [k for k in got if k.pid == victim]
+    (printed,) = [p for p in recovered_kills(read_kmsg()) if p.pid == victim]
+    assert (k.comm, k.task_memcg, k.anon_rss_kb, k.total_vm_kb) == (printed.comm, cgroup.rel, printed.anon_rss_kb,
+                                                                    printed.total_vm_kb)
