@@ -40,7 +40,7 @@ FULL_REPORTS, STORM = 4, 60
 # from its clock; where each value came from (the *.source fields); and the OOMing memcg's usage,
 # which the log gives as the kernel printed it at the OOM while BPF without a context hook (this
 # kernel refuses fentry) has it derived from the cgroup files when the agent attributes the kill,
-# later (seen once differing under load: another kill's allocations were in the cgroup by then)
+# later (by when the next victim's allocations may be in the cgroup)
 KNOWN_DIFFERENT = {"oom.hook", "oom.context_hook", "oom.task_hook", "oom.event.id", "oom.decision.id",
                    "oom.victim.source", "oom.memcg.source", "oom.constraint.source", "oom.memcg.evidence",
                    "oom.memcg.usage"}
