@@ -117,12 +117,17 @@ def _check_kmsg(r: _Report) -> Optional[str]:
 
     r.out.write("  kernel log (backend kmsg, no BPF):\n")
     try:
-        records = read_kmsg()
+        records, how = read_kmsg(), ""
     except OSError as e:
-        r.line("  /dev/kmsg", f"UNREADABLE: {e}")
-        return "the kernel log /dev/kmsg cannot be read"
+        try:  # a container's device cgroup refuses /dev/kmsg: `run` reads the log through syslog(2) then
+            from .kernel.syslog_reader import SyslogReader
+
+            records, how = SyslogReader().read(), f" through syslog(2) (/dev/kmsg: {e.strerror})"
+        except OSError as e2:
+            r.line("  /dev/kmsg", f"UNREADABLE: {e}; syslog(2): {e2.strerror}")
+            return "the kernel log cannot be read (/dev/kmsg nor syslog(2))"
     kernel = sum(1 for rec in records if rec.from_kernel)
-    r.line("  /dev/kmsg", f"readable: {len(records)} records held, {kernel} of them the kernel's own")
+    r.line("  /dev/kmsg", f"readable{how}: {len(records)} records held, {kernel} of them the kernel's own")
     r.line("  gives", "every kill the kernel's OOM killer prints: victim pid, name, uid, memory; cgroup, "
                       "trigger, constraint and OOMing memcg from the report's header")
     r.line("  cannot see", KMSG_BLIND_SPOTS)
