@@ -34,7 +34,9 @@ COPY otel_oom/ otel_oom/
 RUN python3 -m venv /opt/build \
  && /opt/build/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
  && python3 -c "import glob, zipfile; w = glob.glob('/wheels/otel_oom-*.whl'); \
-assert w and {'otel_oom/bpf/oomkill.x86_64.bpf.o', 'otel_oom/bpf/oomkill.aarch64.bpf.o'} <= set(zipfile.ZipFile(w[0]).namelist()), 'BPF objects missing from the wheel'"
+assert w and {'otel_oom/bpf/oomkill.x86_64.bpf.o', 'otel_oom/bpf/oomkill.aarch64.bpf.o', 'otel_oom/bpf/oomkill.bcc.c', \
+'otel_oom/bpf/access_bcc.h', 'otel_oom/bpf/kill_logic.h', 'otel_oom/bpf/kill_types.h', 'otel_oom/bpf/oomkill.h'} \
+<= set(zipfile.ZipFile(w[0]).namelist()), 'BPF objects or the bcc program missing from the wheel'"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="otel-oom" \

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * The few kernel types oomkill.bpf.c reads, declared for CO-RE.
+ * The few kernel types the kill logic reads, declared for CO-RE (access_core.h; the bcc program
+ * takes them from the node's kernel headers instead).
  *
  * Instead of a multi-megabyte vmlinux.h generated from one build host's BTF, only the fields we
  * read are declared here with preserve_access_index: libbpf relocates every access against the
@@ -105,6 +106,7 @@ struct mem_cgroup {
 	struct page_counter memory;
 	atomic_long_t memory_events_local[8]; /* 5.3+; length from BTF */
 	bool oom_lock;                        /* cgroup v1 code (always before 6.11, CONFIG_MEMCG_V1 after) */
+	bool oom_group;                       /* memory.oom.group (4.19+) */
 };
 
 struct percpu_counter {
@@ -189,29 +191,6 @@ struct trace_event_raw_mark_victim {
 };
 
 #pragma clang attribute pop
-
-/* Classic tracepoint records read at their fixed offsets (stable since 3.x, identical on every
- * kernel), deliberately without CO-RE: a kernel lacking a type would otherwise fail the load. */
-struct tp_signal_generate {
-	__u64 common;
-	int sig;
-	int errno_;
-	int code;
-	char comm[16];
-	int pid;
-	int group;
-	int result;
-};
-
-struct tp_pid_only {  /* oom:wake_reaper, start_task_reaping, finish_task_reaping, skip_task_reaping */
-	__u64 common;
-	int pid;
-};
-
-struct tp_exit_mmap {  /* mmap:exit_mmap (6.1+) */
-	__u64 common;
-	__u64 mm;
-};
 
 struct kernel_siginfo;
 

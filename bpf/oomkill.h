@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * The ring-buffer contract between bpf/oomkill.bpf.c and otel_oom/event.py.
+ * The ring-buffer contract between the kernel side (bpf/kill_logic.h, built by oomkill.bpf.c and
+ * oomkill.bcc.c) and user space (otel_oom/kernel/wire.py, reclaim_wire.py).
  *
  * Only fixed-width fields, widest first, explicit padding, no kernel types,
- * so user space could include it too. otel_oom/event.py mirrors it with
+ * so user space could include it too. otel_oom/kernel/wire.py mirrors it with
  * ctypes; tests/test_layout.py and the agent at start-up compare that mirror
  * field by field with this struct as the compiled object's BTF records it.
- * Any change here bumps OOM_EVENT_VERSION.
+ * Any change of a field bumps OOM_EVENT_VERSION (a new flag bit does not: an
+ * agent that does not know it ignores it, and an older object leaves it 0).
  */
 #ifndef OTEL_OOM_OOMKILL_H
 #define OTEL_OOM_OOMKILL_H
@@ -78,6 +80,10 @@ enum oom_stat {
 #define OOM_L_OOM_LOCK      (1u << 0) /* memcg->oom_lock: an OOM of this cgroup or an ancestor is running */
 #define OOM_L_HAS_OOM_LOCK  (1u << 1) /* the kernel has memcg->oom_lock (cgroup v1 code built in) */
 #define OOM_L_HAS_OOM_COUNT (1u << 2) /* oom_events is memory_events_local[MEMCG_OOM] */
+/* memcg->oom_group (cgroup v2 memory.oom.group), read at the kill: the group a decision kills is
+ * named by the event itself, not by reading the cgroup's file later (it may be gone by then) */
+#define OOM_L_OOM_GROUP     (1u << 3)
+#define OOM_L_HAS_OOM_GROUP (1u << 4) /* the kernel has memcg->oom_group (4.19+) */
 
 /* One memory cgroup on the victim's path, leaf first. */
 struct oom_cgroup_level {

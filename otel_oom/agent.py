@@ -209,7 +209,8 @@ class Agent:
                                          drop_counts=self.drop_counts, fault_counts=self.fault_counts,
                                          hooks=self.hooks_attached, unobserved=self.unobserved_kills)
         # the final metric export gets what is left of --shutdown-timeout (Supervisor.stop_all)
-        sv.fill(Resource(METRICS, close_within=lambda left: metrics.shutdown(max(0.05, left) * 1000)))
+        sv.fill(Resource(METRICS, close_within=lambda left: metrics.shutdown(max(0.05, left) * 1000),
+                         check=metrics.healthy))
         self.around.feed_metrics(metrics)
         self.pipeline.attach_metrics(metrics)
         if health is not None and cfg.prometheus:
@@ -287,7 +288,7 @@ class Agent:
         from .kernel.backends import KernelLog, open_source
 
         cfg, log_end = self.cfg, self.reconciler.log_end() if self.reconciler else None
-        # the extras around the kill (user-space killers, reclaim) are libbpf programs: the bcc backend has none;
+        # the extras around the kill (user-space killers, reclaim) are BPF programs (libbpf and bcc);
         # the kmsg backend follows the log from where the reconciler's start-up reading of it ended
         return open_source(on_sample, cfg.backend, cfg.victim_hook, cfg.context_hook, cfg.task_hook,
                            ring_bytes=cfg.ring_buffer_bytes, bcc_buffer=cfg.bcc_buffer,

@@ -105,8 +105,8 @@ def run_check(out: TextIO, victim: str = "auto", context: str = "auto", object_p
 BPF_GIVES = {
     "libbpf": "every victim read in the kernel as it is marked (task, cgroup chain, trigger, OOMing memcg), "
               "user-space OOM killers' kills and reclaim times",
-    "bcc": "every victim read in the kernel as it is marked (task, cgroup chain, trigger, OOMing memcg); "
-           "no user-space killers' kills or reclaim times (libbpf only)",
+    "bcc": "the same as libbpf (every victim read in the kernel as it is marked, user-space OOM killers' "
+           "kills and reclaim times), compiled at start against the kernel headers",
 }
 
 

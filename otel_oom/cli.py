@@ -136,7 +136,7 @@ def _size(text: str) -> int:
     unit = units.get(t[-1:], 1)
     number = t[:-1] if t[-1:] in units else t
     whole, _, frac = number.partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()) or not whole.isascii():
+    if not (number.isascii() and whole.isdigit() and (not frac or frac.isdigit())):  # "1.²" passed isdigit
         raise UsageError(f"--limit must be a size like 32M, got {text!r}")
     return int(float(number) * unit) if frac else int(whole) * unit
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .attribution.runtime.settings import RuntimeSettings, resolve_runtimes
 from .errors import UsageError
+from .numbers import ascii_float, ascii_int
 from .urls import Url, parse_url
 
 if TYPE_CHECKING:
@@ -119,21 +120,19 @@ def _pick(flag: Any, environ: Mapping[str, str], env: str, default: Any) -> Any:
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a whole number, got {value!r}") from None
+    n = ascii_int(value)
+    if n is None:
+        raise UsageError(f"{what} must be a whole number (ASCII digits), got {value!r}")
     if not lo <= n <= hi:
         raise UsageError(f"{what} must be between {lo} and {hi}, got {n}")
     return n
 
 
 def _seconds(value: Any, what: str, hi: float, lo: float = 0.0) -> float:
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be a number of seconds, got {value!r}") from None
-    if not lo <= n <= hi:  # also refuses nan and inf
+    n = ascii_float(value)
+    if n is None and str(value).strip().lower().lstrip("+-") not in ("inf", "infinity", "nan"):
+        raise UsageError(f"{what} must be a number of seconds, got {value!r}")
+    if n is None or not lo <= n <= hi:
         raise UsageError(f"{what} must be between {lo:g} and {hi:g} seconds, got {value!r}")
     return n
 

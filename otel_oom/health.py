@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 from .errors import AgentError, UsageError
+from .numbers import ascii_int
 from .service import ServiceThread
 
 log = logging.getLogger("otel_oom.health")
@@ -50,13 +53,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
         # a bare IPv6 address without brackets is ambiguous ("::1:9464")
         if not sep or ":" in host:
             raise ListenError(usage)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    port = ascii_int(port_text) if port_text.isascii() and port_text.isdigit() else None  # no sign, no "²"
+    if port is None or not 0 <= port <= 65535:
         raise ListenError(usage)
-    return host, int(port_text)
+    return host, port
 
 
 MAX_CONNECTIONS = 16      # probes and a scraper need one or two
-REQUEST_TIMEOUT_S = 5.0   # per connection, for the request and for each read or write
+# A connection's whole life, not each read: a socket timeout alone let a client that sends a byte
+# every few seconds keep its slot for good, and 16 of them starved the kubelet's probes. A probe
+# sends ~100 bytes at once and reads ~10; /metrics is a few kB.
+REQUEST_TIMEOUT_S = 5.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -69,7 +76,25 @@ class _Server(ThreadingHTTPServer):
         self.address_family = family
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.refused = 0
+        self.expired = 0
+        self._deadlines: dict[Any, float] = {}  # open connection -> when it is cut
+        self._deadlines_lock = threading.Lock()
         super().__init__(address, handler)
+
+    def service_actions(self) -> None:
+        """Run by serve_forever at each poll (0.1 s): cut the connections past their deadline. A
+        shut-down socket ends the handler's blocked read at once, and its slot comes free."""
+        now = time.monotonic()
+        with self._deadlines_lock:
+            late = [conn for conn, deadline in self._deadlines.items() if now >= deadline]
+            for conn in late:
+                del self._deadlines[conn]
+        for conn in late:
+            self.expired += 1
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -79,16 +104,24 @@ class _Server(ThreadingHTTPServer):
                             MAX_CONNECTIONS, self.refused)
             self.shutdown_request(request)
             return
+        with self._deadlines_lock:
+            self._deadlines[request] = time.monotonic() + REQUEST_TIMEOUT_S
         try:
             super().process_request(request, client_address)
         except Exception:
+            self._forget(request)
             self.slots.release()
             raise
+
+    def _forget(self, request: Any) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(request, None)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._forget(request)
             self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -105,7 +138,6 @@ class HealthServer:
 
     def __init__(self, listen: str, ready: Readiness, prometheus_registry: Optional[Any] = None,
                  start: bool = True) -> None:
-        import socket
 
         host, port = parse_listen(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -132,7 +164,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "otel-oom"
             sys_version = ""
-            timeout = REQUEST_TIMEOUT_S  # socket timeout: a half-sent request is dropped
+            timeout = REQUEST_TIMEOUT_S  # each read or write; the server cuts the whole connection at the same age
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]

@@ -13,7 +13,8 @@ import re
 import traceback
 from typing import Any, Callable, Iterable
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+# up to the last @ before a / or a space: a password may hold an @ (`u:p@ss@host`), and `[^@]+@` showed `ss@host`
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 MASK = "***"
 
 _secrets: tuple[str, ...] = ()

@@ -2,8 +2,8 @@
 delivery code: at each occurrence's time the node's record is built and appended to that node's
 spool (`otel_oom.delivery.spool.Spool`, on disk in the run's directory), and the agent's send loop
 (`otel_oom.delivery.sender.SpoolSender`) sends what is pending, in batches, to the node's Collector
-over OTLP/HTTP (the request built by `wire.request_body`), acknowledging it in the spool only once the
-Collector accepted it and retrying with the agent's backoff otherwise. The node's agent metrics
+through the agent's exporter (`otel_oom.otlp.export.OtlpExport`, OTLP/HTTP), acknowledging it in the
+spool only once the Collector accepted it and retrying with the agent's backoff otherwise. The node's agent metrics
 count each kill.
 
 An agent restart (`NodeAgent.crash_after_next_kill`) is a SIGKILL at the worst moment: right after
@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +24,18 @@ from typing import Any, Optional, Sequence
 
 from otel_oom.delivery.sender import SpoolSender
 from otel_oom.delivery.spool import Spool
+from otel_oom.otlp.env import resolve_otlp
+from otel_oom.otlp.export import OtlpExport
 from otel_oom.otlp.spooled import SpoolCodec
+from otel_oom.otlp.transport import ExportResult
 from otel_oom.schema.records import OomKill, Record
 
 from .stack import node_address
-from .wire import AgentMetrics, name_and_id, request_body
+from .wire import AgentMetrics, name_and_id
 from .workload import Node, Occurrence, build
 
 RESTART_S = 1.0    # a crashed agent's pod is back this much later
-POST_TIMEOUT_S = 10.0
+POST_TIMEOUT_S = 10.0  # the agent's default OTLP timeout
 
 
 @dataclass
@@ -48,15 +49,6 @@ class Sent:
     container: str
     time_ns: int           # the record's own time (a kill: when it happened)
     phase: str
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """What the send loop reads from an export (otel_oom.delivery.sender.Result)."""
-    outcome: str           # accepted | retry | rejected
-    rejected: int = 0
-    message: str = ""
-    retry_after: Optional[float] = None
 
 
 class _Crash(BaseException):
@@ -74,30 +66,28 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _HttpExporter:
-    """The agent's exporter, as the send loop sees it: one OTLP/HTTP request per batch."""
+class _AgentExporter:
+    """The agent's exporter (`otel_oom.otlp.export.OtlpExport`: the request built from the spooled
+    messages, posted over OTLP/HTTP, the Collector's answer read as the agent reads it), with the
+    run's accounting around it and the crash point of `NodeAgent.crash_after_next_kill`."""
 
     def __init__(self, agent: "NodeAgent") -> None:
         self.agent = agent
+        self.export = OtlpExport(agent.resource, agent.otlp)
 
     def carries(self, signal: str) -> bool:
-        return signal == "logs"
+        return self.export.carries(signal)
 
-    def send(self, signal: str, messages: Sequence[bytes], timeout_s: Optional[float] = None) -> _Answer:
+    def send(self, signal: str, messages: Sequence[bytes], timeout_s: Optional[float] = None) -> ExportResult:
         a, t = self.agent, self.agent.tally
-        body = request_body(messages, a.resource)
-        req = urllib.request.Request(a.url, data=body, headers={"Content-Type": "application/x-protobuf"})
         with t.lock:
             t.posts += 1
-        try:
-            with urllib.request.urlopen(req, timeout=min(POST_TIMEOUT_S, max(0.1, timeout_s or POST_TIMEOUT_S))) as r:
-                r.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 400:
-                return _Answer("rejected", len(messages), e.read().decode(errors="replace")[:200])
-            return self._retry(f"HTTP {e.code}")
-        except (urllib.error.URLError, ConnectionError, OSError) as e:
-            return self._retry(str(e))
+        result = self.export.send(signal, messages, timeout_s)
+        if result.outcome != "accepted":
+            if result.outcome == "retry":
+                with t.lock:
+                    t.retries += 1
+            return result
         records = [name_and_id(m) for m in messages]
         with t.lock:
             t.accepted.update(record_id for _, record_id in records)
@@ -105,18 +95,13 @@ class _HttpExporter:
         if a.crash_armed.is_set() and any(name == "oom.kill" for name, _ in records):
             a.crash_armed.clear()
             raise _Crash()
-        return _Answer("accepted")
+        return result
 
     def readable(self, signal: str, message: bytes) -> dict[str, Any]:
-        return {"id": name_and_id(message)[1]}
-
-    def _retry(self, why: str) -> _Answer:
-        with self.agent.tally.lock:
-            self.agent.tally.retries += 1
-        return _Answer("retry", message=why)
+        return self.export.readable(signal, message)
 
     def shutdown(self) -> None:
-        pass
+        self.export.shutdown()
 
 
 class NodeAgent:
@@ -124,7 +109,9 @@ class NodeAgent:
 
     def __init__(self, node: Node, resource: Any, spool_dir: Path, tally: Tally) -> None:
         self.node, self.resource, self.spool_dir, self.tally = node, resource, spool_dir, tally
-        self.url = f"http://{node_address(node.index)}:4318/v1/logs"
+        # the agent's settings for OTLP/HTTP to its node's Collector (the default 10 s timeout)
+        self.otlp = resolve_otlp({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                  "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{node_address(node.index)}:4318"})
         self.drops: Counter[str] = Counter()
         self.crash_armed = threading.Event()
         self.stopping = threading.Event()
@@ -136,7 +123,7 @@ class NodeAgent:
         self.thread.start()
 
     def _sender(self) -> SpoolSender:
-        return SpoolSender(self.spool, _HttpExporter(self), self.drops, self.stopping)
+        return SpoolSender(self.spool, _AgentExporter(self), self.drops, self.stopping)
 
     def _run(self) -> None:
         while True:
@@ -149,6 +136,7 @@ class NodeAgent:
                 if self.stopping.wait(RESTART_S):
                     return
                 with self._lock:  # the restart: what the old process left on disk, opened again
+                    self.sender.exporter.shutdown()
                     self.spool.close()
                     self.spool = Spool(self.spool_dir)
                     self.sender = self._sender()
@@ -177,6 +165,7 @@ class NodeAgent:
         self.sender.wake()
         self.thread.join(POST_TIMEOUT_S + 5)
         with self._lock:
+            self.sender.exporter.shutdown()
             self.spool.close()
 
 

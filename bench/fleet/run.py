@@ -57,41 +57,56 @@ def enter_own_network_namespace() -> None:
         fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 0x1))
 
 
+# a node Collector retries a metrics export at most 30 s apart (node-to-gateway.yaml): a kill-record
+# point not in Prometheus after this long without any change was lost, not late
+PROMETHEUS_QUIET_S = 45.0
+
+
 def _prometheus(stack: Stack, kills: list, timeout: float) -> dict:
     prom = stack.prometheus
     kills_sent = len(kills)
+    killed_pods = {k.pod_uid for k in kills}
     deadline = time.monotonic() + timeout
-    agent_kills = 0.0
 
     def scalar(q: str) -> float:
         r = prom.query(q)
         return float(r[0]["value"][1]) if r else 0.0
 
+    def kill_series() -> tuple[set, set]:
+        """Killed pods (by uid, which every series has) with a kill-record series named by
+        k8s_attributes, and with one named by its uid only."""
+        series = prom.query("count by (k8s_pod_uid, k8s_pod_name) (oom_kill_records_total)")
+        return ({r["metric"].get("k8s_pod_uid") for r in series if r["metric"].get("k8s_pod_name")},
+                {r["metric"].get("k8s_pod_uid") for r in series if not r["metric"].get("k8s_pod_name")})
+
     # a node Collector restarted in the run starts its containers' kill-record series again from
     # 1: their highest value is what they counted (as docs/scale.md's PromQL reads them)
     records = 'sum(max_over_time(oom_kill_records_total{job="otel-oom"}[1h]))'
-    counted, changed = -1.0, time.monotonic()
-    while time.monotonic() < deadline:  # the agents export every 15 s: wait for the last export
-        agent_kills, now = scalar('sum(oom_kills_total{job="otel-oom"})'), scalar(records)
-        if now != counted:
-            counted, changed = now, time.monotonic()
-        # the kill records arrive with the logs; a point that was lost never will (20 s: nothing more)
-        if agent_kills >= kills_sent and (counted >= kills_sent or time.monotonic() - changed > 20):
+    # wait for the last exports (the agents' every 15 s; the kill records' as they arrive, later
+    # for a node whose export is in a retry): until the agents' counter has every kill and every
+    # killed pod has a named series, or nothing changed for PROMETHEUS_QUIET_S. (Not "the records
+    # counted reached the kills": replays count twice and make that true with points still out.)
+    agent_kills, named, unnamed = 0.0, set(), set()
+    state: tuple = ()
+    changed = time.monotonic()
+    while time.monotonic() < deadline:
+        agent_kills = scalar('sum(oom_kills_total{job="otel-oom"})')
+        named, unnamed = kill_series()
+        now = (agent_kills, scalar(records), frozenset(named), frozenset(unnamed))
+        if now != state:
+            state, changed = now, time.monotonic()
+        if agent_kills >= kills_sent and (killed_pods <= named or time.monotonic() - changed > PROMETHEUS_QUIET_S):
             break
         time.sleep(1.0)
 
-    # per killed pod (by uid, which every series has): named by k8s_attributes, or by its uid only
-    series = prom.query("count by (k8s_pod_uid, k8s_pod_name) (oom_kill_records_total)")
-    named = {r["metric"].get("k8s_pod_uid") for r in series if r["metric"].get("k8s_pod_name")}
-    unnamed = {r["metric"].get("k8s_pod_uid") for r in series if not r["metric"].get("k8s_pod_name")}
     by_metric = {r["metric"]["__name__"]: int(r["value"][1])
                  for r in prom.query('count by (__name__) ({__name__=~".+"})')}
     return {"series_total": int(scalar('count({__name__=~".+"})')),
             "series_by_metric": dict(sorted(by_metric.items(), key=lambda kv: -kv[1])),
             "series_oom_kill_records": int(scalar("count(oom_kill_records_total)")),
             # killed pods without a kill-record series: their one point was lost (docs/scale.md, "A lost
-            # metric point"); and pods with a series their node Collector could not name (k8s_attributes
-            # had not listed the node's pods yet after a restart); the node each was on
+            # metric point"); and pods with a series their node Collector could not name (none since
+            # agent.yaml's k8s_attributes waits for the node's pods: wait_for_metadata); the node each was on
             "pods_missing_in_kill_records": sorted({(k.pod, k.node) for k in kills if k.pod_uid not in named | unnamed}),
             "pods_unnamed_in_kill_records": sorted({(k.pod, k.node) for k in kills if k.pod_uid in unnamed}),
             "kills_by_agent_counter": int(agent_kills),
@@ -154,7 +169,7 @@ def simulate(n_nodes: int, minutes: float, plan: Plan, drain_timeout: float = 30
             drained_s = time.monotonic() - t0
             time.sleep(1.5)  # the last kills' first appearance at the poller
             kills = feeder.kills()
-            result["prometheus"] = _prometheus(stack, kills, 60.0)
+            result["prometheus"] = _prometheus(stack, kills, 300.0)
             stop.set()
             sampler.sample()
             run_s = time.monotonic() - t0

@@ -9,7 +9,8 @@
         -> Prometheus (remote write receiver)
 
 The shipped configurations run as they are; only addresses, queue directories and the Kubernetes
-API (the test double of testing/k8s_api_double.py, serving every node's pods) are set by
+API (the test double of testing/k8s_api_double.py, serving every node's pods, and how long a node
+Collector waits for it at start) are set by
 `--config=yaml:` overrides and the files' environment variables. The gateway resolver is either
 `static` (the two gateway addresses, by override) or the shipped `dns` one: then each node
 Collector runs in a mount namespace of its own whose /etc/hosts is the simulation's file naming the
@@ -38,6 +39,11 @@ VLSELECT = "127.0.0.1:9471"
 # since the last write is what a SIGKILL of it loses from its copy (VictoriaLogs' default, 5 s)
 VL_FLUSH = "5s"
 GATEWAY_NAME = "otel-oom-gateway-headless.fleet.test"
+# agent.yaml waits for its node's pods before it takes a record (wait_for_metadata), 10 s at
+# most; the API here is a Python test double in the simulation's own process, answering 50
+# Collectors at once on a loaded 2-core machine, where a real API server answers a node's pod
+# list in milliseconds
+API_SYNC_TIMEOUT = "60s"
 # a node Collector with the simulation's hosts file as its /etc/hosts (a private mount namespace)
 WITH_HOSTS = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"']
 
@@ -131,7 +137,8 @@ class Stack:
         d = self.scratch / "nodes" / node.name
         d.mkdir(parents=True, exist_ok=True)
         ip = node_address(node.index)
-        values: dict[str, object] = {**_listen(ip, d), "processors::k8s_attributes::auth_type": "kubeConfig"}
+        values: dict[str, object] = {**_listen(ip, d), "processors::k8s_attributes::auth_type": "kubeConfig",
+                                     "processors::k8s_attributes::wait_for_metadata_timeout": API_SYNC_TIMEOUT}
         env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "K8S_NODE_NAME": node.name, "KUBECONFIG": kubeconfig}
         argv = [self.collector, f"--config={CONFIGS / 'agent.yaml'}", f"--config={CONFIGS / 'node-to-gateway.yaml'}"]
         if self.resolver == "static":

@@ -1,32 +1,16 @@
-"""Everything the fleet simulation takes from the agent's package: its resource, its OTLP log
-encoding and its metrics.
-
-`request_body` is the one place spooled records become an OTLP request, the way the agent makes it:
-each record encoded as the worker spools it (`otel_oom/otlp/spooled.py`), the request built from
-those messages as the sender builds it (`otel_oom/otlp/requests.py`).
+"""What the fleet simulation takes from the agent's package besides its spool, send loop and exporter
+(feed.py): its resource, its metrics, and a spooled message's name and id for the run's accounting.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING
 
 from otel_oom.schema.records import OomKill, Record
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
-
-_REQUESTS: dict[int, Any] = {}  # one request builder per node resource
-
-
-def request_body(messages: Sequence[bytes], resource: "Resource") -> bytes:
-    """The agent's OTLP/HTTP logs request for spooled `messages` under `resource` (one node's agent)."""
-    from otel_oom.otlp.requests import Requests
-
-    requests = _REQUESTS.get(id(resource))
-    if requests is None:
-        requests = _REQUESTS[id(resource)] = Requests(resource)
-    return bytes(requests.build("logs", list(messages)))
 
 
 def name_and_id(message: bytes) -> tuple[str, str]:

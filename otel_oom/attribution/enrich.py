@@ -187,12 +187,24 @@ class Enricher:
         except (OSError, ValueError, IndexError):
             return True
 
-    def oom_group(self, path: Optional[str], oom_memcg: Optional[str]) -> Optional[str]:
+    def oom_group(self, path: Optional[str], oom_memcg: Optional[str],
+                  levels: tuple[MemcgLevel, ...] = ()) -> Optional[str]:
         """The cgroup whose memory.oom.group made this a group kill (cgroup v2), walking up from the
         victim to the OOM domain as the kernel does and keeping the highest one set; None otherwise.
-        Read right after the kill; a cgroup already removed reads as not grouped."""
+        From the victim's captured cgroup chain (`levels`), where the kernel read memory.oom.group at
+        the kill; else from the files, read now: a cgroup already removed reads as not grouped (so
+        two agents, or two victims of one decision, could disagree)."""
         if not path or not self.hierarchy or self.hierarchy.version != 2:
             return None
+        paths = memcg_paths(levels, path) if levels and not path.startswith("/...") else []
+        if paths and all(lvl.oom_group is not None for lvl in levels) and (oom_memcg in paths or paths[-1] == "/"):
+            group = None
+            for level, level_path in zip(levels, paths, strict=True):
+                if level.oom_group:
+                    group = level_path
+                if level_path == oom_memcg:
+                    break
+            return group
         group, current = None, path
         while current not in ("", "/"):
             if memcg.oom_group(self.hierarchy.directory(current)):
@@ -275,7 +287,7 @@ class Enricher:
             memcg_limit_bytes=memcg_limit,
             memcg_usage_bytes=memcg_usage,
             memcg_source=memcg_source,
-            oom_group_path=self.oom_group(path, memcg_path),
+            oom_group_path=self.oom_group(path, memcg_path, ev.victim_memcgs),
             cgroup_truncated=ev.cgroup_name_cut and path is None,
             memcg_evidence=evidence,
             **self._workload(path),

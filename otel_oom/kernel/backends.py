@@ -56,7 +56,8 @@ def open_source(on_sample: Callable[[Sample], None], backend: str = "auto", vict
                 context: str = "auto", task: str = "auto", ring_bytes: int = 4 << 20,
                 bcc_buffer: str = "auto", extras: "Extras | None" = None,
                 kernel_log: KernelLog = KernelLog()) -> SampleSource:
-    """`extras`: the optional programs around the kill (libbpf only: the bcc program has the kill hooks alone)."""
+    """`extras`: the optional programs around the kill (both BPF backends build them from the same
+    source, bpf/kill_logic.h); `kernel_log`: what the kmsg backend reads."""
     chosen, _why = choose_backend(backend)
     if chosen == "kmsg":
         if extras is not None and (extras.signals or extras.reclaim):
@@ -85,11 +86,7 @@ def _open_bpf(on_sample: Callable[[Sample], None], chosen: str, victim: str, con
     if chosen == "bcc":
         from .bcc import open_bcc_probe
 
-        if extras is not None and (extras.signals or extras.reclaim):
-            log.warning("the bcc backend has the kill hooks only: kills are reported, user-space OOM killers' "
-                        "kills and reclaim times are not (they need the libbpf backend, i.e. kernel BTF)")
-
-        return open_bcc_probe(on_sample, victim, context, task, bcc_buffer, ring_bytes)
+        return open_bcc_probe(on_sample, victim, context, task, bcc_buffer, ring_bytes, extras=extras)
     from .probe import Extras, open_probe
 
     return open_probe(on_sample, victim, context, ring_bytes=ring_bytes, task=task, extras=extras or Extras())

@@ -1,11 +1,16 @@
-"""The bcc backend: the same hooks and the same event as the CO-RE object, for kernels without BTF.
+"""The bcc backend: the same kill logic and the same records as the CO-RE object, for kernels without BTF.
 
 Where /sys/kernel/btf/vmlinux is missing, libbpf cannot relocate the CO-RE object, so BCC (Debian's
 `python3-bpfcc`) compiles `bpf/oomkill.bcc.c` at start-up against the node's own kernel headers
-(`/lib/modules/<release>/build`): the classic `oom:mark_victim` tracepoint emits one `struct
+(`/lib/modules/<release>/build`). It is the CO-RE object's logic (`bpf/kill_logic.h`) through BCC's
+access layer (`bpf/access_bcc.h`): the classic `oom:mark_victim` tracepoint emits one `struct
 oom_event` per victim, a kprobe on `mark_oom_victim` hands it the victim's task, a kprobe/kretprobe
-pair on `oom_kill_process` the decision. Events come through the BPF ring buffer (5.8+) or, on
-older kernels, a perf buffer. `BccProbe` is a `SampleSource`, so the rest of the agent is unchanged.
+pair on `oom_kill_process` the decision; and, as with libbpf, the programs around the kill
+(`Extras`): the classic `signal:signal_generate` tracepoint for user-space OOM killers, the reaper,
+exit and `mmap:exit_mmap` tracepoints for the time until a victim's memory is back. Only the
+BTF-typed hooks (tp_btf, fentry) have no counterpart here. Records come through the BPF ring buffer
+(5.8+) or, on older kernels, a perf buffer. `BccProbe` is a `SampleSource`, so the rest of the
+agent is unchanged.
 
 BCC's Python module is Debian's (never from PyPI). The agent usually runs in a virtualenv that
 cannot see Debian's dist-packages, so `import_bcc` loads just the `bcc` package from there by path:
@@ -17,20 +22,40 @@ import ctypes
 import importlib.util
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import AgentError
 from .features import PRIVILEGE_HINT, TASK_FUNCTION, find_kprobe_symbols, find_tracefs, missing_capabilities
+from .reclaim_wire import RECLAIM_EVENT_SIZE
 from .source import HookPlan
-from .wire import STAT_CONTEXT_SEEN, STAT_RINGBUF_FULL, STAT_SUBMITTED
+from .wire import (
+    EVENT_SIZE,
+    STAT_CONTEXT_SEEN,
+    STAT_RECLAIM,
+    STAT_RINGBUF_FULL,
+    STAT_SIGNAL_KILLS,
+    STAT_SUBMITTED,
+)
+
+if TYPE_CHECKING:
+    from .probe import Extras
 
 log = logging.getLogger("otel_oom.bcc")
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "oomkill.bcc.c"
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"/]+)"\s*$')
+# the programs around the kill, by the tracepoint each is attached to
+SIGNAL_PROGRAM = ("signal:signal_generate", "signal_generate_tp")
+RECLAIM_PROGRAMS = (("oom:wake_reaper", "reaper_wake"), ("oom:start_task_reaping", "reaper_start"),
+                    ("oom:finish_task_reaping", "reaper_finish"), ("oom:skip_task_reaping", "reaper_skip"),
+                    ("sched:sched_process_exit", "victim_exit"))
+EXIT_MMAP_PROGRAM = ("mmap:exit_mmap", "victim_mm_freed")  # 6.1+; without it the exit tells
+SETTING_EXIT_MMAP = 1 << 0  # OOM_SETTING_EXIT_MMAP
 # where Debian's python3-bpfcc puts the module (any Python 3 can import it: it is pure Python + ctypes)
 DEBIAN_DIST_PACKAGES = ("/usr/lib/python3/dist-packages",)
 INSTALL_HINT = "apt-get install python3-bpfcc (Debian/Ubuntu; not from PyPI)"
@@ -70,6 +95,29 @@ def import_bcc(search: tuple[str, ...] = DEBIAN_DIST_PACKAGES) -> ModuleType:
                            f"reinstall it: {INSTALL_HINT}") from None
         return module
     raise BccError(f"BCC's Python module is not installed: {INSTALL_HINT}")
+
+
+def program_text(source: Path = SOURCE) -> str:
+    """The bcc program as one text: `source` with the headers it includes from its own directory
+    (the access layer, the shared kill logic, the event contract) inlined, each once, under #line
+    markers so compile errors name the real file and line. BCC rewrites map operations only in
+    its main file: included, the shared logic's would reach the compiler unrewritten."""
+    seen: set[str] = set()
+
+    def expand(path: Path) -> list[str]:
+        out = [f'#line 1 "{path.name}"']
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            m = _LOCAL_INCLUDE.match(line)
+            if m and (path.parent / m.group(1)).is_file():
+                if m.group(1) not in seen:
+                    seen.add(m.group(1))
+                    out += expand(path.parent / m.group(1))
+                    out.append(f'#line {number + 1} "{path.name}"')
+                continue
+            out.append(line)
+        return out
+
+    return "\n".join(expand(source)) + "\n"
 
 
 def kernel_release() -> str:
@@ -158,15 +206,21 @@ def no_bcc_plan_reason(f: BccFeatures, victim: str, context: str, task: str) -> 
 
 
 class BccProbe:
-    """One BCC module: compiled, attached, polled; a `SampleSource`. close() detaches (twice is fine)."""
+    """One BCC module: compiled, attached, polled; a `SampleSource`. close() detaches (twice is fine).
+
+    `extras`: the programs around the kill to attach as well (`probe.Extras`); the kernel refusing
+    them never stops the kill hooks (like the libbpf backend, a warning says what is missing)."""
 
     def __init__(self, plan: HookPlan, on_sample: Callable[[bytes], None], features: BccFeatures,
-                 buffer: str = "auto", ring_bytes: int = 4 << 20, bcc: Optional[ModuleType] = None) -> None:
+                 buffer: str = "auto", ring_bytes: int = 4 << 20, bcc: Optional[ModuleType] = None,
+                 extras: Optional["Extras"] = None) -> None:
         self.plan = plan
+        self.extras: tuple[str, ...] = ()  # the around-the-kill programs attached, by name
         self._on_sample = on_sample
         self._error: Optional[BaseException] = None
         self._delivered = 0
         self._lost = 0
+        self._perf_batch: list[bytes] = []
         self._last_stats: dict[str, int] = {}
         self.buffer = ("ring" if features.ring_buffer else "perf") if buffer == "auto" else buffer
         if self.buffer == "ring" and not features.ring_buffer:
@@ -174,16 +228,17 @@ class BccProbe:
         if not features.headers:
             raise BccError(features.reasons["headers"])
         bcc = bcc or import_bcc()
-        cflags = [f"-I{SOURCE.parent}", f"-DOTEL_OOM_RING_PAGES={max(1, ring_bytes // 4096)}"]
+        cflags = [f"-DOTEL_OOM_RING_PAGES={max(1, ring_bytes // 4096)}"]
         if self.buffer == "perf":
             cflags.append("-DOTEL_OOM_PERF_BUFFER")
         if features.rich_tracepoint:
             cflags.append("-DOTEL_OOM_TP_RICH")
         try:
-            self._b: Any = bcc.BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+            self._b: Any = bcc.BPF(text=program_text().encode(), cflags=cflags)
         except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for compile and load failures
             raise BccError(f"BCC could not compile or load {SOURCE.name} against {features.headers}: {e}") from None
         try:
+            self._attach_tracepoint("oom:mark_victim", "mark_victim_tp")
             if plan.context == "kprobe":
                 symbol = (plan.kprobe_symbol or "oom_kill_process").encode()
                 self._b.attach_kprobe(event=symbol, fn_name=b"oom_kill_kprobe")
@@ -191,7 +246,7 @@ class BccProbe:
             if plan.task == "kprobe":
                 self._b.attach_kprobe(event=(plan.task_symbol or TASK_FUNCTION).encode(),
                                       fn_name=b"mark_oom_victim_kprobe")
-            table = self._b["events"]
+            table = self._b[b"events"]
             if self.buffer == "ring":
                 table.open_ring_buffer(self._ring_sample)
             else:
@@ -199,22 +254,74 @@ class BccProbe:
         except Exception as e:  # noqa: BLE001
             self.close()
             raise BccError(f"attaching {plan.describe()} failed: {e}") from None
+        if extras is not None:
+            self._attach_extras(extras)
 
-    def _take(self, data: int, size: int) -> int:
-        # copy and hand on; an exception must not unwind into BCC's C caller
+    def _attach_tracepoint(self, tracepoint: str, program: str) -> None:
+        self._b.attach_tracepoint(tp=tracepoint.encode(), fn_name=program.encode())
+
+    def _attach_extras(self, extras: "Extras") -> None:
+        """The signal hook and the reclaim hooks, as far as the kernel takes them."""
+        refused = []
+        if extras.signals:
+            try:
+                killers = self._b[b"killers"]
+                for name in extras.killers:
+                    killers[killers.Key(name.encode()[:15])] = killers.Leaf(1)
+                self._attach_tracepoint(*SIGNAL_PROGRAM)
+                self.extras += (SIGNAL_PROGRAM[1],)
+            except Exception as e:  # noqa: BLE001 - BCC raises bare Exception
+                refused.append(f"{SIGNAL_PROGRAM[0]}: {e}")
+        if extras.reclaim:
+            attached: list[str] = []
+            try:
+                for tracepoint, program in RECLAIM_PROGRAMS:
+                    self._attach_tracepoint(tracepoint, program)
+                    attached.append(tracepoint)
+            except Exception as e:  # noqa: BLE001
+                refused.append(f"{tracepoint}: {e}")
+                for tp in attached:  # all or none: a victim's reclaim time needs its exit
+                    self._b.detach_tracepoint(tp=tp.encode())
+            else:
+                self.extras += tuple(program for _, program in RECLAIM_PROGRAMS)
+                try:
+                    self._attach_tracepoint(*EXIT_MMAP_PROGRAM)
+                    settings = self._b[b"settings"]
+                    settings[settings.Key(0)] = settings.Leaf(SETTING_EXIT_MMAP)
+                    self.extras += (EXIT_MMAP_PROGRAM[1],)
+                except Exception as e:  # noqa: BLE001
+                    log.info("%s not attached (%s): reclaim times are taken at the victim's exit",
+                             EXIT_MMAP_PROGRAM[1], e)
+        if refused:
+            log.warning("the kernel refused the hooks for user-space OOM killers and reclaim times (%s): kills "
+                        "are reported, those records are not", "; ".join(refused))
+
+    @property
+    def signals_watched(self) -> bool:
+        """The signal hook runs: user-space killers are reported."""
+        return SIGNAL_PROGRAM[1] in self.extras
+
+    @property
+    def reclaim_events(self) -> bool:
+        return all(program in self.extras for _, program in RECLAIM_PROGRAMS)
+
+    def _deliver(self, sample: bytes) -> None:
+        # an exception must not unwind into BCC's C caller: kept, and raised after the poll
         try:
-            self._on_sample(ctypes.string_at(data, size))
+            self._on_sample(sample)
             self._delivered += 1
-        except BaseException as e:  # noqa: BLE001 - re-raised after the poll
-            self._error = e
-            return -1
-        return 0
+        except BaseException as e:  # noqa: BLE001
+            self._error = self._error or e
 
     def _ring_sample(self, _ctx: Any, data: int, size: int) -> int:
-        return self._take(data, size)
+        self._deliver(ctypes.string_at(data, size))
+        return -1 if self._error is not None else 0
 
     def _perf_sample(self, _cpu: int, data: int, size: int) -> None:
-        self._take(data, size)  # perf samples are padded to 8 bytes: decode reads the struct's size
+        # a perf sample is padded to 8 bytes with its 4-byte size: keep the record it holds, whose
+        # size tells user space which one it is
+        self._perf_batch.append(ctypes.string_at(
+            data, next((n for n in (EVENT_SIZE, RECLAIM_EVENT_SIZE) if n <= size < n + 8), size)))
 
     def _perf_lost(self, count: int) -> None:
         self._lost += count
@@ -225,6 +332,11 @@ class BccProbe:
             self._b.ring_buffer_poll(timeout_ms)
         else:
             self._b.perf_buffer_poll(timeout_ms)
+            # one perf buffer per CPU: put the records back in the kernel's order (each starts with its
+            # CLOCK_BOOTTIME stamp), so a victim's reclaim record, written on its own CPU, follows its kill
+            batch, self._perf_batch = self._perf_batch, []
+            for sample in sorted(batch, key=lambda b: int.from_bytes(b[:8], sys.byteorder)):
+                self._deliver(sample)
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -233,10 +345,11 @@ class BccProbe:
     def stats(self) -> dict[str, int]:
         if getattr(self, "_b", None) is None:
             return dict(self._last_stats)
-        table = self._b["stats"]
+        table = self._b[b"stats"]
         out = {}
         for idx, name in ((STAT_SUBMITTED, "submitted"), (STAT_RINGBUF_FULL, "ringbuf_full"),
-                          (STAT_CONTEXT_SEEN, "decisions")):
+                          (STAT_CONTEXT_SEEN, "decisions"), (STAT_SIGNAL_KILLS, "signal_kills"),
+                          (STAT_RECLAIM, "reclaim_events")):
             out[name] = sum(int(v) for v in table[table.Key(idx)])
         out["ringbuf_full"] += self._lost
         self._last_stats = out
@@ -259,7 +372,7 @@ class BccProbe:
 
 def open_bcc_probe(on_sample: Callable[[bytes], None], victim: str = "auto", context: str = "auto",
                    task: str = "auto", buffer: str = "auto", ring_bytes: int = 4 << 20,
-                   features: Optional[BccFeatures] = None) -> BccProbe:
+                   features: Optional[BccFeatures] = None, extras: Optional["Extras"] = None) -> BccProbe:
     """Compile and attach the best plan BCC can run here; raise BccError saying why it cannot."""
     missing = missing_capabilities()
     if missing:
@@ -274,7 +387,7 @@ def open_bcc_probe(on_sample: Callable[[bytes], None], victim: str = "auto", con
     failures = []
     for plan in plans:
         try:
-            return BccProbe(plan, on_sample, features, buffer, ring_bytes, bcc)
+            return BccProbe(plan, on_sample, features, buffer, ring_bytes, bcc, extras)
         except BccError as e:
             if "compile" in str(e) or "ring buffer" in str(e) or "headers" in str(e):
                 raise

@@ -36,6 +36,7 @@ F_CGROUP_NAME_CUT = 1 << 7  # a captured memcg name is cut at CGROUP_NAME_LEN - 
 
 # oom_cgroup_level.level_flags
 L_OOM_LOCK, L_HAS_OOM_LOCK, L_HAS_OOM_COUNT = 1 << 0, 1 << 1, 1 << 2
+L_OOM_GROUP, L_HAS_OOM_GROUP = 1 << 3, 1 << 4  # memory.oom.group as the kernel read it at the kill
 F_TASK_FENTRY = 1 << 16  # the victim's task came from fentry/mark_oom_victim
 F_TASK_KPROBE = 1 << 17  # ... from kprobe/mark_oom_victim
 
@@ -124,6 +125,7 @@ class MemcgLevel:
     failcnt: Optional[int] = None           # charges refused at this limit (0 on v2 kernels since 6.12)
     oom_events: Optional[int] = None        # OOMs declared in this cgroup (memory.events.local oom)
     oom_lock: Optional[bool] = None         # None: the kernel has no memcg->oom_lock
+    oom_group: Optional[bool] = None        # memory.oom.group at the kill; None: not read (or before 4.19)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ def decode(data: bytes, page_size: int) -> OomEvent:
             failcnt=lvl.failcnt if has_task else None,
             oom_events=lvl.oom_events if lvl.level_flags & L_HAS_OOM_COUNT else None,
             oom_lock=bool(lvl.level_flags & L_OOM_LOCK) if lvl.level_flags & L_HAS_OOM_LOCK else None,
+            oom_group=bool(lvl.level_flags & L_OOM_GROUP) if lvl.level_flags & L_HAS_OOM_GROUP else None,
         )
         for lvl in r.victim_memcg[: min(r.victim_memcg_levels, CGROUP_DEPTH)]
     )

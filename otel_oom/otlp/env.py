@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
-from urllib.parse import unquote
 
 from ..errors import UsageError
 from ..text import for_otlp
 from ..urls import Url, parse_url
+from .env_values import ConfigError, bool_var, check_headers_for_grpc, parse_headers, positive, whole_number
 
 log = logging.getLogger("otel_oom.otlp")
 
@@ -37,10 +35,14 @@ DEFAULT_TIMEOUT_S = 10.0
 # about one Prometheus scrape interval, not a minute later; the agent's handful of series
 # costs next to nothing to send four times as often.
 DEFAULT_METRIC_EXPORT_INTERVAL_MS = 15000.0
-
-
-class ConfigError(UsageError):
-    """A bad OTEL_* setting; the message names the variable and the fix, never a header value."""
+# The SDK's metric reader waits interval/1000 seconds on a threading.Event: past threading.TIMEOUT_MAX
+# (9.2e9 s) the wait raises OverflowError and the reader thread dies; a day is more than any use. Under 100 ms
+# it would export in a loop.
+METRIC_MS_RANGE = (100.0, 86_400_000.0)
+# An export deadline: gRPC and requests take a deadline of 1e12 s badly (overflow, or never
+# failing over), and one under 50 ms times out before any collector can answer (the log
+# transports floored it at 50 ms, the SDK's metric exporter did not).
+TIMEOUT_S_RANGE = (0.05, 86_400.0)
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,10 @@ def otlp_endpoint(environ: Mapping[str, str], signal: str, protocol: str) -> str
     specific = environ.get(f"{_PREFIX}{signal}_ENDPOINT", "").strip()
     if specific:
         return specific
-    path = f"/v1/{signal.lower()}"
     if protocol == "http/protobuf":
-        return (environ.get(f"{_PREFIX}ENDPOINT", "").strip() or "http://localhost:4318").rstrip("/") + path
+        # to the path, before any query (`?api-key=...`), not to the end of the text
+        generic = environ.get(f"{_PREFIX}ENDPOINT", "").strip() or "http://localhost:4318"
+        return _parse_endpoint(f"{_PREFIX}ENDPOINT", generic).with_path_suffix(f"/v1/{signal.lower()}")
     return environ.get(f"{_PREFIX}ENDPOINT", "").strip() or "http://localhost:4317"
 
 
@@ -146,58 +149,22 @@ def _check_readable(var: str, path: str) -> None:
         raise ConfigError(f"{var}: cannot read {path!r} ({e.strerror or e}); mount the file or unset {var}") from None
 
 
-# W3C baggage syntax, as the OTLP exporter specification asks: key=value pairs separated by commas,
-# the key a token, the value URL-encoded (a space is %20). Anything else fails here: the SDK would
-# print the offending item (a secret) in a warning and silently drop the header.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+def check_client_pair(prefix: str, cert: str, key: str) -> None:
+    """ConfigError unless the client key is the certificate's, in PEM, without a passphrase: else every
+    TLS handshake fails later with a message that names neither file."""
+    import ssl
 
+    def no_passphrase() -> str:
+        raise ConfigError(f"{prefix}CLIENT_KEY is encrypted; give the key without a passphrase")
 
-def parse_headers(var: str, value: str) -> tuple[tuple[str, str], ...]:
-    """`k1=v1,k2=v2` (values URL-encoded) -> ((k1, v1), ...); ConfigError naming the item, never its value."""
-    out: dict[str, str] = {}
-    for i, raw in enumerate(value.split(","), 1):
-        item = raw.strip(" \t")
-        if not item:
-            continue
-        key, sep, val = item.partition("=")
-        key, val = key.strip(" \t"), val.strip(" \t")
-
-        def bad(why: str, i: int = i, key: str = key, sep: str = sep) -> ConfigError:
-            shown = f" (key {key!r})" if sep and _TOKEN.fullmatch(key) else ""
-            return ConfigError(f"{var} item {i}{shown} {why}; expected k1=v1,k2=v2 with URL-encoded values "
-                               "(a space is %20; values are not shown)")
-        if not sep or not key:
-            raise bad("is not key=value")
-        if not _TOKEN.fullmatch(key):
-            raise bad("has a key that is not a header name")
-        if not _VALUE.fullmatch(val):
-            what = ("a quote" if '"' in val else "a space" if " " in val or "\t" in val
-                    else "a line break or control character" if any(ord(c) < 0x20 or ord(c) == 0x7F for c in val)
-                    else "a character that must be URL-encoded")
-            raise bad(f"has {what} in its value")
-        decoded = unquote(val, errors="strict") if "%" in val else val
-        if any(ord(c) < 0x20 or ord(c) >= 0x7F for c in decoded if c != "\t"):
-            raise bad("decodes to a control or non-ASCII character")
-        out[key.lower()] = decoded
-    return tuple(out.items())
-
-
-def _positive(var: str, value: str, unit: str) -> float:
     try:
-        n = float(value)
-    except ValueError:
-        n = math.nan
-    if not math.isfinite(n) or n <= 0:
-        raise ConfigError(f"{var} must be a positive number of {unit}, got {value.strip()!r}")
-    return n
-
-
-def _bool_var(var: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v not in ("true", "false"):
-        raise ConfigError(f"{var} must be true or false, got {value.strip()!r}")
-    return v == "true"
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as e:
+        why = ("the key is not the certificate's" if e.reason == "KEY_VALUES_MISMATCH"
+               else "not a PEM certificate and a PEM private key" if e.reason in (None, "PEM_LIB")
+               else f"they do not load: {e.reason}")
+        raise ConfigError(f"{prefix}CLIENT_KEY and {prefix}CLIENT_CERTIFICATE do not make a pair ({why}); "
+                          "give the PEM private key of that certificate") from None
 
 
 def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
@@ -211,6 +178,10 @@ def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
     value = environ.get(var)
     if value and value.strip():
         url = _parse_endpoint(var, value)
+        grpc = [s for s in (_ALL if not sig else (sig.rstrip("_"),)) if otlp_protocol(environ, s) == "grpc"]
+        if url.query and grpc:
+            raise ConfigError(f"{var} has a query string, which gRPC does not send ({url.redacted!r}); "
+                              f"put a token in {_PREFIX}{sig}HEADERS instead")
         if sig and otlp_protocol(environ, sig.rstrip("_")) == "http/protobuf" and url.path in ("", "/"):
             # the SDK appends /v1/logs to the generic endpoint only, never to a per-signal one
             log.warning("%s is used as is over http/protobuf; it usually ends in /v1/%s", var, sig.rstrip("_").lower())
@@ -231,20 +202,28 @@ def _check_signal_variables(environ: Mapping[str, str], sig: str) -> None:
                           f"{_PREFIX}{sig}CERTIFICATE is set too; point it at the collector's CA "
                           "(the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt, for a public CA)")
 
+    if key and cert:
+        check_client_pair(f"{_PREFIX}{sig}", cert, key)
+
     var = f"{_PREFIX}{sig}TIMEOUT"
     value = environ.get(var)
     if value is not None and value.strip() != "":
-        if _positive(var, value, "seconds") > 300:
+        if positive(var, value, "seconds", *TIMEOUT_S_RANGE) > 300:
             # the spec says milliseconds; the Python exporters read seconds
             log.warning("%s=%s is read as seconds by the Python OTLP exporters (not milliseconds)", var, value.strip())
 
     var = f"{_PREFIX}{sig}INSECURE"
     if environ.get(var):
-        _bool_var(var, environ[var])
+        bool_var(var, environ[var])
 
     var = f"{_PREFIX}{sig}HEADERS"
     if environ.get(var):
-        parse_headers(var, environ[var])
+        headers = parse_headers(var, environ[var])
+        # the generic variable reaches a signal only when that signal has no headers of its own
+        users = [s for s in (_ALL if not sig else (sig.rstrip("_"),))
+                 if sig or not environ.get(f"{_PREFIX}{s}_HEADERS", "").strip()]
+        if any(otlp_protocol(environ, s) == "grpc" for s in users):
+            check_headers_for_grpc(var, headers)
 
     var = f"{_PREFIX}{sig}COMPRESSION"
     value = environ.get(var)
@@ -268,11 +247,11 @@ def check_sdk_variables(environ: Mapping[str, str]) -> None:
     for var in ("OTEL_ATTRIBUTE_COUNT_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
                 "OTEL_LOGRECORD_ATTRIBUTE_COUNT_LIMIT", "OTEL_LOGRECORD_ATTRIBUTE_VALUE_LENGTH_LIMIT"):
         value = environ.get(var)
-        if value is not None and value.strip().lower() != "unset" and not value.strip().isdigit():
-            raise ConfigError(f"{var} must be a whole number >= 0 (or unset), got {value.strip()!r}")
-    for var, unit in (("OTEL_METRIC_EXPORT_TIMEOUT", "milliseconds"),):
-        if environ.get(var, "").strip():
-            _positive(var, environ[var], unit)
+        if value is not None:
+            whole_number(var, value)
+    var = "OTEL_METRIC_EXPORT_TIMEOUT"
+    if environ.get(var, "").strip():
+        positive(var, environ[var], "milliseconds", *METRIC_MS_RANGE)
     choices = {"OTEL_METRICS_EXEMPLAR_FILTER": ("trace_based", "always_on", "always_off"),
                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ("cumulative", "delta", "lowmemory"),
                "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION":
@@ -316,8 +295,7 @@ def log_record_limits(environ: Mapping[str, str]) -> AttributeLimits:
     def read(var: str, default: Optional[int]) -> Optional[int]:
         if var not in environ:
             return default
-        value = environ[var].strip().lower()
-        return None if value == "unset" else int(value)
+        return whole_number(var, environ[var])
 
     generic_count = read("OTEL_ATTRIBUTE_COUNT_LIMIT", None)
     generic_length = read("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", None)
@@ -367,7 +345,7 @@ def _signal(environ: Mapping[str, str], signal: str) -> SignalSettings:
         cert = _first(environ, signal, "CLIENT_CERTIFICATE")[1]
     return SignalSettings(
         protocol=protocol, endpoint=endpoint, headers=tuple(headers.items()),
-        timeout_s=float(timeout) if timeout else DEFAULT_TIMEOUT_S,
+        timeout_s=positive("timeout", timeout, "seconds") if timeout else DEFAULT_TIMEOUT_S,
         compression=None if compression is None or compression.lower() == "none" else compression.lower(),
         insecure=insecure, certificate=ca, client_key=key, client_certificate=cert)
 
@@ -378,4 +356,4 @@ def metric_export_interval_ms(environ: Mapping[str, str]) -> float:
     value = environ.get(var, "").strip()
     if not value:
         return DEFAULT_METRIC_EXPORT_INTERVAL_MS
-    return _positive(var, value, "milliseconds")
+    return positive(var, value, "milliseconds", *METRIC_MS_RANGE)

@@ -58,6 +58,11 @@ class OtlpExport:
         except Exception as e:  # noqa: BLE001 - a bug here must read as "not delivered", not kill the sender
             log.exception("OTLP %s export raised", signal)
             result = ExportResult(RETRY, message=type(e).__name__)
+        if result.rejected:
+            bounded = result.bounded(len(messages))
+            if bounded is not result:
+                log.warning("OTLP %s: %s", signal, bounded.message[-200:])
+            result = bounded
         if not result.ok:
             self.export_failures[signal] += 1
             if self.on_failure is not None:

@@ -67,6 +67,8 @@ class Metrics:
         self._hooks = hooks or (lambda: [])
         self._unobserved = unobserved or (lambda: 0)
         self.prometheus_registry = None
+        self._periodic: Any = None
+        self._closed = False
         readers: list[Any] = []
         if prometheus:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -80,7 +82,8 @@ class Metrics:
             self.export_interval_millis = otlp.metric_export_interval_ms
             exporter = _counting_exporter(metric_exporter(otlp.metrics),
                                           lambda: self.record_export_failure("metrics"))
-            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=self.export_interval_millis))
+            self._periodic = PeriodicExportingMetricReader(exporter, export_interval_millis=self.export_interval_millis)
+            readers.append(self._periodic)
         self._provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)
         meter = self._provider.get_meter(SCOPE_NAME, __version__)
 
@@ -133,8 +136,17 @@ class Metrics:
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._provider.force_flush(timeout_millis=timeout_millis)
 
+    def healthy(self) -> tuple[bool, str]:
+        """(False, why) once the SDK's periodic export thread died (it is not a supervised thread, and
+        an exception in its wait ends it for good: no metric is exported again)."""
+        thread = getattr(self._periodic, "_daemon_thread", None)
+        if self._closed or thread is None or thread.is_alive():
+            return True, "ok"
+        return False, "the metric export thread has ended: no metrics are exported; see the log for why"
+
     def shutdown(self, timeout_millis: float = 5_000) -> None:
         """Final export within `timeout_millis`; a collector that does not answer in time costs one line."""
+        self._closed = True
         try:
             self._provider.shutdown(timeout_millis=timeout_millis)
         except Exception as e:  # noqa: BLE001 - the SDK raises when a reader ran out of time

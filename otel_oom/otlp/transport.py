@@ -34,6 +34,9 @@ USER_AGENT = f"otel-oom/{__version__}"
 _GRPC_RETRYABLE = {"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "OUT_OF_RANGE",
                    "UNAVAILABLE", "DATA_LOSS"}
 _HTTP_RETRYABLE = {429, 502, 503, 504}
+# An export answer is a few bytes (a partial success with a message at most); what a collector sends
+# beyond this is not read (gRPC's own default limit, applied to HTTP too).
+MAX_ANSWER_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,16 @@ class ExportResult:
     @property
     def ok(self) -> bool:
         return self.outcome == ACCEPTED
+
+    def bounded(self, sent: int) -> "ExportResult":
+        """This result with `rejected` within 0..sent: a partial success is the collector's word about
+        this request, and a negative or larger count (an int64 on the wire) would move the drop counter
+        backwards or past every kill there ever was. Out of range: all rejected, or none if negative."""
+        if 0 <= self.rejected <= sent:
+            return self
+        taken = 0 if self.rejected < 0 else sent
+        note = f"the collector said {self.rejected} of {sent} rejected, taken as {taken}"
+        return ExportResult(self.outcome, taken, f"{self.message}; {note}" if self.message else note, self.retry_after)
 
 
 def _grpc_credentials(s: SignalSettings) -> Any:
@@ -91,7 +104,7 @@ class GrpcTransport:
 
         self._settings = s
         self._signal = signal
-        options = [("grpc.primary_user_agent", USER_AGENT)]
+        options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
         compression = grpc.Compression.Gzip if s.compression == "gzip" else grpc.Compression.NoCompression
         target = s.endpoint.authority
         if s.insecure:
@@ -113,7 +126,15 @@ class GrpcTransport:
             message = f"{code}: {details}"
             if code == "INVALID_ARGUMENT":
                 return ExportResult(REJECTED, message=message)
-            if code == "RESOURCE_EXHAUSTED" and "larger than max" in details:
+            if code == "RESOURCE_EXHAUSTED" and "larger than max" in details.lower():
+                if "CLIENT:" in details:
+                    # our own receive limit, on the answer: the collector took the request and said
+                    # so at length (only a handler that returned sends a message); its partial
+                    # success is unreadable. Not "too large": that would split and park accepted kills.
+                    log.warning("the collector's %s answer exceeded the %d-byte receive limit (%s); the "
+                                "request was accepted, its partial success not read", self._signal,
+                                MAX_ANSWER_BYTES, details[:200])
+                    return ExportResult(ACCEPTED, message=message)
                 return ExportResult(TOO_LARGE, message=message)  # the server's grpc.max_recv_msg_size
             return ExportResult(RETRY, message=message, retry_after=_retry_info(e) if code in _GRPC_RETRYABLE else None)
         return _accepted(self._signal, response)
@@ -175,12 +196,22 @@ class HttpTransport:
             body = zlib.compress(body)
         try:
             r = self._session.post(self._url, data=body, headers=self._headers, timeout=max(0.05, timeout_s),
-                                   allow_redirects=False)
-        except requests.RequestException as e:
-            return ExportResult(RETRY, message=type(e).__name__)  # str(e) may hold the URL
-        if 200 <= r.status_code < 300:
+                                   allow_redirects=False, stream=True)
             try:
-                response = _response_type(self._signal).FromString(r.content or b"")
+                content = r.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True) or b""
+            finally:
+                r.close()
+        except requests.RequestException as e:
+            return ExportResult(RETRY, message=describe_request_error(e))
+        except Exception as e:  # noqa: BLE001 - urllib3's own errors while reading the answer
+            return ExportResult(RETRY, message=describe_request_error(e))
+        if 200 <= r.status_code < 300:
+            if len(content) > MAX_ANSWER_BYTES:
+                log.warning("the collector's %s answer exceeded %d bytes; the request was accepted, its partial "
+                            "success not read", self._signal, MAX_ANSWER_BYTES)
+                return ExportResult(ACCEPTED, message="answer too large to read")
+            try:
+                response = _response_type(self._signal).FromString(content)
             except Exception:  # noqa: BLE001 - a 2xx without a protobuf body (a proxy) still accepted the batch
                 return ExportResult(ACCEPTED)
             return _accepted(self._signal, response)
@@ -188,12 +219,41 @@ class HttpTransport:
         if r.status_code == 413:
             return ExportResult(TOO_LARGE, message=message)
         if r.status_code == 400:
-            return ExportResult(REJECTED, message=message + _status_message(r.content))
+            return ExportResult(REJECTED, message=message + _status_message(content[:MAX_ANSWER_BYTES]))
         retry_after = _retry_after(r.headers.get("Retry-After")) if r.status_code in _HTTP_RETRYABLE else None
         return ExportResult(RETRY, message=message, retry_after=retry_after)
 
     def close(self) -> None:
         self._session.close()
+
+
+def describe_request_error(error: BaseException) -> str:
+    """The exception's class and its root cause, without the URL that str() of a requests error shows:
+    `SSLError: certificate verify failed: unable to get local issuer certificate`, not `SSLError`."""
+    import http.client
+    import ssl
+
+    seen: set[int] = set()
+    todo: list[Any] = [error]
+    reason = ""
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            reason = f"certificate verify failed: {e.verify_message}"
+            break
+        if isinstance(e, ssl.SSLError):
+            reason = f"TLS {e.reason or e.strerror or 'error'}"
+            break
+        if isinstance(e, http.client.RemoteDisconnected) and not reason:
+            reason = "the collector closed the connection without an answer (plaintext to a TLS port?)"
+        if isinstance(e, OSError) and e.strerror and not reason:
+            reason = e.strerror  # connection refused, reset, no route: kept unless a TLS cause comes later
+        todo += [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
+    name = type(error).__name__
+    return f"{name}: {reason}" if reason else name
 
 
 def _status_message(content: bytes) -> str:

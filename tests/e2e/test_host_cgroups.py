@@ -5,7 +5,6 @@ import ctypes
 import os
 import secrets
 import struct
-import time
 
 import pytest
 from conftest import require
@@ -78,17 +77,11 @@ def test_real_cgroup_resolves_to_its_kernel_id():
         os.rmdir(top)
 
 
-def test_real_hierarchy_rescan_timing():
+def test_a_rescan_of_the_real_hierarchy_finds_its_root():
     mount = real_memory_mount()
     r = CgroupResolver(mount)
-    best = float("inf")
-    for _ in range(20):
-        t = time.perf_counter()
-        r.rescan()
-        best = min(best, time.perf_counter() - t)
-    print(f"\nfull rescan of {mount}: {len(r._last_scan)} cgroups in {best * 1e6:.0f} us (best of 20)")
+    r.rescan()  # (its speed is a figure of bench/, not a test)
     assert r._last_scan[os.stat(mount).st_ino] == "/"
-    assert best < 1.0
 
 
 

@@ -103,5 +103,3 @@ def test_webhook_gets_one_message_per_kill(start_agent):
     finally:
         server.shutdown()
         server.server_close()
-
-

@@ -161,7 +161,7 @@ def test_a_small_storm_causes_exactly_the_kills_asked_for():
     assert _storm_dirs(mount) == []
 
 
-def test_storm_of_800_kills_and_its_rate():
+def test_a_storm_of_800_kills_causes_800_kills_and_leaves_nothing():
     mount, _ = _hierarchy()
     v0 = vmstat_oom_kills()
     t0 = time.monotonic()
@@ -169,7 +169,5 @@ def test_storm_of_800_kills_and_its_rate():
     wall = time.monotonic() - t0
     assert s.kills_caused == 800 <= vmstat_oom_kills() - v0
     assert s.seconds <= wall
-    print(f"storm: 800 kills in {s.seconds:.2f}s = {800 / s.seconds:.0f} kills/s")
-    # measured ~3.5-4.2 s on the 2-core dev VM; a generous bound so a loaded CI box still passes
-    assert s.seconds < 30
+    print(f"storm: 800 kills in {s.seconds:.2f}s = {800 / s.seconds:.0f} kills/s")  # its rate: bench/, not here
     assert _storm_dirs(mount) == []

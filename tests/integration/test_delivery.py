@@ -121,6 +121,8 @@ def test_shutdown_is_bounded_by_the_timeout_with_a_collector_that_never_answers(
         t0 = time.monotonic()
         h.stop()  # --shutdown-timeout=2
         took = time.monotonic() - t0
-        assert took < 2 + 0.5, f"shutdown took {took:.1f} s with --shutdown-timeout=2"
-        assert h.agent.store is not None
-    print(f"\nshutdown against a collector that never answers: {took:.1f} s (--shutdown-timeout=2)")
+        # behaviour, not speed: the stop is bounded by --shutdown-timeout, not held for the in-flight
+        # export's own 30 s timeout (nor the collector's 60 s); the margin is for a loaded machine
+        assert took < 20, f"the stop waited {took:.1f} s: for the export, not --shutdown-timeout=2"
+        # and the kill it could not deliver is still in the spool for the next start
+        assert h.agent.store is not None and h.agent.store.spool.stats()["pending"] == 1

@@ -9,13 +9,16 @@ with all of them watching the same kills, causes one after another:
   memcg      one memcg OOM kill (`trigger_oom`, 32 MiB limit; cgroup v2 or v1, whatever is mounted);
   bystander  victim != trigger: an allocator fills a 48 MiB cgroup, the kernel kills a sleeper
              with oom_score_adj 1000 there, then the allocator itself (two decisions);
-  group      a memory.oom.group kill (cgroup v2 only): 2 sleepers + 1 allocator in a 64 MiB cgroup;
+  group      a memory.oom.group kill (cgroup v2 only): 2 sleepers + 1 allocator in a 64 MiB cgroup,
+             the agents stopped until the cgroup is removed (see group_case);
   exiting    the task_will_free_mem() shortcut: the chosen task is already exiting, so it is marked
              as a victim without a kill; then the allocator is killed (see exiting_case);
+  userspace  a user-space OOM killer: a process named systemd-oomd SIGKILLs a sleeper;
   global     a global (non-memcg) OOM kill: an allocator with oom_score_adj 1000 outside any limit.
 
-After each case it waits for every agent's records of every victim, then reads each agent's
-`oom.kills.unobserved` from its /metrics once two reconciliations have passed. It only collects:
+After each case it waits for every agent's records of every victim (`oom.kill`, then `oom.reclaim`:
+when its memory was back), then reads each agent's `oom.kills.unobserved` from its /metrics once
+two reconciliations have passed. It only collects:
 what the kernel offers (BTF, tracefs, `otel-oom check`), the records, the unobserved counts, and
 the kernel log of each kill. tests/test_kernel_matrix.py judges it on the host. The global OOM puts
 the whole machine out of memory, so this refuses to run anywhere but in a QEMU test guest
@@ -24,6 +27,7 @@ the whole machine out of memory, so this refuses to run anywhere but in a QEMU t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -35,7 +39,8 @@ import sys
 import time
 from typing import Optional
 
-CASES = ("memcg", "bystander", "group", "exiting", "global")
+CASES = ("memcg", "bystander", "group", "exiting", "userspace", "global")
+USERSPACE_KILLER = "systemd-oomd"  # one of the agents' default --userspace-killers
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 1 << 20
 
@@ -311,16 +316,51 @@ class TestCgroup:
         _rmdir(self.leaf)
 
 
-def group_case(tag: str, mount: str) -> dict:
-    """memory.oom.group: the kernel kills every member of the cgroup in one decision."""
+def group_case(tag: str, mount: str, agents_stopped=contextlib.nullcontext) -> dict:
+    """memory.oom.group: the kernel kills every member of the cgroup in one decision. The agents are
+    stopped from before the kill until the cgroup is removed, as a container runtime removes it
+    right after a group kill: each reads the kill only once the cgroup is gone, so what it says
+    about the group must be what the kernel captured, not what a file read afterwards says."""
     cg = TestCgroup(mount, 2, f"/kmx-{tag}-group", 64 * MiB, oom_group=True)
     before = _vmstat_oom_kill()
-    try:
-        result = cg.run([("sleeper", 8), ("sleeper", 8), ("allocator", 2)])
-    finally:
-        cg.remove()
+    with agents_stopped():
+        try:
+            result = cg.run([("sleeper", 8), ("sleeper", 8), ("allocator", 2)])
+        finally:
+            cg.remove()
     result["vmstat_oom_kill_delta"] = _vmstat_oom_kill() - before
     return result
+
+
+@contextlib.contextmanager
+def stopped(agents: list):
+    """The agents stopped (SIGSTOP) meanwhile; their BPF programs still run, what they caught waits."""
+    for a in agents:
+        a.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for a in agents:
+            a.proc.send_signal(signal.SIGCONT)
+
+
+def userspace_case(tag: str, mount: str, version: int) -> dict:
+    """A user-space OOM killer's kill: a process named like one (USERSPACE_KILLER) SIGKILLs a sleeper
+    in a throwaway memory cgroup; the kernel's OOM killer takes no part."""
+    from testing.around import fake_killer
+
+    cg = TestCgroup(mount, version, f"/kmx-{tag}-userspace", 64 * MiB)
+    victim = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEMBER, f"{cg.leaf}/cgroup.procs", "8", "sleeper"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_line(victim, 60)
+        killer_pid = fake_killer(USERSPACE_KILLER, victim.pid, timeout=60)
+        codes = _reap([victim], 30)
+    finally:
+        _reap([victim], 0)
+        cg.remove()
+    return {"victims": [victim.pid], "killer": USERSPACE_KILLER, "killer_pid": killer_pid,
+            "returncodes": {str(k): v for k, v in codes.items()}, "cgroup": cg.rel, "hierarchy_version": version}
 
 
 def bystander_case(tag: str, mount: str, version: int) -> dict:
@@ -454,21 +494,22 @@ def _last_seq() -> int:
     return recs[-1].seq if recs else -1
 
 
-def _records(receiver, agent, pids: set[int]) -> list[dict]:
+def _records(receiver, agent, pids: set[int], event_name: str = "oom.kill") -> list[dict]:
     from .guest_agents import RESOURCE_KEY
 
     recs = receiver.log_records() if agent.otlp else agent.json_records()
     return [r for r in recs if r["resource"].get(RESOURCE_KEY) == agent.spec.tag
             and r["attributes"].get("process.pid") in pids and not r["attributes"].get("oom.recovered")
-            and r.get("event_name", "oom.kill") == "oom.kill"]
+            and r.get("event_name", "oom.kill") == event_name]
 
 
-def _wait_for_records(receiver, agents: list, pids: set[int], timeout: float) -> dict[str, list[dict]]:
+def _wait_for_records(receiver, agents: list, pids: set[int], timeout: float,
+                      event_name: str = "oom.kill") -> dict[str, list[dict]]:
     """Every agent's records of these victims, once each agent has one per victim (or the timeout);
     from the receiver, or (no receiver) from each agent's JSON lines."""
     deadline = time.monotonic() + timeout
     while True:
-        got = {a.spec.tag: _records(receiver, a, pids) for a in agents}
+        got = {a.spec.tag: _records(receiver, a, pids, event_name) for a in agents}
         if all({r["attributes"]["process.pid"] for r in recs} >= pids for recs in got.values()) \
                 or time.monotonic() > deadline:
             return got  # judged on the host: what arrived is recorded either way
@@ -480,11 +521,13 @@ def _settle(seconds: float = 0.5) -> None:
     time.sleep(seconds)
 
 
-def _run_case(case: str, hierarchy: dict) -> dict:
+def _run_case(case: str, hierarchy: dict, agents: list) -> dict:
     if case == "memcg":
         return memcg_case("m")
     if case == "group":
-        return group_case("m", hierarchy["mount"])
+        return group_case("m", hierarchy["mount"], lambda: stopped(agents))
+    if case == "userspace":
+        return userspace_case("m", hierarchy["mount"], hierarchy["version"])
     if case == "bystander":
         return bystander_case("m", hierarchy["mount"], hierarchy["version"])
     if case == "exiting":
@@ -568,12 +611,14 @@ def run(out_path: str, cases: list[str], specs: Optional[list], bcc_buffers: lis
             progress(f"case {case}")
             t_case = time.monotonic()
             try:
-                result = _run_case(case, hierarchy)
+                result = _run_case(case, hierarchy, agents)
             except Exception as e:  # noqa: BLE001 - recorded and judged on the host
                 doc["cases"][case] = {"error": f"{type(e).__name__}: {e}", "kmsg": _kmsg_since(seq)}
                 continue
             progress(f"case {case} killed {result['victims']}; waiting for records")
             result["records"] = _wait_for_records(receiver, agents, set(result["victims"]), 30)
+            # and when each victim's memory was back (oom.reclaim), as far as that comes within 10 s
+            result["reclaims"] = _wait_for_records(receiver, agents, set(result["victims"]), 10, "oom.reclaim")
             result["kmsg"] = _kmsg_since(seq)
             # two reconciliations later every agent's snapshot of the kernel's count includes this case
             time.sleep(2 * RECONCILE_INTERVAL_S + 0.3)

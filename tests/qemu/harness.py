@@ -594,10 +594,12 @@ _FRESH_IN_GUEST = ("/tmp", "/var/tmp", "/run")
 def _hidden_but_needed(paths: Iterable[str]) -> list[str]:
     """Host paths the guest needs (the checkout, the Python environment) that lie under a directory
     the guest replaces with an empty tmpfs: init.sh binds them back from the read-only host root.
-    A CI checkout may well live under /tmp."""
+    A CI checkout may well live under /tmp. Each is bound where it really is: a checkout's .venv is
+    often a symlink (to another checkout's), which init.sh's mount would resolve inside the
+    initramfs, where its target does not exist; bound with the checkout, it resolves in the new root."""
     keep = []
     for p in paths:
-        p = os.path.abspath(p)
+        p = os.path.realpath(p)
         if any(p == d or p.startswith(d + "/") for d in _FRESH_IN_GUEST) and p not in keep:
             if any(c.isspace() for c in p):
                 raise QemuError(f"cannot pass {p!r} into the guest: it has white space")
@@ -639,7 +641,11 @@ def boot(kernel: str, command: Sequence[str] | str, cgroup: str = "v2", memory_m
         # the host's amd64 tree cannot run there: chroot into that architecture's userland, with the
         # working directory (the checkout: pure Python) and the venv bound in at their own paths
         root_subdir = _guest_path(userland.userland(cache or cache_dir(), info.arch), "userland")
-        keep_dirs = list(dict.fromkeys([workdir, sys.prefix]))  # the venv: its pure-Python packages serve too
+        # the venv: its pure-Python packages serve too. Bound where it really is: a worktree's .venv is
+        # often a symlink to another checkout's, which the userland would not have
+        venv = os.path.realpath(sys.prefix)
+        inside = sys.prefix.startswith(workdir.rstrip("/") + "/")
+        keep_dirs = list(dict.fromkeys([workdir, venv] + ([] if inside or venv == sys.prefix else [sys.prefix])))
     script = command if isinstance(command, str) else "exec " + shlex.join(command)
     environment = guest_env(env, info.arch)
     bad = [k for k in environment if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]

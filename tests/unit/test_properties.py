@@ -10,7 +10,7 @@ import re
 import struct
 import zlib
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from otel_oom.attribution.containers import parse_cgroup_path
@@ -194,9 +194,13 @@ def test_any_state_file_is_a_state_or_a_reason(raw):
 
 @FAST
 @given(st.text(max_size=80))
+@example("@0?")      # https://@0?:pw@h/ was accepted and its redacted form showed the password
+@example("u#")       # a # in the user info: host "u" accepted, the password in the "fragment"
+@example("h/p@x")    # an @ in the path: the redacted form named the wrong host
 def test_any_url_is_parsed_or_refused_in_one_line_without_its_credentials(text):
     secret = "s3cr3tpw"
-    for value in (text, f"http://user:{secret}@{text}", f"https://{text}:{secret}@h/"):
+    assume(secret not in text)
+    for value in (text, f"http://user:{secret}@{text}", f"https://{text}:{secret}@h/", f"http://h/{text}?k={secret}"):
         try:
             url = parse_url("X", value, "http://example")
         except UrlError as e:

@@ -11,6 +11,12 @@ from conftest import REPO, require
 
 PACKAGE = REPO / "otel_oom"
 MAX_LINES = 400
+# The modules allowed past MAX_LINES, each with why; the list stays short, and a module that shrinks
+# back under the limit leaves it.
+LONG_MODULES = {
+    "otel_oom/delivery/spool.py": "one job (append, hand out, acknowledge, bound, repair one on-disk queue) "
+                                  "and its crash-safety argument, which reads best whole",
+}
 
 
 def _tool(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -106,14 +112,11 @@ def test_only_the_otlp_package_imports_opentelemetry():
     assert offenders == []
 
 
-def test_modules_stay_readable_or_say_why_not():
-    long = []
-    for path in PACKAGE.rglob("*.py"):
-        lines = path.read_text().count("\n")
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        if lines > MAX_LINES and "lines because" not in doc:
-            long.append(f"{path.relative_to(REPO)}: {lines} lines")
-    assert long == []
+def test_modules_stay_readable_and_the_long_list_stays_short():
+    sizes = {str(p.relative_to(REPO)): p.read_text().count("\n") for p in PACKAGE.rglob("*.py")}
+    assert [f"{m}: {n} lines" for m, n in sorted(sizes.items()) if n > MAX_LINES and m not in LONG_MODULES] == []
+    # an allowed module that no longer needs it leaves the list
+    assert [m for m in LONG_MODULES if sizes.get(m, 0) <= MAX_LINES] == []
 
 
 def test_every_test_file_has_its_own_name():

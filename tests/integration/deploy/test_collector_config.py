@@ -25,6 +25,7 @@ from testing.collector_process import (
     loopback_overrides,
     validate,
 )
+from testing.k8s_api_double import KubernetesApiDouble
 from testing.otlp_receiver import free_port
 
 CONFIG_DIR = REPO / "collector-config"
@@ -112,8 +113,7 @@ def test_validate_really_rejects_mistakes(tmp_path):
 def start_overrides(path: Path, tmp_path: Path) -> dict:
     ov = loopback_overrides(effective(path), tmp_path)
     if "agent.yaml" in {Path(f).name for f in files(path)}:
-        # no API server here: k8s_attributes gets a kubeconfig naming a closed loopback port;
-        # its informer retries in the background and the Collector starts regardless
+        # k8s_attributes reads the Kubernetes API test double through a kubeconfig (the caller's)
         ov["processors::k8s_attributes::auth_type"] = "kubeConfig"
     if path.name == "clickhouse.yaml":
         # create_schema connects at start; there is no ClickHouse here (see the test below)
@@ -125,23 +125,20 @@ def start_overrides(path: Path, tmp_path: Path) -> dict:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_starts_and_stops_cleanly(path, tmp_path):
     env = collector_env(**CONFIG_ENV[path.name])
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "none",
-        "clusters": [{"name": "none", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
-        "users": [{"name": "none", "user": {}}],
-        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
-    env["KUBECONFIG"] = str(kubeconfig)
+    # agent.yaml's k8s_attributes waits for this node's pods before the Collector takes a record
+    # (wait_for_metadata): the Kubernetes API test double serves them (none)
     ov = start_overrides(path, tmp_path)
-    with CollectorProcess(binary(), files(path), ov, env) as col:
-        for key, value in ov.items():
-            if key.startswith("extensions::health_check") and key.endswith("::endpoint"):
-                assert http_ok(f"http://{value}/"), col.log_text()
-        for key, value in ov.items():
-            if key.endswith("::directory"):
-                assert Path(str(value)).is_dir(), f"file_storage did not create {value}"
-        log = col.log_text()
-        assert col.stop(signal.SIGTERM) == 0, col.log_text()
+    with KubernetesApiDouble() as api:
+        env["KUBECONFIG"] = api.write_kubeconfig(tmp_path)
+        with CollectorProcess(binary(), files(path), ov, env) as col:
+            for key, value in ov.items():
+                if key.startswith("extensions::health_check") and key.endswith("::endpoint"):
+                    assert http_ok(f"http://{value}/"), col.log_text()
+            for key, value in ov.items():
+                if key.endswith("::directory"):
+                    assert Path(str(value)).is_dir(), f"file_storage did not create {value}"
+            log = col.log_text()
+            assert col.stop(signal.SIGTERM) == 0, col.log_text()
     assert "Shutdown complete" in col.log_text()
     # nothing the files configure is deprecated or ignored in this release
     assert not re.search(r"deprecated|will be used to configure", log, re.I), log
@@ -263,6 +260,8 @@ def test_agent_pipeline_order_and_attribution():
     assert k8s["pod_association"] == [{"sources": [{"from": "resource_attribute", "name": "k8s.pod.uid"}]}]
     assert {"k8s.namespace.name", "k8s.pod.name", "k8s.container.name"} <= set(k8s["extract"]["metadata"])
     assert k8s["filter"]["node_from_env_var"] == "K8S_NODE_NAME"
+    # no record taken before this node's pods are listed (else it passes with its UID only)
+    assert k8s["wait_for_metadata"] is True and "wait_for_metadata_timeout" not in k8s
 
 
 def test_agent_exports_logs_durably():

@@ -1,8 +1,6 @@
 """Cgroup path -> runtime / container id / pod: one table line per layout, then hostile input."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from otel_oom.attribution.containers import Workload, parse_cgroup_path
@@ -152,17 +150,16 @@ def test_malformed_pod_keeps_only_the_container(path, expected):
     assert parse_cgroup_path(path) == expected
 
 
-def test_long_hostile_names_parse_quickly():
+@pytest.mark.timeout(120)  # a hang guard: a backtracking parser takes hours on these, a linear one ms
+def test_long_hostile_names_parse_in_linear_time():
     worst = [
         "/" + "kubepods-" * 20_000 + f"pod{U_}.slice",
         "/" + "a_" * 50_000 + "-kubepods-pod.slice",
         "/" + "/".join(["kubepods"] * 5_000) + f"/pod{UID}/{C}",
         "/" + "-".join(["a"] * 50_000) + "-kubepods-burstable-pod" + "0" * 31 + ".slice",
     ]
-    t = time.perf_counter()
     for path in worst:
         parse_cgroup_path(path)
-    assert time.perf_counter() - t < 1.0
     assert parse_cgroup_path(worst[2]) == W(None, C, UID, "guaranteed")
 
 

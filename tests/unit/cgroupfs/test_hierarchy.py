@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -208,19 +207,15 @@ def test_resolver_tolerates_directories_vanishing_mid_scan(tmp_path):
         assert r._paths[ino(tmp_path)] == "/"
 
 
-def test_full_rescan_timing_synthetic(tmp_path):
+def test_a_full_rescan_finds_every_directory_of_a_big_hierarchy(tmp_path):
     # 10,000 directories, wider and deeper than a busy Kubernetes node's memory hierarchy
     for q in range(10):
         for p in range(100):
             for c in range(9):
                 (tmp_path / f"qos{q}" / f"pod{p}" / f"c{c}").mkdir(parents=True)
     r = CgroupResolver(str(tmp_path))
-    t = time.perf_counter()
-    r.rescan()
-    elapsed = time.perf_counter() - t
+    r.rescan()  # (its speed is a figure of bench/, not a test)
     assert len(r._paths) == 1 + 10 + 1000 + 9000
-    print(f"\nfull rescan of 10,011 directories on {tmp_path}: {elapsed * 1000:.1f} ms")
-    assert elapsed < 2.0
 
 
 # --- the real memory cgroup hierarchy -----------------------------------------------------

@@ -223,7 +223,7 @@ def test_http_without_a_collector_is_retry():
     t = transport(settings(free_port(), "http/protobuf").logs, LOGS)
     try:
         r = t.export(b"", 1)
-        assert r.outcome == "retry" and r.message == "ConnectionError"
+        assert r.outcome == "retry" and r.message == "ConnectionError: Connection refused"  # the reason, no URL
     finally:
         t.close()
 
