@@ -30,11 +30,11 @@ from .cgroupfs.hierarchy import detect_memory_hierarchy
 from .cgroupfs.tree import CgroupResolver
 from .config import RunConfig
 from .delivery.parked import ParkedEvents
-from .delivery.sender import RETRY_MAX_S, SpoolSender
+from .delivery.sender import SpoolSender
 from .delivery.store import DeliveryStore, MemoryStore, Store, open_store
 from .errors import AgentError
 from .kernel.libbpf import release_freed_memory
-from .kernel.source import SampleSource, SourceFactory
+from .kernel.source import Sample, SampleSource, SourceFactory
 from .kube import build as build_kube
 from .otlp.spooled import SpoolCodec
 from .own_process import (
@@ -134,6 +134,7 @@ class Agent:
         ledger = store if isinstance(store, DeliveryStore) else None
         self.reconciler = Reconciler(ledger, hierarchy, boot_id, self.proc_root, self.kmsg_path,
                                      state_dir=cfg.spool_dir if ledger else None)
+        self._hierarchy = hierarchy  # the kmsg backend's kill counters read it
         self.source = self._source_factory(self._on_sample)
         sv.add(Resource("otel-oom-probe", self.source.close))
         release_freed_memory()  # libbpf's parse of the kernel BTF, freed after the load
@@ -185,9 +186,9 @@ class Agent:
         self.pipeline.handle_kills(self.reconciler.recover_missed())
         self.reconciler.start()  # the ledger: everything up to the start-up's count is accounted for
         self.source.poll(0)
-        window = self.reconciler.recover_window(queued_victims(self._samples))
+        if self.source.plan.backend != "kmsg":  # which follows the log from the start-up reading on: no window
+            self.pipeline.handle_kills(self.reconciler.recover_window(queued_victims(self._samples)))
         self.reconciler.release_snapshot()
-        self.pipeline.handle_kills(window)
 
     def _start_export(self, health: Optional["HealthServer"]) -> None:
         """After `ready`, on a thread of its own: the OTel SDK, the exporters, the sender (~150 ms of
@@ -237,8 +238,8 @@ class Agent:
         if self.stopping.is_set():
             return  # stopping before the export existed: what is stored stays in the spool
         self.sender = sender
-        sv.fill(ThreadService(SENDER, sender.run, sender.wake, deadline=functools.partial(self._sender_deadline, sender),
-                              abort=sender.exporter.shutdown, check=functools.partial(self._delivery_health, sender)))
+        sv.fill(ThreadService(SENDER, sender.run, sender.wake, deadline=sender.stop_by,
+                              abort=sender.exporter.shutdown, check=sender.health))
 
     def export_ready(self, timeout: Optional[float] = None) -> bool:
         """Wait until the export set up after `ready` is done (or failed); False if still going."""
@@ -251,19 +252,6 @@ class Agent:
     def _wake_sender(self) -> None:
         if self.sender is not None:
             self.sender.wake()
-
-    @staticmethod
-    def _sender_deadline(sender: SpoolSender, deadline: float) -> None:
-        # no new attempt starts after `deadline`, and each one's timeout is cut to the time left
-        sender.deadline = deadline
-        sender.wake()
-
-    @staticmethod
-    def _delivery_health(sender: SpoolSender) -> tuple[bool, str]:
-        stuck = sender.stuck_for()
-        if stuck > 5 * RETRY_MAX_S:
-            return False, f"delivery stuck: nothing accepted by the collector for {stuck:.0f} s"
-        return True, "ok"
 
     def _stop_worker(self) -> None:
         if self.source is not None:
@@ -288,16 +276,18 @@ class Agent:
                 self.drops["shutdown_in_memory"] += lost
         store.close()
 
-    def _open_probe(self, on_sample: Callable[[bytes], None]) -> SampleSource:
-        from .kernel.backends import open_source
+    def _open_probe(self, on_sample: Callable[[Sample], None]) -> SampleSource:
+        from .kernel.backends import KernelLog, open_source
 
-        cfg = self.cfg
-        # the extras around the kill (user-space killers, reclaim) are libbpf programs: the bcc backend has none
+        cfg, log_end = self.cfg, self.reconciler.log_end() if self.reconciler else None
+        # the extras around the kill (user-space killers, reclaim) are BPF programs (libbpf and bcc);
+        # the kmsg backend follows the log from where the reconciler's start-up reading of it ended
         return open_source(on_sample, cfg.backend, cfg.victim_hook, cfg.context_hook, cfg.task_hook,
                            ring_bytes=cfg.ring_buffer_bytes, bcc_buffer=cfg.bcc_buffer,
-                           extras=around_the_kill.probe_extras(cfg))
+                           extras=around_the_kill.probe_extras(cfg),
+                           kernel_log=KernelLog(self.kmsg_path, log_end, self._hierarchy, self.proc_root))
 
-    def _on_sample(self, raw: bytes) -> None:
+    def _on_sample(self, raw: Sample) -> None:
         # runs inside the source's poll: copy and hand on, never block
         if not self._samples.put_nowait(raw):
             self.drops["queue_full"] += 1
@@ -311,7 +301,9 @@ class Agent:
     def drop_counts(self) -> dict[str, int]:
         counts = dict(self.drops)
         if self.source:
-            counts["ringbuf_full"] = self.source.stats().get("ringbuf_full", 0)
+            stats = self.source.stats()
+            counts["ringbuf_full"] = stats.get("ringbuf_full", 0)
+            counts.update({r: stats[r] for r in ("kmsg_overrun", "kmsg_malformed") if r in stats})  # kmsg backend
         if self.store is not None:
             counts.update(self.store.dropped)
         notifier = self.pipeline.notifier if self.pipeline else None

@@ -2,7 +2,9 @@
 
 Every line is a fact read from the host; the verdict comes from really loading and attaching the
 plan `run` would pick (then detaching it), not from guessing. With the bcc backend that means
-compiling the program against the kernel headers, as `run` does.
+compiling the program against the kernel headers, as `run` does. The kernel-log backend (kmsg) is
+checked too, by reading the log as `run` would: it is what `auto` falls back to when no BPF program
+loads, and the report says what each backend gives on this host and which one `run` will use.
 """
 from __future__ import annotations
 
@@ -61,7 +63,9 @@ def run_check(out: TextIO, victim: str = "auto", context: str = "auto", object_p
         logging.getLogger("otel_oom.libbpf").setLevel(logging.ERROR)
     missing = missing_capabilities()
     caps = effective_capabilities()
-    if missing:
+    if chosen_backend == "kmsg":
+        pass  # no BPF: reading the kernel log is the privilege it needs (CAP_SYSLOG), checked below
+    elif missing:
         r.line("privileges", f"MISSING {', '.join(missing)} (CapEff {caps:#x}): run as root or grant them")
         r.problems.append("missing privileges")
     else:
@@ -72,16 +76,62 @@ def run_check(out: TextIO, victim: str = "auto", context: str = "auto", object_p
     except (CgroupError, OSError) as e:
         r.line("memory cgroup", f"unusable: {e}")
     tracefs = find_tracefs(mount_if_missing=False)
-    r.line("tracefs", tracefs or "not mounted (run mounts it when it may)")
+    if chosen_backend != "kmsg":
+        r.line("tracefs", tracefs or "not mounted (run mounts it when it may)")
     if chosen_backend == "bcc":
         _check_bcc(r, victim, context, task, bcc_buffer, tracefs, bool(missing))
-    else:
+    elif chosen_backend == "libbpf":
         _check_libbpf(r, victim, context, task, object_path, tracefs, bool(missing))
+    kmsg_problem = _check_kmsg(r)
+    bpf_problems, r.problems = r.problems, []
+    if chosen_backend == "kmsg":
+        r.problems = [kmsg_problem] if kmsg_problem else []
+        will = "kmsg (asked for)"
+    elif not bpf_problems:
+        will = f"{chosen_backend}: {BPF_GIVES[chosen_backend]}"
+    elif backend == "auto" and kmsg_problem is None:
+        will = f"kmsg: eBPF cannot be used here ({'; '.join(bpf_problems)}); `run` falls back to it with a warning"
+    else:
+        r.problems = bpf_problems + ([kmsg_problem] if backend == "auto" and kmsg_problem else [])
+    if not r.problems:
+        r.line("will run", will)
     if r.problems:
         out.write(f"result: NOT READY: {'; '.join(r.problems)}\n")
         return 1
     out.write("result: ready: `otel-oom run` can work on this host\n")
     return 0
+
+
+BPF_GIVES = {
+    "libbpf": "every victim read in the kernel as it is marked (task, cgroup chain, trigger, OOMing memcg), "
+              "user-space OOM killers' kills and reclaim times",
+    "bcc": "the same as libbpf (every victim read in the kernel as it is marked, user-space OOM killers' "
+           "kills and reclaim times), compiled at start against the kernel headers",
+}
+
+
+def _check_kmsg(r: _Report) -> Optional[str]:
+    """The kernel-log backend, read as `run` reads it: None when it can work, else the problem."""
+    from .kernel.backends import KMSG_BLIND_SPOTS
+    from .reconcile.kmsg import read_kmsg
+
+    r.out.write("  kernel log (backend kmsg, no BPF):\n")
+    try:
+        records, how = read_kmsg(), ""
+    except OSError as e:
+        try:  # a container's device cgroup refuses /dev/kmsg: `run` reads the log through syslog(2) then
+            from .kernel.syslog_reader import SyslogReader
+
+            records, how = SyslogReader().read(), f" through syslog(2) (/dev/kmsg: {e.strerror})"
+        except OSError as e2:
+            r.line("  /dev/kmsg", f"UNREADABLE: {e}; syslog(2): {e2.strerror}")
+            return "the kernel log cannot be read (/dev/kmsg nor syslog(2))"
+    kernel = sum(1 for rec in records if rec.from_kernel)
+    r.line("  /dev/kmsg", f"readable{how}: {len(records)} records held, {kernel} of them the kernel's own")
+    r.line("  gives", "every kill the kernel's OOM killer prints: victim pid, name, uid, memory; cgroup, "
+                      "trigger, constraint and OOMing memcg from the report's header")
+    r.line("  cannot see", KMSG_BLIND_SPOTS)
+    return None
 
 
 def _hook_lines(r: _Report, features: KernelFeatures, tracefs: Optional[str]) -> None:

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     krn = run.add_argument_group("kernel")
     krn.add_argument("--backend", choices=BACKENDS,
                      help="libbpf: the CO-RE object (needs BTF); bcc: compiled at start against the kernel headers "
-                          "(kernels without BTF); default auto: libbpf when /sys/kernel/btf/vmlinux exists, else bcc "
-                          "(env OTEL_OOM_BACKEND)")
+                          "(kernels without BTF); kmsg: no BPF, the kernel's own report in /dev/kmsg (needs only "
+                          "CAP_SYSLOG; sees less, docs/coverage.md); default auto: libbpf when /sys/kernel/btf/vmlinux "
+                          "exists, else bcc, and kmsg with a warning when neither loads (env OTEL_OOM_BACKEND)")
     krn.add_argument("--victim-hook", choices=HOOK_CHOICES["victim"], help="env OTEL_OOM_VICTIM_HOOK, default auto")
     krn.add_argument("--context-hook", choices=HOOK_CHOICES["context"], help="env OTEL_OOM_CONTEXT_HOOK, default auto")
     krn.add_argument("--task-hook", choices=HOOK_CHOICES["task"],

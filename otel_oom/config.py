@@ -29,7 +29,7 @@ ENV_OOM_SCORE_ADJ = "OTEL_OOM_OOM_SCORE_ADJ"      # default -900
 ENV_VICTIM_HOOK = "OTEL_OOM_VICTIM_HOOK"          # auto | tp_btf | tracepoint
 ENV_CONTEXT_HOOK = "OTEL_OOM_CONTEXT_HOOK"        # auto | fentry | kprobe | none
 ENV_TASK_HOOK = "OTEL_OOM_TASK_HOOK"              # auto | fentry | kprobe | none (pid-only mark_victim kernels)
-ENV_BACKEND = "OTEL_OOM_BACKEND"                  # auto (libbpf with BTF, else bcc) | libbpf | bcc
+ENV_BACKEND = "OTEL_OOM_BACKEND"                  # auto | libbpf | bcc | kmsg (the kernel log, no BPF)
 ENV_BCC_BUFFER = "OTEL_OOM_BCC_BUFFER"            # bcc backend: auto (ring buffer on 5.8+) | ring | perf
 ENV_RECONCILE_INTERVAL = "OTEL_OOM_RECONCILE_INTERVAL"  # seconds between reads of the kernel's kill count; default 5
 ENV_RING_BUFFER = "OTEL_OOM_RING_BUFFER_BYTES"    # default 4 MiB
@@ -83,7 +83,7 @@ class EventSettings:
 DEFAULT_RECONCILE_INTERVAL = 5.0
 HOOK_CHOICES = {"victim": ("auto", "tp_btf", "tracepoint"), "context": ("auto", "fentry", "kprobe", "none"),
                 "task": ("auto", "fentry", "kprobe", "none")}
-BACKENDS = ("auto", "libbpf", "bcc")
+BACKENDS = ("auto", "libbpf", "bcc", "kmsg")
 BCC_BUFFERS = ("auto", "ring", "perf")
 
 

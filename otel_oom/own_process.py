@@ -147,6 +147,9 @@ def ready_line(plan: Any, cfg: "RunConfig", around: str, took_s: float) -> str:
         parts.append(f"spool {cfg.spool_dir}" if cfg.spool_dir else "no spool (memory only)")
     parts += [what for on, what in ((cfg.console, "console"), (cfg.json, "JSON on stdout"), (cfg.webhook, "webhook"))
               if on]
-    return (f"ready in {took_s * 1000:.0f} ms: hooks victim={plan.victim} context={plan.context}"
-            f"{f' ({plan.kprobe_symbol})' if plan.kprobe_symbol else ''}{task}, backend {plan.backend}; "
+    hooks = (f"hooks victim={plan.victim} context={plan.context}"
+             f"{f' ({plan.kprobe_symbol})' if plan.kprobe_symbol else ''}{task}, backend {plan.backend}")
+    if plan.backend == "kmsg":
+        hooks = "kills from the kernel log /dev/kmsg, backend kmsg (no BPF)"
+    return (f"ready in {took_s * 1000:.0f} ms: {hooks}; "
             f"delivery {', '.join(parts) or 'none'}; around the kill: {around}")

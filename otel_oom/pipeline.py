@@ -1,6 +1,7 @@
 """One event's way through the agent: decode -> attribute -> store durably -> show -> count.
 
-`handle_sample` runs on the worker thread for every ring-buffer sample, `handle_kill` also for the
+`handle_sample` runs on the worker thread for every kernel sample (a ring-buffer sample of the BPF
+backends, or a kill the kmsg backend read from the kernel's report: `kernel.source.Sample`), `handle_kill` also for the
 kills recovered from the kernel log at start-up, `handle_record` for what else the worker queue
 holds (the pressure source's events, for the trackers around the kill) and the records those
 trackers make (pressure, no-kill, reclaim; with --traces, the episode spans). A kill counts as
@@ -18,16 +19,18 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, TextIO, Union
 
-from .attribution.enrich import Enricher, bare_kill
+from .attribution.enrich import Enricher, bare_kill, logged_kill
 from .kernel.reclaim_wire import RECLAIM_EVENT_SIZE, ReclaimDecodeError, decode_reclaim
 from .kernel.wire import DecodeError, decode
 from .otlp.spooled import SpoolCodec
 from .pressure.events import EVENT_TYPES, Submitted
+from .reconcile.oom_report import LoggedKill
 from .schema.records import OomEpisode, OomKill, Record
 from .sinks.console import format_console, format_record_console, format_record_json
 
 if TYPE_CHECKING:
     from .around.room import Around
+    from .kernel.source import Sample
     from .otlp.metrics import Metrics
     from .reconcile.recovery import Reconciler
     from .sinks.webhook import WebhookNotifier
@@ -78,13 +81,16 @@ class Pipeline:
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._failed_sinks: set[str] = set()
 
-    def handle_sample(self, raw: bytes) -> None:
+    def handle_sample(self, raw: "Sample") -> None:
         self.handle_samples([raw])
 
-    def handle_samples(self, raws: list[bytes]) -> None:
-        """A burst of ring-buffer samples, in order; its kills go to the store in one write."""
+    def handle_samples(self, raws: "Sequence[Sample]") -> None:
+        """A burst of kernel samples, in order; its kills go to the store in one write."""
         kills: list[OomKill] = []
         for raw in raws:
+            if isinstance(raw, LoggedKill):
+                kills.append(self._attribute_logged(raw))
+                continue
             if len(raw) == RECLAIM_EVENT_SIZE:
                 self.handle_kills(kills)  # what came before it first
                 kills = []
@@ -109,6 +115,17 @@ class Pipeline:
             self.faults["enrich"] += 1
             log.exception("attributing OOM event %s failed (counted in otel_oom.faults{stage=enrich}); "
                           "delivering it with the fields the kernel reported", kill.event_id)
+            return kill
+
+    def _attribute_logged(self, logged: LoggedKill) -> OomKill:
+        """A kill the kernel's report told (the kmsg backend), attributed like a BPF event."""
+        kill = logged_kill(logged, self.enricher.boot_id)
+        try:
+            return self.enricher.attribute(kill)
+        except Exception:  # noqa: BLE001 - an attribution fault must not lose the kill
+            self.faults["enrich"] += 1
+            log.exception("attributing OOM event %s failed (counted in otel_oom.faults{stage=enrich}); "
+                          "delivering it with the fields the kernel printed", kill.event_id)
             return kill
 
     def _handle_reclaim(self, raw: bytes) -> None:

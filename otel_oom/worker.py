@@ -1,10 +1,10 @@
 """The worker thread: what the poll and the watchers queued, through the pipeline, in order.
 
-The queue (`sample_queue.ByteBoundedQueue`) holds ring-buffer samples (bytes), the pressure
-source's events (around the kill), `Settle` markers from the reconciliation and, at the end,
-`None`. Samples queued behind one another go to the pipeline together (up to `BURST_MAX`: one spool
-write for all of them, group commit); about once a second the pipeline's `tick` runs (what the
-trackers around the kill decide with time).
+The queue (`sample_queue.ByteBoundedQueue`) holds kernel samples (ring-buffer bytes, or the kmsg
+backend's `LoggedKill`s), the pressure source's events (around the kill), `Settle` markers from the
+reconciliation and, at the end, `None`. Samples queued behind one another go to the pipeline
+together (up to `BURST_MAX`: one spool write for all of them, group commit); about once a second
+the pipeline's `tick` runs (what the trackers around the kill decide with time).
 """
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Optional, Union
 
+from .reconcile.oom_report import LoggedKill
 from .sample_queue import ByteBoundedQueue, Empty
 
 if TYPE_CHECKING:
+    from .kernel.source import Sample
     from .pipeline import Pipeline
     from .pressure.events import Submitted
 
@@ -34,7 +36,8 @@ class Settle:
         self.count = count
 
 
-Item = Optional[Union[bytes, "Submitted", Settle]]
+Item = Optional[Union[bytes, LoggedKill, "Submitted", Settle]]
+
 
 
 class Worker:
@@ -56,8 +59,8 @@ class Worker:
             except Empty:
                 item = b""
             # a burst: the samples queued behind this one go to the store in one write (group commit)
-            burst: list[bytes] = []
-            while isinstance(item, bytes) and item and len(burst) < BURST_MAX:
+            burst: list[Sample] = []
+            while (isinstance(item, LoggedKill) or (isinstance(item, bytes) and item)) and len(burst) < BURST_MAX:
                 burst.append(item)
                 try:
                     item = samples.get_nowait()
@@ -70,10 +73,10 @@ class Worker:
                 return
             if isinstance(item, Settle):
                 pipeline.settle(item.count)
+            elif isinstance(item, LoggedKill) or (isinstance(item, bytes) and item):
+                pipeline.handle_samples([item])  # the one after a full burst
             elif not isinstance(item, bytes):
                 pipeline.handle_record(item)
-            elif item:
-                pipeline.handle_samples([item])  # the one after a full burst
             if time.monotonic() >= next_tick:
                 pipeline.tick()
                 next_tick = time.monotonic() + TICK_S

@@ -41,16 +41,26 @@ class FakeKernel:
     def _write_count(self) -> None:
         (self.root / "proc" / "vmstat").write_text(f"nr_free_pages 1\noom_kill {self.count}\n")
 
-    def _line(self, text: str) -> int:
+    def _line(self, text: str, prio: int = 3) -> int:
         self.seq += 1
         usec = self.seq * 1_000_000
         with open(self.kmsg_file, "a") as f:
-            f.write(f"3,{self.seq},{usec},-;{text}\n")
+            f.write(f"{prio},{self.seq},{usec},-;{text}\n")
         return usec
 
-    def kill(self, pid: int) -> None:
-        """A kernel OOM kill of `pid`: counted, and its line in the log."""
-        self.usec[pid] = self._line(f"Killed process {pid} (victim{pid}) total-vm:1000kB, anon-rss:900kB, "
+    def user_line(self, text: str) -> None:
+        """A line a root process wrote to /dev/kmsg: the kernel stores it with facility 1 (user)."""
+        self._line(text, prio=12)
+
+    def kill(self, pid: int, cgroup: "str | None" = None) -> None:
+        """A kernel OOM kill of `pid`: counted, and its line in the log; with `cgroup`, the OOM
+        report's summary line (naming the victim's memory cgroup, the one whose limit was hit) before it."""
+        prefix = ""
+        if cgroup is not None:
+            self._line(f"oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+                       f"oom_memcg={cgroup},task_memcg={cgroup},task=victim{pid},pid={pid},uid=0", prio=6)
+            prefix = "Memory cgroup out of memory: "
+        self.usec[pid] = self._line(f"{prefix}Killed process {pid} (victim{pid}) total-vm:1000kB, anon-rss:900kB, "
                                     "file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:64kB oom_score_adj:0")
         self.count += 1
         self._write_count()

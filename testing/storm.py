@@ -131,3 +131,22 @@ def trigger_storm(cgroups: int = 8, kills: int = 800, limit_bytes: int = 4 * 2**
             for cg, _ in batch:
                 cg.remove()
     return StormResult(kills_caused=caused, victim_pids=victims, seconds=time.monotonic() - start)
+
+
+def kill_repeatedly(cgroup: ThrowawayCgroup, count: int, timeout: float = 300.0) -> list[int]:
+    """`count` OOM kills, one after another as fast as they come, in `cgroup` (created by the caller,
+    with its limit, and left for the caller to remove: its own kill counter stays readable). Returns
+    the pids the kernel killed (SIGKILL), in order."""
+    procs = os.fsencode(os.path.join(cgroup.leaf, "cgroup.procs"))
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _SPAWNER, procs],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        read_line(proc, deadline)
+        if proc.pid not in cgroup.procs():
+            raise TriggerError(f"spawner {proc.pid} is not in {cgroup.rel!r}; stopping")
+        out, _ = proc.communicate(f"{count}\n".encode(), timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        if proc.returncode is None:
+            stop_child(proc)
+    return [int(pid) for pid, killed in (line.split() for line in out.decode().splitlines()) if killed == "1"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..cgroupfs import memcg
 from ..cgroupfs.hierarchy import MemoryHierarchy, cgroup_line
@@ -32,6 +32,7 @@ from . import clock
 from .containers import parse_cgroup_path
 
 if TYPE_CHECKING:
+    from ..reconcile.oom_report import LoggedKill
     from .runtime.cache import RuntimeNames
 
 log = logging.getLogger("otel_oom.enrich")
@@ -239,7 +240,6 @@ class Enricher:
 
     def enrich(self, ev: OomEvent) -> OomKill:
         path = self.victim_path(ev)
-        workload = parse_cgroup_path(path) if path else None
         tgid = ev.victim_tgid or self._tgid_from_proc(ev.victim_pid) or ev.victim_pid
 
         constraint, constraint_source = "unknown", SOURCE_NONE
@@ -281,11 +281,6 @@ class Enricher:
             bare_kill(ev, self.boot_id),
             victim_pid=tgid,
             cgroup_path=path,
-            cgroup_line=cgroup_line(self.hierarchy, path) if (path and self.hierarchy) else None,
-            container_runtime=workload.runtime if workload else None,
-            container_id=workload.container_id if workload else None,
-            pod_uid=workload.pod_uid if workload else None,
-            pod_qos_class=workload.qos_class if workload else None,
             constraint=constraint,
             constraint_source=constraint_source,
             memcg_path=memcg_path,
@@ -295,9 +290,38 @@ class Enricher:
             oom_group_path=self.oom_group(path, memcg_path, ev.victim_memcgs),
             cgroup_truncated=ev.cgroup_name_cut and path is None,
             memcg_evidence=evidence,
+            **self._workload(path),
         )
         # last: a bounded wait at most (the cache is warm before the kill), never an exception
         return self.names.annotate(kill) if self.names is not None else kill
+
+    def attribute(self, kill: OomKill) -> OomKill:
+        """A kill whose victim's cgroup the kernel told already (the kmsg backend's, from its report):
+        what that path says (the /proc form, container, pod), the memory.oom.group cgroup when the
+        log did not name it, and last the runtime's names."""
+        path = kill.cgroup_path
+        kill = dataclasses.replace(kill, oom_group_path=kill.oom_group_path or self.oom_group(path, kill.memcg_path),
+                                   **self._workload(path))
+        return self.names.annotate(kill) if self.names is not None else kill
+
+    def _workload(self, path: Optional[str]) -> dict[str, Any]:
+        """The record's fields a cgroup path gives: process.linux.cgroup, container and pod."""
+        workload = parse_cgroup_path(path) if path else None
+        return dict(
+            cgroup_line=cgroup_line(self.hierarchy, path) if (path and self.hierarchy) else None,
+            container_runtime=workload.runtime if workload else None,
+            container_id=workload.container_id if workload else None,
+            pod_uid=workload.pod_uid if workload else None,
+            pod_qos_class=workload.qos_class if workload else None,
+        )
+
+
+def logged_kill(logged: "LoggedKill", boot_id: str) -> OomKill:
+    """A kill the kmsg backend read from the kernel's report, with only what its lines say (a live
+    kill: `oom.recovered` false); `Enricher.attribute` adds what its cgroup path says."""
+    from ..reconcile.oom_report import to_oom_kill
+
+    return to_oom_kill(logged, boot_id, clock.to_wall_ns(0, boot_clock=False), recovered=False)
 
 
 def bare_kill(ev: OomEvent, boot_id: str) -> OomKill:

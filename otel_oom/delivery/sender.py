@@ -259,3 +259,15 @@ class SpoolSender:
     def stuck_for(self) -> float:
         """Seconds since the collector last accepted anything while events were waiting."""
         return time.monotonic() - self.last_ok
+
+    def health(self) -> tuple[bool, str]:
+        """Its service's health (/readyz): failing once nothing was accepted for five retry periods."""
+        stuck = self.stuck_for()
+        if stuck > 5 * RETRY_MAX_S:
+            return False, f"delivery stuck: nothing accepted by the collector for {stuck:.0f} s"
+        return True, "ok"
+
+    def stop_by(self, deadline: float) -> None:
+        """No new attempt starts after `deadline` (monotonic), and each one's timeout is cut to the time left."""
+        self.deadline = deadline
+        self.wake()

@@ -216,6 +216,11 @@ class Reconciler:
                      len(kills))
         return kills
 
+    def log_end(self) -> Optional[int]:
+        """The sequence number of the last kernel log record the start-up reading held (None: not
+        read): kills printed after it are the live source's, those up to it recovery's."""
+        return max((r.seq for r in self._kmsg or ()), default=None)
+
     def release_snapshot(self) -> None:
         """The start-up reading of the kernel log is no longer needed."""
         self._kmsg = None

@@ -77,7 +77,7 @@ def test_the_image_is_small_and_ships_no_build_tools(images):
     assert version.returncode == 0 and "0.1.0" in version.stdout + version.stderr, version
 
 
-def test_with_this_podmans_own_seccomp_default_the_agent_says_why_it_cannot_run(images, tmp_path):
+def test_with_this_podmans_own_seccomp_default_auto_falls_back_to_the_kernel_log_and_says_why(images, tmp_path):
     agent_image, _ = images
     name = f"{IMAGE_PREFIX}agent-eperm-{secrets.token_hex(3)}"
     pod = manifest_pod()
@@ -85,15 +85,25 @@ def test_with_this_podmans_own_seccomp_default_the_agent_says_why_it_cannot_run(
     args = [a if not a.startswith("--listen=") else f"--listen=127.0.0.1:{free_port()}"
             for a in pod["containers"][0]["args"]]
     try:
-        r = podman("run", f"--name={name}", "--network=none", *security, agent_image, *args, "--no-otlp",
-                   check=False, timeout=120)
+        pinned = podman("run", "--rm", "--network=none", *security, agent_image, *args, "--no-otlp",
+                        "--backend=libbpf", check=False, timeout=120)
+        podman("run", "-d", f"--name={name}", "--network=none", *security, agent_image, *args, "--no-otlp")
+        deadline = time.monotonic() + 120
+        while " ready in " not in (logs := podman("logs", name, check=False).stderr) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert podman("stop", "--time=15", name).returncode == 0
+        code = json.loads(podman("inspect", name).stdout)[0]["State"]["ExitCode"]
     finally:
         podman("rm", "-f", name, check=False)
-    assert r.returncode != 0, r
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("otel-oom: error: every hook plan failed") and "EPERM" in last, r.stderr
-    assert "Traceback" not in r.stderr
-
+    # libbpf asked for: one line saying why, exit 1
+    assert pinned.returncode != 0, pinned
+    last = pinned.stderr.strip().splitlines()[-1]
+    assert last.startswith("otel-oom: error: every hook plan failed") and "EPERM" in last, pinned.stderr
+    # auto: the kernel log instead, with one warning saying why, and a clean stop
+    warnings = [line for line in logs.splitlines() if "eBPF cannot be used on this node" in line]
+    assert len(warnings) == 1 and "every hook plan failed" in warnings[0] and "EPERM" in warnings[0], logs
+    assert "backend kmsg (no BPF)" in logs and code == 0, logs
+    assert "Traceback" not in logs + pinned.stderr
 
 def _memory_cgroup(pid: int) -> str:
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
@@ -168,24 +178,7 @@ def test_the_agent_container_catches_a_kill_in_another_container(images, tmp_pat
                 assert "ro" in mounts[path], (path, mounts[path])
             assert "rw" in mounts["/var/lib/otel-oom"] and "rw" in mounts["/tmp"]
 
-            # an ordinary container, 64 MiB limit, no swap: its main process (sh) keeps running
-            # while a worker process in it allocates past the limit -- the kill Kubernetes does
-            # not report, since the container does not die
-            victim = podman("run", "-d", f"--name={victim_name}", "--network=none", "--memory=64m",
-                            "--memory-swap=64m", base_image, "sh", "-c",
-                            "python3 -c \"import time; time.sleep(3); chunks = []\n"
-                            "while True: chunks.append(bytearray(1 << 20)); chunks[-1][::4096] = b'x' * 256\"; "
-                            "exec sleep 600")
-            victim_id = victim.stdout.strip()
-            main_pid = int(podman("inspect", "--format={{.State.Pid}}", victim_name).stdout)
-            memcg = Path("/sys/fs/cgroup/memory") / _memory_cgroup(main_pid).lstrip("/")
-            victim_pid = _wait_for_worker(memcg, main_pid)
-            deadline = time.monotonic() + 30
-            while Path(f"/proc/{victim_pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            # the kernel's own count for that container's memory cgroup: one OOM kill
-            assert "oom_kill 1" in (memcg / "memory.oom_control").read_text().splitlines()
-            assert podman("inspect", "--format={{.State.Running}}", victim_name).stdout.strip() == "true"
+            victim_id, victim_pid = _oom_kill_in_a_container(base_image, victim_name)
 
             receiver.wait_for_logs(lambda recs: any(r["attributes"].get("process.pid") == victim_pid for r in recs), 20)
             rec = next(r for r in receiver.log_records() if r["attributes"].get("process.pid") == victim_pid)
@@ -213,6 +206,28 @@ def test_the_agent_container_catches_a_kill_in_another_container(images, tmp_pat
     assert agent_id
 
 
+def _oom_kill_in_a_container(base_image: str, victim_name: str) -> tuple[str, int]:
+    """An ordinary container, 64 MiB limit, no swap: its main process (sh) keeps running while a
+    worker process in it allocates past the limit -- the kill Kubernetes does not report, since the
+    container does not die. Returns (container id, the killed worker's host pid)."""
+    victim = podman("run", "-d", f"--name={victim_name}", "--network=none", "--memory=64m",
+                    "--memory-swap=64m", base_image, "sh", "-c",
+                    "python3 -c \"import time; time.sleep(3); chunks = []\n"
+                    "while True: chunks.append(bytearray(1 << 20)); chunks[-1][::4096] = b'x' * 256\"; "
+                    "exec sleep 600")
+    victim_id = victim.stdout.strip()
+    main_pid = int(podman("inspect", "--format={{.State.Pid}}", victim_name).stdout)
+    memcg = Path("/sys/fs/cgroup/memory") / _memory_cgroup(main_pid).lstrip("/")
+    victim_pid = _wait_for_worker(memcg, main_pid)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{victim_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # the kernel's own count for that container's memory cgroup: one OOM kill
+    assert "oom_kill 1" in (memcg / "memory.oom_control").read_text().splitlines()
+    assert podman("inspect", "--format={{.State.Running}}", victim_name).stdout.strip() == "true"
+    return victim_id, victim_pid
+
+
 def _wait_ready(url: str, name: str, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -226,3 +241,59 @@ def _wait_ready(url: str, name: str, timeout: float = 60) -> bool:
             return False
         time.sleep(0.3)
     return False
+
+
+def chart_pod(*values: str) -> dict:
+    """The agent's pod spec as the Helm chart renders it with `values`."""
+    helm = subprocess.run([str(REPO / "tools" / "helm" / "build.sh"), "--check"], capture_output=True, text=True)
+    require(helm.returncode == 0, "needs helm: make helm")
+    chart = str(REPO / "deploy" / "helm" / "otel-oom")
+    out = subprocess.run([helm.stdout.strip().splitlines()[-1], "template", "otel-oom", chart, *values],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    ds = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "DaemonSet")
+    return ds["spec"]["template"]["spec"]
+
+
+def test_the_charts_kmsg_mode_catches_a_kill_where_bpf_is_refused(images, tmp_path):
+    """agent.backend=kmsg under this podman's own seccomp default, which refuses bpf() without
+    CAP_SYS_ADMIN: the image runs, with CAP_SYSLOG as its only capability, and reports a kill in
+    another container from the kernel log, attributed to that container."""
+    agent_image, base_image = images
+    suffix = secrets.token_hex(3)
+    agent_name, victim_name = f"{IMAGE_PREFIX}agent-kmsg-{suffix}", f"{IMAGE_PREFIX}victim-kmsg-{suffix}"
+    pod = chart_pod("--set", "agent.backend=kmsg")
+    (c,) = pod["containers"]
+    spool = tmp_path / "node-var-lib-otel-oom"
+    security = pod_security_args(pod, host_paths={"/var/lib/otel-oom": str(spool)})
+    port = free_port()
+    args = [a if not a.startswith("--listen=") else f"--listen=127.0.0.1:{port}" for a in c["args"]]
+    assert "--backend=kmsg" in args
+    with OtlpGrpcReceiver() as receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+               "OTEL_RESOURCE_ATTRIBUTES": "k8s.node.name=node-kmsg-test", "OTEL_OOM_RUNTIME_ROOT": "/host"}
+        try:
+            podman("run", "-d", f"--name={agent_name}", "--network=host", *security,
+                   *(f"--env={k}={v}" for k, v in env.items()), agent_image, *args)
+            assert _wait_ready(f"http://127.0.0.1:{port}/readyz", agent_name), podman("logs", agent_name,
+                                                                                     check=False).stderr
+            agent_pid = int(podman("inspect", "--format={{.State.Pid}}", agent_name).stdout)
+            assert _cap_eff(agent_pid) == 1 << CAPS["SYSLOG"]
+            # bpf() really is refused in there (EPERM from the seccomp profile, EINVAL if it were allowed)
+            probe = podman("exec", agent_name, "python3", "-c",
+                           "import ctypes, errno, platform; libc = ctypes.CDLL(None, use_errno=True); "
+                           "nr = {'x86_64': 321, 'aarch64': 280}[platform.machine()]; "
+                           "libc.syscall(nr, 0, 0, 0); print(errno.errorcode[ctypes.get_errno()])")
+            assert probe.stdout.strip() == "EPERM", probe
+            victim_id, victim_pid = _oom_kill_in_a_container(base_image, victim_name)
+            receiver.wait_for_logs(lambda recs: any(r["attributes"].get("process.pid") == victim_pid for r in recs), 30)
+            rec = next(r for r in receiver.log_records() if r["attributes"].get("process.pid") == victim_pid)
+            a = rec["attributes"]
+            assert (a["oom.hook"], a["container.id"], a["process.executable.name"]) == ("kmsg", victim_id, "python3")
+            assert a["oom.victim.cgroup.path"].endswith(f"libpod-{victim_id}")
+            assert podman("stop", "--time=15", agent_name).returncode == 0
+            code = json.loads(podman("inspect", agent_name).stdout)[0]["State"]["ExitCode"]
+            logs = podman("logs", agent_name).stderr
+            assert code == 0, logs
+            assert "Traceback" not in logs and "backend kmsg (no BPF)" in logs, logs
+        finally:
+            podman("rm", "-f", agent_name, victim_name, check=False)

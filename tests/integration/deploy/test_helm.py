@@ -22,6 +22,7 @@ from testing.collector_process import collector_binary, collector_env, validate
 CHART = REPO / "deploy" / "helm" / "otel-oom"
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 ALL_ON = ["--set", "collector.enabled=true", "--set", "serviceMonitor.enabled=true", "--set", "events.enabled=true"]
+KMSG = ["--set", "agent.backend=kmsg"]
 
 
 def helm() -> str:
@@ -56,16 +57,17 @@ def kubernetes_validate():
     return kv
 
 
-@pytest.mark.parametrize("values", [[], ALL_ON], ids=["defaults", "collector+servicemonitor+events"])
+@pytest.mark.parametrize("values", [[], ALL_ON, KMSG], ids=["defaults", "collector+servicemonitor+events", "kmsg"])
 def test_helm_lint_strict(values):
     r = run_helm("lint", "--strict", str(CHART), *values, check=False)
     assert r.returncode == 0 and "0 chart(s) failed" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("mode", [[], KMSG], ids=["ebpf", "kmsg"])
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_rendered_objects_match_the_kubernetes_schemas(version):
+def test_rendered_objects_match_the_kubernetes_schemas(version, mode):
     kv = kubernetes_validate()
-    docs = render(*ALL_ON, "--set", "agent.config.OTEL_OOM_SPOOL_MAX_BYTES=1048576",
+    docs = render(*ALL_ON, *mode, "--set", "agent.config.OTEL_OOM_SPOOL_MAX_BYTES=1048576",
                   "--set", "agent.extraCapabilities={SYS_RESOURCE}", kube_version=version)
     kinds = sorted(d["kind"] for d in docs)
     # the Collector's ClusterRole and binding, and the agent's (events.enabled)
@@ -167,11 +169,38 @@ def test_pod_events_add_the_token_and_a_role_that_only_creates_events_and_gets_p
     assert r.returncode != 0 and "events.enabled needs agent.runtimeSocketAccess" in r.stderr, r.stderr
 
 
+def test_the_kmsg_backend_runs_with_cap_syslog_alone_and_no_bpf_mounts():
+    """agent.backend=kmsg: `--backend=kmsg`, capabilities exactly SYSLOG (+ extraCapabilities), no
+    BTF or tracefs, /dev/kmsg read-only; everything else is the default pod's."""
+    default = one(render(), "DaemonSet")["spec"]["template"]["spec"]
+    pod = one(render(*KMSG), "DaemonSet")["spec"]["template"]["spec"]
+    (c,), (d,) = pod["containers"], default["containers"]
+    assert c["args"] == [*d["args"], "--backend=kmsg"]
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["SYSLOG"]}
+    assert {k: v for k, v in sc.items() if k != "capabilities"} == {
+        k: v for k, v in d["securityContext"].items() if k != "capabilities"}
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    without = {"btf", "tracefs"}
+    assert [m for m in c["volumeMounts"] if m["name"] not in without] == c["volumeMounts"]
+    assert c["volumeMounts"] == [m for m in d["volumeMounts"] if m["name"] not in without]
+    assert pod["volumes"] == [v for v in default["volumes"] if v["name"] not in without]
+    assert {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True} in c["volumeMounts"]
+    extra = one(render(*KMSG, "--set", "agent.extraCapabilities={DAC_READ_SEARCH}"), "DaemonSet")
+    assert extra["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"] == [
+        "SYSLOG", "DAC_READ_SEARCH"]
+    c = one(render("--set", "agent.backend=libbpf"), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][-1] == "--backend=libbpf"
+    assert c["securityContext"]["capabilities"]["add"] == ["BPF", "PERFMON", "SYSLOG"]
+
+
 def test_bad_values_fail_with_a_message():
     """values.schema.json refuses misspelt keys and wrong types; the templates refuse the rest."""
     for args, expected in ((["--set", "colector.enabled=true"], "colector"),
                            (["--set", "agent.port=http"], "/agent/port"),
                            (["--set", "agent.seccompProfile=Localhost"], "/agent/seccompProfile"),
+                           (["--set", "agent.backend=ebpf"], "/agent/backend"),
+                           (["--set", "agent.backend=bcc"], "/agent/backend"),  # the image has no BCC
                            (["--set", "agent.config.OTEL_EXPORTER_OTLP_HEADERS=a"], "OTEL_EXPORTER_OTLP_HEADERS")):
         r = run_helm("template", "x", str(CHART), *args, check=False)
         assert r.returncode != 0 and expected in r.stderr, (args, r.stderr)

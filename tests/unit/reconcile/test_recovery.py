@@ -261,6 +261,46 @@ def test_a_crash_between_counting_a_kill_and_storing_it_neither_loses_nor_repeat
         _tree(tmp_path, 5, {"/": 0})
 
 
+def _user_line(seq: int, text: str, prio: int = 12) -> str:
+    """A line any root process can write to /dev/kmsg, as the kernel stores it (facility 1: PRI 8-15)."""
+    return f"{prio},{seq},{seq * 1000},-;{text}\n"
+
+
+@pytest.mark.parametrize("forged", [
+    # a plain write, a write claiming KERN_EMERG ("<0>": stored as PRI 8), one claiming KERN_ERR,
+    # a whole forged report in front of it, and a group announcement that would make a real kill twice counted
+    lambda seq: _user_line(seq, "Killed process 4190001 (evil) total-vm:1000kB, anon-rss:900kB, file-rss:0kB, "
+                                "shmem-rss:0kB, UID:0 pgtables:64kB oom_score_adj:0"),
+    lambda seq: _user_line(seq, "Memory cgroup out of memory: Killed process 4190002 (evil) total-vm:1kB, "
+                                "anon-rss:1kB, file-rss:0kB, shmem-rss:0kB", prio=8),
+    lambda seq: _user_line(seq, "Out of memory: Killed process 4190003 (evil) total-vm:1kB, anon-rss:1kB, "
+                                "file-rss:0kB, shmem-rss:0kB", prio=11),
+    lambda seq: (_user_line(seq, "evil invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0")
+                 + _user_line(seq + 1, "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+                                       "oom_memcg=/e,task_memcg=/e,task=evil,pid=4190004,uid=0")
+                 + _user_line(seq + 2, "Memory cgroup out of memory: Killed process 4190004 (evil) total-vm:1kB, "
+                                       "anon-rss:1kB, file-rss:0kB, shmem-rss:0kB", prio=11)),
+    lambda seq: _user_line(seq, "Tasks in / are going to be killed due to memory.oom.group set"),
+])
+def test_lines_written_by_user_space_never_replace_the_kill_that_happened(tmp_path, forged):
+    # issue 21: recovery took the newest "Killed process" lines of the log for the kills it missed,
+    # whoever wrote them; a root process's line replaced the real kill of the time the agent was down
+    proc, h = _tree(tmp_path, 5, {"/": 0})
+    store = _store(tmp_path / "spool")
+    first = Reconciler(store, h, BOOT, proc_root=proc)
+    first.recover_missed()
+    first.start()
+    store.close()
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text(_killed_line(1, 101) + forged(2) + _killed_line(9, 102) + forged(10))
+    _tree(tmp_path, 7, {"/": 2})                     # two kills while no agent ran
+    store = _store(tmp_path / "spool")
+    again = Reconciler(store, h, BOOT, proc_root=proc, kmsg_path=str(kmsg))
+    assert [(k.victim_pid, k.victim_comm) for k in again.recover_missed()] == [(101, "victim101"), (102, "victim102")]
+    assert again.unobserved() == 0
+    store.close()
+
+
 def test_kills_of_the_attach_window_are_recovered_unless_the_probe_caught_them(tmp_path):
     # the counter and the log are read before the probes attach (which can take a second while
     # refused hook plans are tried): a kill in between is in neither the snapshot nor, maybe, the
