@@ -411,6 +411,9 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
+            # a segment removed behind the agent's back that no read has looked at since (a read
+            # repairs only the segments it reads): written again now, or its events counted
+            self._repair(list(self._segments))
             for seg in self._segments:
                 waiting = len(seg.records) - self._first_pending(seg)
                 if not seg.durable and waiting:

@@ -249,6 +249,7 @@ class World:
 @example(["spool_breaks", "kill", "work", "deliver", "kill", "work", "collector_down", "stop", "kill", "start"])
 @example(["collector_down", "kill", "kill", "work", "remove_segments", "kill", "work", "collector_up", "deliver"])
 @example(["userspace_kill", "work", "stop", "kill"])
+@example(["kill", "kill", "kill", "kill", "kill", "work", "collector_down", "remove_segments", "stop"])
 @example(["kill", "work", "sigkill", "kill", "start", "kill", "work", "sigkill", "start"])
 def test_every_kernel_kill_is_delivered_or_counted_once_and_nothing_is_made_up(tmp_path_factory, actions):
     world = World(tmp_path_factory.mktemp("ledger"))
