@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from otel_oom.reconcile.oom_report import OomKillLine, parse_oom_kill_line
+from otel_oom.reconcile.oom_lines import OomKillLine, parse_oom_kill_line
 
 _KILLED = re.compile(r"^(?P<prefix>[A-Za-z ]+): Killed process (?P<pid>\d+) \((?P<comm>.*)\) total-vm:(?P<vm>\d+)kB, "
                      r"anon-rss:(?P<anon>\d+)kB, file-rss:(?P<file>\d+)kB, shmem-rss:(?P<shmem>\d+)kB, "

@@ -119,6 +119,14 @@ def test_modules_stay_readable_and_the_long_list_stays_short():
     assert [m for m in LONG_MODULES if sizes.get(m, 0) <= MAX_LINES] == []
 
 
+def test_every_test_file_is_collected():
+    # make test runs tests/qemu in a pytest of its own: an import error there must fail here too,
+    # where every test file of every room is imported
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
 def test_every_test_file_has_its_own_name():
     # pytest imports test files by basename (the test folders are not packages): two files of one
     # name in two rooms stop the whole run at collection
