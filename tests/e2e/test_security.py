@@ -137,17 +137,29 @@ def test_minimal_capabilities_are_enough_to_deliver_a_kill(receiver, tmp_path):
 
 @pytest.mark.parametrize("drop, missing", [("bpf", "CAP_BPF"), ("perfmon", "CAP_PERFMON")])
 def test_without_bpf_or_perfmon_one_line_says_what_is_missing(drop, missing, tmp_path):
+    """--backend=libbpf: one line naming the missing capability, exit != 0. The default (auto) falls
+    back to the kernel log (CAP_SYSLOG is kept) with one warning that names it too."""
     require_root_bpf()
     require_tool("setpriv")
     caps = [c for c in MINIMAL_CAPS if c != drop]
-    agent = CappedAgent(caps, ["--no-otlp", "--console", f"--spool-dir={tmp_path / 'spool'}"], agent_env())
-    rc = agent.proc.wait(30)
+    args = ["--no-otlp", "--console"]
+    agent = CappedAgent(caps, [*args, f"--spool-dir={tmp_path / 'spool'}", "--backend=libbpf"], agent_env())
+    rc = agent.proc.wait(60)
     agent.stop()
     assert rc != 0
     errors = [ln for ln in agent.lines if ln.startswith("otel-oom: error: ")]
     assert len(errors) == 1, agent.stderr
     assert f"missing privileges ({missing})" in errors[0]
     assert "Traceback" not in agent.stderr
+
+    agent = CappedAgent(caps, [*args, f"--spool-dir={tmp_path / 'spool-auto'}"], agent_env(), ready_timeout=60)
+    try:
+        assert agent.ready.is_set() and agent.proc.poll() is None, agent.stderr
+        warnings = [ln for ln in agent.lines if "eBPF cannot be used on this node" in ln]
+        assert len(warnings) == 1 and missing in warnings[0] and "backend kmsg" in warnings[0], agent.stderr
+    finally:
+        rc = agent.stop()
+    assert rc == 0 and "Traceback" not in agent.stderr, agent.stderr
 
 
 # ---- the agent's own oom_score_adj ------------------------------------------------------------------
