@@ -22,12 +22,10 @@ from typing import Any, Mapping, Optional
 
 from ..errors import UsageError
 from ..urls import parse_url
+from . import ENV_EVENTS, ENV_KUBECONFIG, ENV_KUBELET_CHECK
 from .api import Connection, read_token
 
-ENV_EVENTS = "OTEL_OOM_K8S_EVENTS"                # "true": an Event on the victim's Pod per kill
-ENV_KUBELET_CHECK = "OTEL_OOM_K8S_KUBELET_CHECK"  # "true": an oom.kubelet record per kill in a pod
 ENV_KUBELET_WAIT = "OTEL_OOM_K8S_KUBELET_WAIT"    # seconds the kubelet gets to report a kill, default 30
-ENV_KUBECONFIG = "OTEL_OOM_KUBECONFIG"            # a kubeconfig file instead of the in-cluster config
 ENV_NODE_NAME = "K8S_NODE_NAME"                   # the Events' reportingInstance (the chart sets it)
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_KUBELET_WAIT_S = 30.0
