@@ -224,7 +224,7 @@ def resolve(flags: Mapping[str, object], environ: Mapping[str, str]) -> RunConfi
 
 def _kube(flags: Mapping[str, object], environ: Mapping[str, str]) -> Optional["KubeSettings"]:
     """The Kubernetes extras: off (None, nothing imported) unless a flag or variable turns them on."""
-    from .kube import ENV_EVENTS, ENV_KUBECONFIG, ENV_KUBELET_CHECK
+    from .kube.switches import ENV_EVENTS, ENV_KUBECONFIG, ENV_KUBELET_CHECK
 
     if not (flags.get("k8s_events") or flags.get("k8s_kubelet_check") or flags.get("kubeconfig")
             or environ.get(ENV_EVENTS) or environ.get(ENV_KUBELET_CHECK) or environ.get(ENV_KUBECONFIG)):

@@ -16,11 +16,6 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-# the switches, here so that reading them imports nothing of the extras (config.py)
-ENV_EVENTS = "OTEL_OOM_K8S_EVENTS"                # "true": an Event on the victim's Pod per kill
-ENV_KUBELET_CHECK = "OTEL_OOM_K8S_KUBELET_CHECK"  # "true": an oom.kubelet record per kill in a pod
-ENV_KUBECONFIG = "OTEL_OOM_KUBECONFIG"            # a kubeconfig file instead of the in-cluster config
-
 if TYPE_CHECKING:
     from ..attribution.runtime.settings import RuntimeSettings
     from .settings import KubeSettings

@@ -22,8 +22,8 @@ from typing import Any, Mapping, Optional
 
 from ..errors import UsageError
 from ..urls import parse_url
-from . import ENV_EVENTS, ENV_KUBECONFIG, ENV_KUBELET_CHECK
 from .api import Connection, read_token
+from .switches import ENV_EVENTS, ENV_KUBECONFIG, ENV_KUBELET_CHECK
 
 ENV_KUBELET_WAIT = "OTEL_OOM_K8S_KUBELET_WAIT"    # seconds the kubelet gets to report a kill, default 30
 ENV_NODE_NAME = "K8S_NODE_NAME"                   # the Events' reportingInstance (the chart sets it)
