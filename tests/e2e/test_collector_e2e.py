@@ -182,7 +182,7 @@ def test_no_kill_is_lost_through_backend_outage_collector_crash_and_agent_restar
             stack.vl.start()
             expected = len(pids)
             rows = stack.vl.wait_for(kills_of(pod_uid) + ' | fields oom.event.id, process.pid',
-                                     lambda rs: len({r["oom.event.id"] for r in rs}) >= expected, timeout=60)
+                                     lambda rs: len({r["oom.event.id"] for r in rs}) >= expected, timeout=180)
         finally:
             agent.stop()
         got_pids = sorted({int(r["process.pid"]) for r in rows})
