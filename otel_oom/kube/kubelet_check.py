@@ -37,6 +37,7 @@ from ..schema.pod_event import limit_scope, wants_event
 from ..schema.records import OomKill
 from ..service import ServiceThread
 from .api import ApiClient, ApiUnreachable
+from .drops import ExtraDrops
 
 log = logging.getLogger("otel_oom.kube")
 
@@ -103,10 +104,7 @@ class KubeletCheck:
         self.max_pending = max_pending
         self.clock, self.wall = clock, wall
         self.reported: Counter[str] = Counter()
-        self.dropped = 0
-        self.drops: Counter[str] = Counter()   # by kind of failure
-        self._agent_drops = drops              # the agent's otel_oom.events.dropped counts
-        self._logged: set[str] = set()
+        self.drops = ExtraDrops(DROP_PREFIX, "kubelet cross-check of a kill not made", drops)
         self._heap: list[_Pending] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -126,7 +124,7 @@ class KubeletCheck:
             left = len(self._heap)
             self._heap.clear()
         for _ in range(left):  # still waiting for the kubelet when the agent stopped
-            self._drop("shutdown", "the agent stopped before the kubelet's report was read")
+            self.drops.count("shutdown", "the agent stopped before the kubelet's report was read")
         return done
 
     def healthy(self) -> tuple[bool, str]:
@@ -150,26 +148,13 @@ class KubeletCheck:
                 heapq.heappush(self._heap, _Pending(polls[0], next(self._seq), kill, main, now, polls[1:]))
                 self._cond.notify_all()
                 return
-        self._drop("queue_full" if full else "shutdown", f"{self.max_pending} kills waiting for the kubelet")
+        self.drops.count("queue_full" if full else "shutdown", f"{self.max_pending} kills waiting for the kubelet")
 
     def drop(self, kill: OomKill) -> None:
         if wants_event(kill):
-            self._drop("queue_full", "the kills waiting for their main process filled the queue")
+            self.drops.count("queue_full", "the kills waiting for their main process filled the queue")
 
     # ---- the thread ---------------------------------------------------------------------------------
-    def _drop(self, kind: str, detail: str) -> None:
-        with self._cond:
-            self.dropped += 1
-            self.drops[kind] += 1
-            if self._agent_drops is not None:
-                self._agent_drops[DROP_PREFIX + kind] += 1
-            first = kind not in self._logged
-            self._logged.add(kind)
-        if first:
-            log.warning("kubelet cross-check of a kill not made (%s: %s); the kill's record is delivered as usual; "
-                        "counted in otel_oom.events.dropped{reason=%s}, logged once per kind",
-                        kind, detail, DROP_PREFIX + kind)
-
     def _due(self) -> list[_Pending]:
         with self._cond:
             while not self.thread.stopping:
@@ -205,7 +190,7 @@ class KubeletCheck:
             return self._failed(pendings, "fault", type(e).__name__)
         if r.status == 403:  # RBAC: asking again changes nothing
             for _ in pendings:
-                self._drop("forbidden", f"HTTP 403: {r.message}")
+                self.drops.count("forbidden", f"HTTP 403: {r.message}")
             return None
         if not r.ok and r.status != 404:  # 401 too: a token the kubelet just rotated is read again
             kind = "unauthorized" if r.status == 401 else "server_error"
@@ -230,7 +215,7 @@ class KubeletCheck:
             elif now + RETRY_S <= p.noticed + self.wait_s + GRACE_S:
                 self._again(p, now + RETRY_S)
             else:
-                self._drop(kind, detail)
+                self.drops.count(kind, detail)
 
     def _again(self, p: _Pending, due: float) -> None:
         p.due = due

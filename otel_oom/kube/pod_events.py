@@ -32,6 +32,7 @@ from ..schema.pod_event import pod_event, wants_event
 from ..schema.records import OomKill
 from ..service import ServiceThread
 from .api import ApiClient, ApiUnreachable, Response
+from .drops import ExtraDrops
 
 log = logging.getLogger("otel_oom.kube")
 
@@ -45,7 +46,7 @@ NOT_RETRYABLE_KIND = {403: "forbidden", 404: "not_found", 400: "invalid", 422: "
 
 class PodEvents:
     """A `service.Service`; `notify(kill, main)` from any thread. Counters: `posted`, `existed` (409:
-    posted before), `deduplicated` (handed over twice, not sent), `dropped` and `drops` by kind."""
+    posted before), `deduplicated` (handed over twice, not sent), `drops` (kube/drops.py)."""
 
     name = "otel-oom-k8s-events"
 
@@ -58,10 +59,8 @@ class PodEvents:
         self.rate, self.burst = rate, float(burst)
         self.backoff, self.max_backoff, self.max_age_s = backoff, max_backoff, max_age_s
         self.clock = clock
-        self.posted = self.existed = self.deduplicated = self.dropped = 0
-        self.drops: Counter[str] = Counter()   # by kind of failure
-        self._agent_drops = drops              # the agent's otel_oom.events.dropped counts
-        self._logged: set[str] = set()
+        self.posted = self.existed = self.deduplicated = 0
+        self.drops = ExtraDrops(DROP_PREFIX, "Kubernetes Event not posted", drops)
         self._lock = threading.Lock()
         self._queue: queue.Queue[Optional[tuple[OomKill, Optional[bool], float]]] = queue.Queue(queue_max)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -96,17 +95,17 @@ class PodEvents:
             while len(self._seen) > REMEMBER:
                 self._seen.popitem(last=False)
         if self._closed:
-            self._drop("shutdown", "the agent is stopping")
+            self.drops.count("shutdown", "the agent is stopping")
             return
         try:
             self._queue.put_nowait((kill, main, self.clock()))
         except queue.Full:
-            self._drop("queue_full", f"{self._queue.maxsize} Events waiting")
+            self.drops.count("queue_full", f"{self._queue.maxsize} Events waiting")
 
     def drop(self, kill: OomKill) -> None:
         """A kill that never reached `notify` (a full queue before it): counted as not posted."""
         if wants_event(kill):
-            self._drop("queue_full", "the kills waiting for their main process filled the queue")
+            self.drops.count("queue_full", "the kills waiting for their main process filled the queue")
 
     def close(self, timeout: float = 5.0) -> None:
         """Post what is queued within `timeout` seconds, then stop; the rest counts as dropped."""
@@ -128,21 +127,9 @@ class PodEvents:
             except queue.Empty:
                 break
             if item is not None:
-                self._drop("shutdown", "the agent stopped before it was posted")
+                self.drops.count("shutdown", "the agent stopped before it was posted")
 
     # ---- the thread ---------------------------------------------------------------------------------
-    def _drop(self, kind: str, detail: str) -> None:
-        with self._lock:
-            self.dropped += 1
-            self.drops[kind] += 1
-            if self._agent_drops is not None:
-                self._agent_drops[DROP_PREFIX + kind] += 1
-            first = kind not in self._logged
-            self._logged.add(kind)
-        if first:
-            log.warning("Kubernetes Event not posted (%s: %s); the kill's record is delivered as usual; counted in "
-                        "otel_oom.events.dropped{reason=%s}, logged once per kind", kind, detail, DROP_PREFIX + kind)
-
     def _run(self) -> None:
         client = self._make_client()
         try:
@@ -151,12 +138,12 @@ class PodEvents:
                 if item is None:
                     return
                 if self._abort.is_set():
-                    self._drop("shutdown", "the agent stopped before it was posted")
+                    self.drops.count("shutdown", "the agent stopped before it was posted")
                     continue
                 try:
                     self._deliver(client, *item)
                 except Exception:  # noqa: BLE001 - one Event's fault must never end the thread
-                    self._drop("fault", "unexpected error")
+                    self.drops.count("fault", "unexpected error")
                     log.exception("posting a Kubernetes Event failed unexpectedly; the next one is still posted")
         finally:
             client.close()
@@ -175,7 +162,7 @@ class PodEvents:
 
     def _deliver(self, client: ApiClient, kill: OomKill, main: Optional[bool], queued: float) -> None:
         if not self._take_token():
-            self._drop("shutdown", "the agent stopped before it was posted")
+            self.drops.count("shutdown", "the agent stopped before it was posted")
             return
         body = pod_event(kill, main, self.node)
         path = EVENTS_PATH.format(namespace=kill.pod_namespace)
@@ -191,10 +178,10 @@ class PodEvents:
                     self._done(r)
                     return
                 if r.status in NOT_RETRYABLE_KIND:
-                    self._drop(NOT_RETRYABLE_KIND[r.status], f"HTTP {r.status}: {r.message}")
+                    self.drops.count(NOT_RETRYABLE_KIND[r.status], f"HTTP {r.status}: {r.message}")
                     return
                 if r.status not in RETRYABLE:
-                    self._drop("invalid", f"HTTP {r.status}: {r.message}")
+                    self.drops.count("invalid", f"HTTP {r.status}: {r.message}")
                     return
                 kind = "unauthorized" if r.status == 401 else "server_error"
                 detail = f"HTTP {r.status}: {r.message}" + (f" (token: {client.token_problem})"
@@ -202,10 +189,10 @@ class PodEvents:
                 wait = _retry_after(r)
             wait = min(self.max_backoff, wait if wait is not None else delay)
             if self.clock() + wait > queued + self.max_age_s:
-                self._drop(kind, f"{detail}; gave up {self.max_age_s:g} s after the kill")
+                self.drops.count(kind, f"{detail}; gave up {self.max_age_s:g} s after the kill")
                 return
             if self._abort.wait(wait):
-                self._drop("shutdown", "the agent stopped before it was posted")
+                self.drops.count("shutdown", "the agent stopped before it was posted")
                 return
             delay = min(self.max_backoff, delay * 2)
 
@@ -215,9 +202,7 @@ class PodEvents:
                 self.existed += 1
             else:
                 self.posted += 1
-            recovered = bool(self._logged)
-            self._logged.clear()
-        if recovered:
+        if self.drops.recovered():
             log.info("Kubernetes Events are posted again")
 
 

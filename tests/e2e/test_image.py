@@ -219,7 +219,7 @@ def _oom_kill_in_a_container(base_image: str, victim_name: str) -> tuple[str, in
     main_pid = int(podman("inspect", "--format={{.State.Pid}}", victim_name).stdout)
     memcg = Path("/sys/fs/cgroup/memory") / _memory_cgroup(main_pid).lstrip("/")
     victim_pid = _wait_for_worker(memcg, main_pid)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while Path(f"/proc/{victim_pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     # the kernel's own count for that container's memory cgroup: one OOM kill

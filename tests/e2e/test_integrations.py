@@ -35,18 +35,18 @@ def test_prometheus_scrapes_the_kill_count_after_a_real_kill(start_agent):
     pod = str(uuid.uuid4())
     cid = uuid.uuid4().hex * 2
     with PrometheusServer(targets=[f"127.0.0.1:{port}"]) as prom:
-        prom.wait_for('up{job="otel-oom"} == 1', timeout=30)
+        prom.wait_for('up{job="otel-oom"} == 1', timeout=90)
         query = 'oom_kills_total{oom_victim_pod_qos_class="besteffort",oom_constraint="memcg"}'
         before = sum(float(s["value"][1]) for s in prom.query(query))
         trigger_oom(limit_bytes=32 * MiB, cgroup=f"/kubepods/besteffort/pod{pod}/{cid}")
-        series = prom.wait_for(f"sum({query}) >= {before + 1}", timeout=30)
+        series = prom.wait_for(f"sum({query}) >= {before + 1}", timeout=90)
         assert series
         # bounded labels only: a container id or pod uid would add a series per restart
         for s in prom.query("oom_kills_total"):
             assert not {"container_id", "k8s_pod_uid", "process_pid"} & set(s["metric"]), s["metric"]
-        hooks = prom.wait_for('otel_oom_hooks_attached{oom_hook_role="victim"}', timeout=30)
+        hooks = prom.wait_for('otel_oom_hooks_attached{oom_hook_role="victim"}', timeout=90)
         assert hooks[0]["metric"]["oom_hook"] in ("tp_btf", "tracepoint")
-        rss = prom.wait_for('oom_victim_rss_bytes_count{oom_constraint="memcg"} >= 1', timeout=30)
+        rss = prom.wait_for('oom_victim_rss_bytes_count{oom_constraint="memcg"} >= 1', timeout=90)
         assert rss
 
 

@@ -57,7 +57,7 @@ def test_usage_near_the_limit_is_one_episode_with_a_start_and_an_end(receiver, s
         time.sleep(3)  # held above the clear level: still one episode, no repeats
         assert len(_records(receiver, "oom.pressure", "oom.memcg.path", h.path)) == 1
         assert h.release() == 0
-        recs = _wait(receiver, "oom.pressure", "oom.memcg.path", h.path, 2, timeout=20)
+        recs = _wait(receiver, "oom.pressure", "oom.memcg.path", h.path, 2, timeout=90)
     end = next(r for r in recs if r["attributes"]["oom.pressure.state"] == "end")
     e = end["attributes"]
     assert e["oom.pressure.id"] == a["oom.pressure.id"] and e["oom.pressure.ended_by"] == "cleared"
@@ -92,7 +92,7 @@ def test_oom_kill_disable_is_an_oom_without_a_kill_until_the_limit_is_raised(rec
         assert len(_records(receiver, "oom.no_kill", "oom.memcg.path", h.path)) == 1
         h.raise_limit(128 * MiB)  # the test releases it: the allocation completes
         h.wait_held()
-        recs = _wait(receiver, "oom.no_kill", "oom.memcg.path", h.path, 2, timeout=20)
+        recs = _wait(receiver, "oom.no_kill", "oom.memcg.path", h.path, 2, timeout=90)
         assert h.release() == 0
     end = next(r for r in recs if r["attributes"]["oom.no_kill.state"] == "end")
     assert end["attributes"]["oom.no_kill.ended_by"] == "resolved"

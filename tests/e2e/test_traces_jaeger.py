@@ -46,7 +46,7 @@ def test_an_oom_episode_is_one_span_in_jaeger_and_its_log_records_point_at_it(ja
         assert {(r["trace_id"], r["span_id"]) for r in mine} == {(trace_id, span_id)}
         assert {r["event_name"] for r in mine} >= {"oom.pressure", "oom.kill", "oom.reclaim"}
 
-        trace = j.wait_for_trace(trace_id, lambda t: len(t["spans"]) >= 1, timeout=30)
+        trace = j.wait_for_trace(trace_id, lambda t: len(t["spans"]) >= 1, timeout=90)
         (span,) = trace["spans"]
         assert span["spanID"] == span_id and span["operationName"] == "oom.episode"
         tags = {t["key"]: t["value"] for t in span["tags"]}

@@ -123,6 +123,17 @@ def status_of(p: dict, container: str) -> dict:
     return found[0]
 
 
+def reported_status(p: dict, container: str) -> dict:
+    """For probes: the container's status, or {} while the kubelet has not reported it yet (a pod
+    just scheduled has no containerStatuses until its sandbox is up: a loaded node takes a while)."""
+    statuses = p["status"].get("containerStatuses", []) + p["status"].get("initContainerStatuses", [])
+    return next((s for s in statuses if s["name"] == container), {})
+
+
+def is_running(p: dict, container: str) -> bool:
+    return "running" in reported_status(p, container).get("state", {})
+
+
 def bare_id(container_id: str) -> str:
     """containerd://<64 hex> -> <64 hex>"""
     return container_id.split("://", 1)[1]

@@ -41,8 +41,7 @@ def test_a_pod_deleted_right_after_its_kill_keeps_its_names_on_the_record(cluste
 
         def running():
             p = kf.get_pod(cluster, "short-lived", ns)
-            s = p["status"].get("containerStatuses") or [{}]
-            return p if s[0].get("containerID") else None
+            return p if kf.reported_status(p, name).get("containerID") else None
 
         p = cluster.kubectl.wait_until("the container to start", running, timeout=180)
         cid = kf.bare_id(kf.status_of(p, name)["containerID"])

@@ -120,8 +120,8 @@ def test_an_api_server_that_is_down_at_the_kill_loses_nothing_and_the_event_foll
     c = kf.busybox_container("app", script, "16Mi")
     c["volumeMounts"] = [{"name": "trigger", "mountPath": "/trigger"}]
     k.apply(kf.pod("while-away", ns, [c], volumes=[{"name": "trigger", "emptyDir": {}}]))
-    p = k.wait_until("the container to run", lambda: (lambda p: p if "running" in kf.status_of(p, "app")["state"]
-                                                      else None)(kf.get_pod(cluster, "while-away", ns)), timeout=180)
+    p = k.wait_until("the container to run", lambda: (lambda p: p if kf.is_running(p, "app") else None)(
+        kf.get_pod(cluster, "while-away", ns)), timeout=180)
     uid, cid = p["metadata"]["uid"], kf.bare_id(kf.status_of(p, "app")["containerID"])
     init_pid = kf.container_init_pid(cluster, cid)
     apiserver = cluster.daemons()["kube-apiserver"]

@@ -83,7 +83,7 @@ def test_single_process_container_over_its_limit_each_kill_and_restart(cluster, 
     cluster.kubectl.apply(kf.pod("oomkill-target-pod", ns, [c], restart="OnFailure",
                                  volumes=[{"name": "state", "emptyDir": {}}]))
     p = wait_pod(cluster, "oomkill-target-pod", ns, "two restarts, then running",
-                 lambda p: kf.status_of(p, name)["restartCount"] >= 2 and "running" in kf.status_of(p, name)["state"])
+                 lambda p: kf.reported_status(p, name).get("restartCount", 0) >= 2 and kf.is_running(p, name))
     s = kf.status_of(p, name)
     assert s["restartCount"] == 2
     assert s["lastState"]["terminated"]["reason"] == "OOMKilled"

@@ -54,7 +54,7 @@ def sink(api: ApiDouble, token: str = "t0ken", **kw) -> tuple[PodEvents, Counter
 def settle(events: PodEvents, done) -> None:
     deadline = time.monotonic() + 30
     while not done():
-        assert time.monotonic() < deadline, (events.posted, events.existed, events.drops)
+        assert time.monotonic() < deadline, (events.posted, events.existed, events.drops.by_kind)
         time.sleep(0.02)
 
 
@@ -96,7 +96,7 @@ def test_the_same_kill_twice_is_sent_once_and_a_409_counts_as_done(api):
     again.notify(k, None)
     settle(again, lambda: again.existed == 1)
     assert len(api.events) == 1 and len(api.posts()) == 2
-    assert events.dropped == again.dropped == 0 and not drops
+    assert events.drops.total == again.drops.total == 0 and not drops
     events.close(1)
     again.close(1)
 
@@ -109,7 +109,7 @@ def test_a_timeout_whose_request_did_arrive_is_retried_and_answered_409(api):
     settle(events, lambda: events.existed == 1)
     # the first POST created it; a retry (more than one on a loaded machine) was told it exists
     assert len(api.posts()) >= 2 and len(api.events) == 1
-    assert events.posted == 0 and events.dropped == 0
+    assert events.posted == 0 and events.drops.total == 0
     events.close(1)
 
 
@@ -118,7 +118,7 @@ def test_server_errors_are_retried_with_backoff(api):
     events, drops = sink(api)
     events.notify(kill(), True)
     settle(events, lambda: events.posted == 1)
-    assert len(api.posts()) == 4 and events.dropped == 0
+    assert len(api.posts()) == 4 and events.drops.total == 0
     events.close(1)
 
 
@@ -128,9 +128,9 @@ def test_forbidden_is_not_retried_counted_and_logged_once(api, caplog):
     with caplog.at_level(logging.WARNING, logger="otel_oom.kube"):
         events.notify(kill(1), True)
         events.notify(kill(2), True)
-        settle(events, lambda: events.dropped == 2)
+        settle(events, lambda: events.drops.total == 2)
     assert len(api.posts()) == 2 and not api.events
-    assert events.drops == {"forbidden": 2} and drops == {"k8s_event_forbidden": 2}
+    assert events.drops.by_kind == {"forbidden": 2} and drops == {"k8s_event_forbidden": 2}
     lines = [r.getMessage() for r in caplog.records if "not posted" in r.getMessage()]
     assert len(lines) == 1 and "forbidden" in lines[0] and "HTTP 403" in lines[0], lines
     events.close(1)
@@ -141,8 +141,8 @@ def test_refusals_are_not_retried(api, code, kind):
     api.script(code)
     events, drops = sink(api)
     events.notify(kill(), None)
-    settle(events, lambda: events.dropped == 1)
-    assert events.drops == {kind: 1} and len(api.posts()) == 1
+    settle(events, lambda: events.drops.total == 1)
+    assert events.drops.by_kind == {kind: 1} and len(api.posts()) == 1
     events.close(1)
 
 
@@ -150,8 +150,8 @@ def test_a_server_that_keeps_failing_is_given_up_after_the_bound_and_counted(api
     api.script(*[503] * 1000)
     events, drops = sink(api, max_age_s=1.0)
     events.notify(kill(), True)
-    settle(events, lambda: events.dropped == 1)
-    assert events.drops == {"server_error": 1} and drops == {"k8s_event_server_error": 1}
+    settle(events, lambda: events.drops.total == 1)
+    assert events.drops.by_kind == {"server_error": 1} and drops == {"k8s_event_server_error": 1}
     assert 2 <= len(api.posts()) and not api.events
     events.close(1)
 
@@ -164,8 +164,8 @@ def test_an_unreachable_api_server_is_counted(api):
                        drops=drops)
     events.start()
     events.notify(kill(), True)
-    settle(events, lambda: events.dropped == 1)
-    assert events.drops == {"unreachable": 1} and drops == {"k8s_event_unreachable": 1}
+    settle(events, lambda: events.drops.total == 1)
+    assert events.drops.by_kind == {"unreachable": 1} and drops == {"k8s_event_unreachable": 1}
     events.close(1)
 
 
@@ -199,7 +199,7 @@ def test_a_kill_outside_a_pod_or_a_mark_gets_no_event(api):
     events.notify(kill(pod_name=None, pod_namespace=None), None)                 # no names from the runtime
     events.notify(kill(killed=False), None)                                      # marked, not killed
     events.close(2)
-    assert api.requests == [] and events.dropped == 0
+    assert api.requests == [] and events.drops.total == 0
 
 
 def test_the_queue_is_bounded_and_what_is_left_at_the_stop_is_counted(api):
@@ -207,10 +207,10 @@ def test_the_queue_is_bounded_and_what_is_left_at_the_stop_is_counted(api):
     events, drops = sink(api, queue_max=2, timeout=5.0)
     for pid in range(1, 6):
         events.notify(kill(pid), True)           # one in flight, two queued, two over the bound
-    settle(events, lambda: events.drops["queue_full"] >= 2)
+    settle(events, lambda: events.drops.by_kind["queue_full"] >= 2)
     events.close(0.1)                            # the queued ones never get their turn
-    assert events.posted + events.existed + events.dropped == 5
-    assert sum(n for r, n in drops.items() if r.startswith("k8s_event_")) == events.dropped >= 2
+    assert events.posted + events.existed + events.drops.total == 5
+    assert sum(n for r, n in drops.items() if r.startswith("k8s_event_")) == events.drops.total >= 2
     assert set(drops) <= {"k8s_event_queue_full", "k8s_event_shutdown"}, drops
 
 
