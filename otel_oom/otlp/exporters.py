@@ -9,27 +9,15 @@ import os
 from typing import Any
 
 from .env import SignalSettings
+from .transport import explicit_ca_session
 
 
 def _http_session() -> Any:
-    """A requests session for the HTTP exporters that keeps the CA file the SDK configured on it.
-
-    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set by many base images) replace a session's
-    CA file, which silently turns OTEL_EXPORTER_OTLP_CERTIFICATE into a no-op and fails TLS to a
-    collector with a private CA. None when a credential-provider session is configured instead.
-    """
+    """The session for the HTTP metric exporter (`transport.explicit_ca_session`), or None when a
+    credential-provider session is configured instead."""
     if any(v.startswith("OTEL_PYTHON_EXPORTER_OTLP_HTTP") and v.endswith("CREDENTIAL_PROVIDER") for v in os.environ):
         return None
-    import requests
-
-    class ExplicitCaSession(requests.Session):
-        def merge_environment_settings(self, url, proxies, stream, verify, cert):
-            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-            if verify is None and isinstance(self.verify, str):
-                merged["verify"] = self.verify
-            return merged
-
-    return ExplicitCaSession()
+    return explicit_ca_session()
 
 
 def metric_exporter(signal: SignalSettings) -> Any:

@@ -157,9 +157,12 @@ def _retry_info(error: Any) -> Optional[float]:
     return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
 
 
-def _requests_session(s: SignalSettings) -> Any:
-    """A session whose CA file is the configured one even when REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
-    (set by many base images) is in the environment, which requests would otherwise let win."""
+def explicit_ca_session() -> Any:
+    """A requests session that keeps the CA file set on it (here or by the SDK's HTTP exporter).
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set by many base images) replace a session's
+    CA file, which would silently turn OTEL_EXPORTER_OTLP_CERTIFICATE into a no-op and fail TLS to a
+    collector with a private CA."""
     import requests
 
     class ExplicitCaSession(requests.Session):
@@ -169,7 +172,12 @@ def _requests_session(s: SignalSettings) -> Any:
                 merged["verify"] = self.verify
             return merged
 
-    session = ExplicitCaSession()
+    return ExplicitCaSession()
+
+
+def _requests_session(s: SignalSettings) -> Any:
+    """A session with the signal's TLS files."""
+    session = explicit_ca_session()
     session.verify = s.certificate or True
     if s.client_certificate:
         session.cert = (s.client_certificate, s.client_key) if s.client_key else s.client_certificate

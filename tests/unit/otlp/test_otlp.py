@@ -394,6 +394,27 @@ def test_http_tls_uses_the_otlp_certificate_even_with_requests_ca_bundle_set(mac
         assert rx.requests[-1]["peer_cn"] == "otel-oom-client"
 
 
+def test_http_metrics_use_the_otlp_certificate_even_with_requests_ca_bundle_set(machine, clean_env, pki,
+                                                                                tmp_path_factory):
+    # the SDK's HTTP metric exporter gets the same session: its CA file must not be replaced either
+    other = make_test_pki(tmp_path_factory.mktemp("other-pki"))
+    clean_env.setenv("REQUESTS_CA_BUNDLE", other.ca_cert)
+    clean_env.setenv("CURL_CA_BUNDLE", other.ca_cert)
+    with OtlpHttpReceiver(tls=pki.server_tls(mutual=True)) as rx:
+        clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
+        clean_env.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca_cert)
+        clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.client_key)
+        clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.client_cert)
+        clean_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000")
+        m = Metrics(resource_for(machine), resolve_otlp(os.environ), **stats())
+        m.record_kill(memcg_kill())
+        assert m.force_flush()
+        m.shutdown()
+        assert sum(p["value"] for p in rx.metric_points("oom.kills", latest=True)) == 1
+        assert rx.requests[-1]["peer_cn"] == "otel-oom-client"
+
+
 # ---- Metrics --------------------------------------------------------------------------------------
 
 def stats():
