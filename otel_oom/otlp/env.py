@@ -3,8 +3,8 @@
 For each signal this settles what an OTLP exporter needs, the way the Python SDK (1.45) resolves
 it: protocol, endpoint (an empty variable counts as unset, as the specification says), headers,
 TLS files, insecure, compression and timeout, the per-signal variable winning over the generic
-one. otel-oom's own log and span export (`transport.py`) uses these settings as they are; the SDK's metric
-exporter gets the endpoint and headers explicitly and reads the rest itself. The other variables
+one, and for http/protobuf the proxy (`proxy.py`). otel-oom's own transport (`transport.py`) sends
+every signal with these settings as they are. The other variables
 the SDK reads on otel-oom's paths (attribute limits, metric reader and exporter options) are
 checked too, so a typo fails at start with one clear line instead of a traceback or a silent
 fallback at the first export. No OpenTelemetry import here.
@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..text import for_otlp
 from ..urls import Url, parse_url
 from .env_values import ConfigError, bool_var, check_headers_for_grpc, parse_headers, positive, whole_number
+from .proxy import proxy_for
 
 log = logging.getLogger("otel_oom.otlp")
 
@@ -56,6 +57,7 @@ class SignalSettings:
     certificate: Optional[str] = None       # CA file
     client_key: Optional[str] = None
     client_certificate: Optional[str] = None
+    proxy: Optional[Url] = None             # http/protobuf: the http:// proxy (proxy.py); gRPC reads its own
 
 
 DEFAULT_ATTRIBUTE_COUNT_LIMIT = 128  # the SDK's
@@ -100,13 +102,16 @@ class OtlpSettings:
     metric_export_interval_ms: float
     traces: Optional[SignalSettings] = None  # the OOM episodes' spans (--traces)
     log_limits: AttributeLimits = AttributeLimits()
+    metric_temporality: str = "cumulative"              # OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+    histogram_aggregation: str = "explicit_bucket_histogram"  # ..._METRICS_DEFAULT_HISTOGRAM_AGGREGATION
 
     def secrets(self) -> list[str]:
-        """Every credential these settings hold (header values, URL user info), for log redaction."""
+        """Every credential these settings hold (header values, URL and proxy user info), for log redaction."""
         out: list[str] = []
         for s in (self.logs, self.metrics, *([self.traces] if self.traces else [])):
             out.extend(v for _, v in s.headers)
             out.extend(s.endpoint.credentials())
+            out.extend(s.proxy.credentials() if s.proxy else ())
         return sorted({x for x in out if len(x) >= 3}, key=len, reverse=True)
 
 
@@ -285,7 +290,15 @@ def resolve_otlp(environ: Mapping[str, str] = os.environ) -> OtlpSettings:
         metric_export_interval_ms=metric_export_interval_ms(environ),
         traces=_signal(environ, "TRACES"),
         log_limits=log_record_limits(environ),
+        metric_temporality=_choice(environ, "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative"),
+        histogram_aggregation=_choice(environ, "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+                                      "explicit_bucket_histogram"),
     )
+
+
+def _choice(environ: Mapping[str, str], var: str, default: str) -> str:
+    """A variable with a fixed set of values (checked by `check_sdk_variables`), lower case, or the default."""
+    return environ.get(var, "").strip().lower() or default
 
 
 def log_record_limits(environ: Mapping[str, str]) -> AttributeLimits:
@@ -347,7 +360,8 @@ def _signal(environ: Mapping[str, str], signal: str) -> SignalSettings:
         protocol=protocol, endpoint=endpoint, headers=tuple(headers.items()),
         timeout_s=positive("timeout", timeout, "seconds") if timeout else DEFAULT_TIMEOUT_S,
         compression=None if compression is None or compression.lower() == "none" else compression.lower(),
-        insecure=insecure, certificate=ca, client_key=key, client_certificate=cert)
+        insecure=insecure, certificate=ca, client_key=key, client_certificate=cert,
+        proxy=proxy_for(environ, endpoint) if protocol == "http/protobuf" else None)
 
 
 def metric_export_interval_ms(environ: Mapping[str, str]) -> float:

@@ -13,36 +13,11 @@ from ..schema.mapping import RSS_BUCKETS, SCOPE_NAME, kill_metric_attributes
 from ..schema.records import OomKill, Record
 from .env import OtlpSettings
 from .episode_metrics import EpisodeMetrics, guarded
-from .exporters import metric_exporter
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
 
 log = logging.getLogger("otel_oom.otlp")
-
-
-def _counting_exporter(inner: Any, on_failure: Callable[[], None]) -> Any:
-    """Wrap a MetricExporter so a failed export is counted (the SDK reader only logs it)."""
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
-
-    class CountingMetricExporter(MetricExporter):
-        def __init__(self) -> None:
-            super().__init__(preferred_temporality=inner._preferred_temporality,
-                             preferred_aggregation=inner._preferred_aggregation)
-
-        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
-            result = inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-            if result is not MetricExportResult.SUCCESS:
-                on_failure()
-            return result
-
-        def force_flush(self, timeout_millis: float = 10_000) -> bool:
-            return inner.force_flush(timeout_millis=timeout_millis)
-
-        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-            inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-    return CountingMetricExporter()
 
 
 class Metrics:
@@ -80,8 +55,9 @@ class Metrics:
             readers.append(PrometheusMetricReader(registry=self.prometheus_registry))
         if otlp is not None:
             self.export_interval_millis = otlp.metric_export_interval_ms
-            exporter = _counting_exporter(metric_exporter(otlp.metrics),
-                                          lambda: self.record_export_failure("metrics"))
+            from .metric_exporter import OtlpMetricExporter
+
+            exporter = OtlpMetricExporter(otlp, lambda: self.record_export_failure("metrics"))
             self._periodic = PeriodicExportingMetricReader(exporter, export_interval_millis=self.export_interval_millis)
             readers.append(self._periodic)
         self._provider = MeterProvider(metric_readers=readers, resource=resource, shutdown_on_exit=False)

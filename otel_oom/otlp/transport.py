@@ -1,4 +1,5 @@
-"""One OTLP export attempt of a serialized request, logs or traces, so the sender learns what the collector said.
+"""One OTLP export attempt of a serialized request (logs, traces or metrics), so the caller learns what the
+collector said.
 
 Why not the SDK's exporters (1.45, read in their source): they return only SUCCESS or FAILURE.
 The gRPC exporter discards the response, so a partial success (`rejected_log_records`,
@@ -7,12 +8,13 @@ parses the response body; neither tells a permanent rejection (gRPC INVALID_ARGU
 a request too large (HTTP 413) from an outage, and a sender that cannot tell them apart resends a
 rejected batch forever.
 
-So the request (`requests.py`) is carried by a gRPC channel (the services' Export methods, called
-with the request already serialized) or one HTTP POST to /v1/logs or /v1/traces, configured from
-`env.SignalSettings`, which resolves the standard variables per signal as the SDK does (TLS files,
-insecure, headers, compression, timeout). The answer is parsed with opentelemetry-proto's generated
-response messages. One attempt per call: retrying, backing off, splitting and parking are the
-sender's job, the same for both signals.
+So the request (`requests.py`; for metrics `metric_exporter.py`) is carried by a gRPC channel (the
+services' Export methods, called with the request already serialized) or one HTTP POST to
+/v1/<signal> (`http_connection.py`), configured from `env.SignalSettings`, which resolves the
+standard variables per signal as the SDK does (TLS files, insecure, headers, compression, timeout,
+and for HTTP the proxy). The answer is parsed with opentelemetry-proto's generated response
+messages. One attempt per call: retrying, backing off, splitting and parking are the sender's job
+(for metrics, the metric exporter's), the same for every signal.
 """
 from __future__ import annotations
 
@@ -78,7 +80,8 @@ def _grpc_credentials(s: SignalSettings) -> Any:
 
 
 _GRPC_METHODS = {"logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-                 "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export"}
+                 "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                 "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"}
 
 
 def _response_type(signal: str) -> Any:
@@ -86,15 +89,20 @@ def _response_type(signal: str) -> Any:
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
         return ExportLogsServiceResponse
+    if signal == "metrics":
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+
+        return ExportMetricsServiceResponse
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
     return ExportTraceServiceResponse
 
 
 def _accepted(signal: str, response: Any) -> ExportResult:
-    """A success answer; its partial success says how many records (or spans) were rejected."""
+    """A success answer; its partial success says how many records (spans, data points) were rejected."""
     ps = response.partial_success
-    rejected = ps.rejected_log_records if signal == "logs" else ps.rejected_spans
+    field = {"logs": "rejected_log_records", "traces": "rejected_spans", "metrics": "rejected_data_points"}[signal]
+    rejected = getattr(ps, field)
     return ExportResult(ACCEPTED, rejected=rejected, message=ps.error_message)
 
 
@@ -157,63 +165,29 @@ def _retry_info(error: Any) -> Optional[float]:
     return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
 
 
-def explicit_ca_session() -> Any:
-    """A requests session that keeps the CA file set on it (here or by the SDK's HTTP exporter).
-
-    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set by many base images) replace a session's
-    CA file, which would silently turn OTEL_EXPORTER_OTLP_CERTIFICATE into a no-op and fail TLS to a
-    collector with a private CA."""
-    import requests
-
-    class ExplicitCaSession(requests.Session):
-        def merge_environment_settings(self, url, proxies, stream, verify, cert):
-            merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
-            if verify is None and isinstance(self.verify, str):
-                merged["verify"] = self.verify
-            return merged
-
-    return ExplicitCaSession()
-
-
-def _requests_session(s: SignalSettings) -> Any:
-    """A session with the signal's TLS files."""
-    session = explicit_ca_session()
-    session.verify = s.certificate or True
-    if s.client_certificate:
-        session.cert = (s.client_certificate, s.client_key) if s.client_key else s.client_certificate
-    return session
-
-
 class HttpTransport:
     def __init__(self, s: SignalSettings, signal: str) -> None:
+        from .http_connection import HttpConnection
+
         self._settings = s
         self._signal = signal
-        self._url = s.endpoint.without_credentials  # user:password@ became an authorization header
-        self._session = _requests_session(s)
+        self._connection = HttpConnection(s)  # user:password@ became an authorization header
         self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **dict(s.headers)}
         if s.compression:
             self._headers["Content-Encoding"] = s.compression
 
     def export(self, request: bytes, timeout_s: float) -> ExportResult:
-        import requests
-
         body = request
         if self._settings.compression == "gzip":
             body = gzip.compress(body)
         elif self._settings.compression == "deflate":
             body = zlib.compress(body)
         try:
-            r = self._session.post(self._url, data=body, headers=self._headers, timeout=max(0.05, timeout_s),
-                                   allow_redirects=False, stream=True)
-            try:
-                content = r.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True) or b""
-            finally:
-                r.close()
-        except requests.RequestException as e:
+            r = self._connection.post(body, self._headers, max(0.05, timeout_s), MAX_ANSWER_BYTES)
+        except Exception as e:  # noqa: BLE001 - socket, TLS and HTTP protocol errors alike: the collector is not there
             return ExportResult(RETRY, message=describe_request_error(e))
-        except Exception as e:  # noqa: BLE001 - urllib3's own errors while reading the answer
-            return ExportResult(RETRY, message=describe_request_error(e))
-        if 200 <= r.status_code < 300:
+        content = r.content
+        if 200 <= r.status < 300:
             if len(content) > MAX_ANSWER_BYTES:
                 log.warning("the collector's %s answer exceeded %d bytes; the request was accepted, its partial "
                             "success not read", self._signal, MAX_ANSWER_BYTES)
@@ -223,22 +197,21 @@ class HttpTransport:
             except Exception:  # noqa: BLE001 - a 2xx without a protobuf body (a proxy) still accepted the batch
                 return ExportResult(ACCEPTED)
             return _accepted(self._signal, response)
-        message = f"HTTP {r.status_code} {r.reason or ''}".strip()
-        if r.status_code == 413:
+        message = f"HTTP {r.status} {r.reason}".strip()
+        if r.status == 413:
             return ExportResult(TOO_LARGE, message=message)
-        if r.status_code == 400:
+        if r.status == 400:
             return ExportResult(REJECTED, message=message + _status_message(content[:MAX_ANSWER_BYTES]))
-        retry_after = _retry_after(r.headers.get("Retry-After")) if r.status_code in _HTTP_RETRYABLE else None
+        retry_after = _retry_after(r.retry_after) if r.status in _HTTP_RETRYABLE else None
         return ExportResult(RETRY, message=message, retry_after=retry_after)
 
     def close(self) -> None:
-        self._session.close()
+        self._connection.close()
 
 
 def describe_request_error(error: BaseException) -> str:
-    """The exception's class and its root cause, without the URL that str() of a requests error shows:
+    """The kind of failure and its root cause, without a URL that str() of an HTTP library's error may show:
     `SSLError: certificate verify failed: unable to get local issuer certificate`, not `SSLError`."""
-    import http.client
     import ssl
 
     seen: set[int] = set()
@@ -255,13 +228,27 @@ def describe_request_error(error: BaseException) -> str:
         if isinstance(e, ssl.SSLError):
             reason = f"TLS {e.reason or e.strerror or 'error'}"
             break
-        if isinstance(e, http.client.RemoteDisconnected) and not reason:
+        # closed, or reset while the request was still going out (RemoteDisconnected is a reset too)
+        if isinstance(e, (ConnectionResetError, BrokenPipeError)) and not reason:
             reason = "the collector closed the connection without an answer (plaintext to a TLS port?)"
         if isinstance(e, OSError) and e.strerror and not reason:
             reason = e.strerror  # connection refused, reset, no route: kept unless a TLS cause comes later
         todo += [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]
-    name = type(error).__name__
-    return f"{name}: {reason}" if reason else name
+    return f"{_kind(error)}: {reason}" if reason else _kind(error)
+
+
+def _kind(error: BaseException) -> str:
+    """A stable word for the kind of failure, whichever class raised it."""
+    import http.client
+    import ssl
+
+    if isinstance(error, ssl.SSLError):
+        return "SSLError"
+    if isinstance(error, TimeoutError):  # socket.timeout too
+        return "Timeout"
+    if isinstance(error, (OSError, http.client.HTTPException)):  # refused, reset, closed, a garbled answer
+        return "ConnectionError"
+    return type(error).__name__
 
 
 def _status_message(content: bytes) -> str:
@@ -283,5 +270,5 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
 
 
 def transport(s: SignalSettings, signal: str) -> "GrpcTransport | HttpTransport":
-    """The transport of `signal` ("logs" or "traces") for its resolved settings."""
+    """The transport of `signal` ("logs", "traces" or "metrics") for its resolved settings."""
     return GrpcTransport(s, signal) if s.protocol == "grpc" else HttpTransport(s, signal)

@@ -66,10 +66,13 @@ def test_only_the_modules_the_configuration_uses_are_imported(start_agent, tmp_p
     modules = _imported(agent.stderr)
     assert "otel_oom.agent" in modules and "opentelemetry.sdk.metrics" in modules  # the check sees imports
     assert "prometheus_client" not in modules and "opentelemetry.exporter.prometheus" not in modules
+    # every signal goes through otel-oom's own transport: no SDK exporter, and no requests for HTTP
+    assert "otel_oom.otlp.metric_exporter" in modules
+    assert not any(m.startswith(("opentelemetry.exporter.otlp.proto.grpc", "opentelemetry.exporter.otlp.proto.http"))
+                   for m in modules), sorted(m for m in modules if m.startswith("opentelemetry.exporter"))
+    assert "requests" not in modules and "urllib3" not in modules
     if protocol == "http/protobuf":
         assert "grpc" not in modules, sorted(m for m in modules if m.startswith("grpc"))[:5]
-        assert not any(m.startswith("opentelemetry.exporter.otlp.proto.grpc") for m in modules)
-        assert "opentelemetry.exporter.otlp.proto.http.metric_exporter" in modules
+        assert "otel_oom.otlp.http_connection" in modules
     else:
-        assert "grpc" in modules and "opentelemetry.exporter.otlp.proto.grpc.metric_exporter" in modules
-        assert not any(m.startswith("opentelemetry.exporter.otlp.proto.http") for m in modules)
+        assert "grpc" in modules and "otel_oom.otlp.http_connection" not in modules

@@ -488,6 +488,74 @@ def test_failed_exports_are_counted_per_signal(machine, clean_env):
         sender.shutdown()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+@pytest.mark.parametrize("preference", ["cumulative", "delta", "lowmemory"])
+def test_the_metric_temporality_preference_is_honoured(machine, protocol, preference):
+    receiver = OtlpGrpcReceiver if protocol == "grpc" else OtlpHttpReceiver
+    with receiver() as rx:
+        m = Metrics(resource_for(machine), resolve_otlp({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": preference.upper(),
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}), **stats())
+        for _ in range(2):
+            m.record_kill(memcg_kill())
+            assert m.force_flush()
+        m.shutdown()
+        kills = rx.metric_points("oom.kills")[:2]
+        dropped = [p for p in rx.metric_points("otel_oom.events.dropped") if p["attributes"]["reason"] == "ringbuf_full"]
+    delta, cumulative = 1, 2   # AGGREGATION_TEMPORALITY_DELTA, _CUMULATIVE
+    # the specification's table: a counter is delta under delta and lowmemory, an observable counter
+    # under delta only
+    assert [(p["value"], p["temporality"]) for p in kills] == (
+        [(1, cumulative), (2, cumulative)] if preference == "cumulative" else [(1, delta), (1, delta)])
+    assert [(p["value"], p["temporality"]) for p in dropped[:2]] == (
+        [(3, delta), (0, delta)] if preference == "delta" else [(3, cumulative), (3, cumulative)])
+
+
+def test_the_default_histogram_aggregation_can_be_exponential(machine):
+    with OtlpHttpReceiver() as rx:
+        base = {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}
+        for env in (base, {**base, "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION":
+                           "base2_exponential_bucket_histogram"}):
+            m = Metrics(resource_for(machine), resolve_otlp(env))
+            m.record_kill(memcg_kill())
+            assert m.force_flush()
+            m.shutdown()
+        kinds = [p["kind"] for p in rx.metric_points("oom.victim.rss")]
+        explicit = rx.metric_points("oom.victim.rss")[0]
+    assert kinds[0] == "histogram" and explicit["explicit_bounds"] == list(RSS_BUCKETS)  # the advised buckets
+    assert kinds[-1] == "exponential_histogram"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_metric_export_the_collector_asks_to_retry_is_retried_and_a_rejected_one_counted_once(
+        machine, protocol, caplog):
+    receiver = OtlpGrpcReceiver if protocol == "grpc" else OtlpHttpReceiver
+    unavailable, invalid = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT) if protocol == "grpc" \
+        else (503, 400)
+    with receiver() as rx:
+        m = Metrics(resource_for(machine), resolve_otlp({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}))
+        rx.fail_with(unavailable, count=1, signal="metrics", retry_after=1)
+        m.record_kill(memcg_kill())
+        assert m.force_flush(timeout_millis=60_000)   # retried after the collector's 1 s
+        assert [r["fault"] for r in rx.requests if r["signal"] == "metrics"] == [unavailable, None]
+        rx.fail_with(invalid, signal="metrics")
+        with caplog.at_level(logging.WARNING, logger="otel_oom.otlp"):
+            for _ in range(2):
+                m.force_flush(timeout_millis=60_000)
+        assert [r["fault"] for r in rx.requests if r["signal"] == "metrics"] == [unavailable, None, invalid, invalid]
+        assert caplog.text.count("metrics export failed (rejected)") == 1   # once per outage
+        rx.fail_with(None)
+        assert m.force_flush()
+        failures = {p["attributes"]["signal"]: p["value"]
+                    for p in rx.metric_points("otel_oom.export.failures", latest=True)}
+        assert failures == {"logs": 0, "metrics": 2}
+        m.shutdown()
+
+
 def test_default_export_interval_is_15_seconds(machine, clean_env):
     clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     m = Metrics(resource_for(machine), resolve_otlp(os.environ))
