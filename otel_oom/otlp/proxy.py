@@ -11,8 +11,7 @@ A value without a scheme is taken as http://, as requests and curl do.
 """
 from __future__ import annotations
 
-import ipaddress
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from ..errors import UsageError
 from ..urls import Url, parse_url
@@ -31,10 +30,12 @@ def _variable(environ: Mapping[str, str], name: str) -> tuple[str, str]:
 
 
 def _bypassed(no_proxy: str, endpoint: Url) -> bool:
+    import ipaddress  # only with a proxy set: not on every start
+
     host = endpoint.host.lower().strip("[]")
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
-        address: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = ipaddress.ip_address(host)
+        address: Optional[Any] = ipaddress.ip_address(host)
     except ValueError:
         address = None
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
