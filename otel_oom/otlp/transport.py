@@ -172,7 +172,10 @@ class HttpTransport:
         self._settings = s
         self._signal = signal
         self._connection = HttpConnection(s)  # user:password@ became an authorization header
-        self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **dict(s.headers)}
+        # the body's framing is the transport's: a configured Content-Length or Transfer-Encoding could only
+        # corrupt the request
+        configured = {k: v for k, v in s.headers if k.lower() not in ("content-length", "transfer-encoding")}
+        self._headers = {"Content-Type": "application/x-protobuf", "User-Agent": USER_AGENT, **configured}
         if s.compression:
             self._headers["Content-Encoding"] = s.compression
 

@@ -266,3 +266,18 @@ def test_without_traces_the_export_carries_logs_only():
         assert export.carries(LOGS) and not export.carries(TRACES)
     finally:
         export.shutdown()
+
+
+def test_http_framing_headers_from_the_configuration_are_left_out(http_collector):
+    s = resolve_otlp({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{http_collector.port}",
+                      "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                      "OTEL_EXPORTER_OTLP_HEADERS": "content-length=1,transfer-encoding=chunked,x-tenant=t1"})
+    t = transport(s.logs, LOGS)
+    try:
+        request = b"\x0a\x00" * 8
+        assert t.export(request, 5).outcome == "accepted"
+        path, got, headers = http_collector.calls[-1]
+        assert got == request and headers["Content-Length"] == str(len(request)) and headers["x-tenant"] == "t1"
+        assert "transfer-encoding" not in {k.lower() for k in headers}
+    finally:
+        t.close()
