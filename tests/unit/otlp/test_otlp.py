@@ -376,27 +376,11 @@ def test_grpc_mutual_tls_from_the_standard_variables(machine, clean_env, pki):
         assert rx.requests[-1]["peer_cn"] == "otel-oom-client" and rx.log_count() == 1
 
 
+@pytest.mark.parametrize("signal", ["logs", "metrics"])
 def test_http_tls_uses_the_otlp_certificate_even_with_requests_ca_bundle_set(machine, clean_env, pki,
-                                                                             tmp_path_factory):
-    # an unrelated CA in REQUESTS_CA_BUNDLE (many images set it) must not replace the collector's CA
-    other = make_test_pki(tmp_path_factory.mktemp("other-pki"))
-    clean_env.setenv("REQUESTS_CA_BUNDLE", other.ca_cert)
-    clean_env.setenv("CURL_CA_BUNDLE", other.ca_cert)
-    with OtlpHttpReceiver(tls=pki.server_tls(mutual=True)) as rx:
-        clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
-        clean_env.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.ca_cert)
-        clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.client_key)
-        clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.client_cert)
-        sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
-        assert sender.send([memcg_kill()]).ok is True
-        sender.shutdown()
-        assert rx.requests[-1]["peer_cn"] == "otel-oom-client"
-
-
-def test_http_metrics_use_the_otlp_certificate_even_with_requests_ca_bundle_set(machine, clean_env, pki,
-                                                                                tmp_path_factory):
-    # the SDK's HTTP metric exporter gets the same session: its CA file must not be replaced either
+                                                                             tmp_path_factory, signal):
+    # an unrelated CA in REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (many images set them) must not replace the
+    # collector's CA, for the log records or the metrics
     other = make_test_pki(tmp_path_factory.mktemp("other-pki"))
     clean_env.setenv("REQUESTS_CA_BUNDLE", other.ca_cert)
     clean_env.setenv("CURL_CA_BUNDLE", other.ca_cert)
@@ -407,11 +391,16 @@ def test_http_metrics_use_the_otlp_certificate_even_with_requests_ca_bundle_set(
         clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.client_key)
         clean_env.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.client_cert)
         clean_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000")
-        m = Metrics(resource_for(machine), resolve_otlp(os.environ), **stats())
-        m.record_kill(memcg_kill())
-        assert m.force_flush()
-        m.shutdown()
-        assert sum(p["value"] for p in rx.metric_points("oom.kills", latest=True)) == 1
+        if signal == "logs":
+            sender = LogSender(resource_for(machine), resolve_otlp(os.environ).logs)
+            assert sender.send([memcg_kill()]).ok is True
+            sender.shutdown()
+        else:
+            m = Metrics(resource_for(machine), resolve_otlp(os.environ), **stats())
+            m.record_kill(memcg_kill())
+            assert m.force_flush()
+            m.shutdown()
+            assert sum(p["value"] for p in rx.metric_points("oom.kills", latest=True)) == 1
         assert rx.requests[-1]["peer_cn"] == "otel-oom-client"
 
 
