@@ -234,6 +234,8 @@ def describe_request_error(error: BaseException) -> str:
         # closed, or reset while the request was still going out (RemoteDisconnected is a reset too)
         if isinstance(e, (ConnectionResetError, BrokenPipeError)) and not reason:
             reason = "the collector closed the connection without an answer (plaintext to a TLS port?)"
+        if isinstance(e, OSError) and not e.strerror and str(e).startswith("Tunnel connection failed") and not reason:
+            reason = f"the proxy refused the tunnel ({str(e).partition(': ')[2][:100]})"  # http.client's CONNECT answer
         if isinstance(e, OSError) and e.strerror and not reason:
             reason = e.strerror  # connection refused, reset, no route: kept unless a TLS cause comes later
         todo += [getattr(e, "reason", None), e.__cause__, e.__context__, *e.args]

@@ -128,5 +128,12 @@ def test_https_is_tunnelled_through_the_proxy_with_tls_to_the_collector(tmp_path
             t.close()
         host_port = rx.endpoint.removeprefix("https://")
         assert p.requests == [("CONNECT", host_port, None)]
+        with HttpProxy(credentials="agent:pr0xy-pw") as strict:
+            refused = transport(http_settings(rx.endpoint, https_proxy=strict.url,
+                                              OTEL_EXPORTER_OTLP_CERTIFICATE=pki.ca_cert).logs, LOGS)
+            r = refused.export(one_kill(), 10)
+            refused.close()
+            assert (r.outcome, r.message) == (
+                "retry", "ConnectionError: the proxy refused the tunnel (407 Proxy Authentication Required)")
         assert [r["event_name"] for r in rx.log_records()] == ["oom.kill"]
         assert rx.requests[-1]["peer_cn"] == "otel-oom-client"   # our client certificate, through the tunnel
