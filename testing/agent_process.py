@@ -25,8 +25,10 @@ class AgentProcess:
         self.stderr_lines: list[str] = []
         self.ready_at: Optional[float] = None
         self._ready = threading.Event()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True).start()
+        self._pumps = [threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+                       for stream, sink in ((self.proc.stdout, self.stdout_lines), (self.proc.stderr, self.stderr_lines))]
+        for pump in self._pumps:
+            pump.start()
         if not self._ready.wait(ready_timeout):
             self.stop()
             raise AssertionError("agent not ready in time; stderr:\n" + self.stderr)
@@ -59,13 +61,17 @@ class AgentProcess:
         raise AssertionError(f"stdout never matched; stdout:\n{self.stdout}\nstderr:\n{self.stderr}")
 
     def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        """Stop the agent; its exit code, once all it wrote has been read (stdout, stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        for pump in self._pumps:   # on a loaded machine the readers lag behind the exit
+            pump.join(30)
+        return code
 
 
 def agent_env(endpoint: Optional[str] = None, **extra: str) -> dict[str, str]:

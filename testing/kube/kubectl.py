@@ -18,6 +18,12 @@ class KubectlError(RuntimeError):
     pass
 
 
+# what kubectl says when the API server is slow or restarting, not when the request is wrong
+TRANSIENT = ("Client.Timeout exceeded", "connection refused", "TLS handshake timeout", "i/o timeout",
+             "the server is currently unable to handle the request", "etcdserver: request timed out",
+             "http2: client connection lost", "unexpected EOF", "context deadline exceeded")
+
+
 class Kubectl:
     def __init__(self, binary: Path, kubeconfig: Path, cache_dir: Path) -> None:
         self.binary, self.kubeconfig, self.cache_dir = binary, kubeconfig, cache_dir
@@ -36,8 +42,20 @@ class Kubectl:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
 
-    def apply(self, *objects: dict) -> None:
-        self.run("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+    def apply(self, *objects: dict, within: float = 180.0) -> None:
+        """kubectl apply; tried again while the API server is only slow or briefly away (it is
+        idempotent): a just-restarted API server on a loaded node can take over kubectl's 32 s to
+        build the OpenAPI document that apply's validation fetches first."""
+        manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                self.run("apply", "-f", "-", input=manifest)
+                return
+            except KubectlError as e:
+                if time.monotonic() > deadline or not any(t in str(e) for t in TRANSIENT):
+                    raise
+            time.sleep(2)
 
     def get(self, kind: str, name: str, namespace: Optional[str] = "default") -> Optional[dict]:
         """The object, or None if there is none (namespace None: a cluster-scoped kind)."""

@@ -77,7 +77,8 @@ class CappedAgent:
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines: list[str] = []
         self.ready = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
         self.ready.wait(ready_timeout)
 
     def _pump(self) -> None:
@@ -101,6 +102,7 @@ class CappedAgent:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = self.proc.wait()
+        self._reader.join(30)   # all it wrote is read: on a loaded machine the reader lags behind the exit
         self.proc.stdout.close()
         return rc
 

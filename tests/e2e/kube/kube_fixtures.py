@@ -78,7 +78,7 @@ def done_with(request) -> None:
 def test_namespace(cluster: Cluster, prefix: str) -> str:
     """A fresh namespace for one test's pods (deleted by the test, or with the node)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl.run("create", "namespace", name)
+    cluster.kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})  # retried if slow
     # the API server refuses pods until the controller manager made the namespace's default service
     # account (a moment later, longer on a loaded machine): wait for it, as upstream's e2e framework does
     cluster.kubectl.wait_until(f"the default service account of {name}",
